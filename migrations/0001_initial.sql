@@ -1,0 +1,28 @@
+-- rowembed 0001: the catalog of vectorizers and the change sequence.
+-- Released migrations are never edited; the runner refuses a changed checksum.
+
+CREATE EXTENSION IF NOT EXISTS vector;
+
+-- One counter for every change of every vectorized table. A queue entry carries
+-- the value taken when its row last changed; a worker only completes the entry
+-- it claimed if the value is still the same (see workers/database.py).
+CREATE SEQUENCE rowembed.change_seq AS bigint;
+
+CREATE TABLE rowembed.vectorizer (
+    id                int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name              text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 128),
+    source            regclass NOT NULL,
+    pk_columns        name[] NOT NULL,
+    pk_types          text[] NOT NULL,
+    text_columns      name[] NOT NULL,
+    separator         text NOT NULL,
+    model             text NOT NULL,
+    dimensions        int NOT NULL CHECK (dimensions BETWEEN 1 AND 16000),
+    destination       regclass NOT NULL,
+    embedding_column  name NOT NULL,
+    queue_table       regclass NOT NULL,
+    min_similarity    float8 NOT NULL CHECK (min_similarity BETWEEN -1 AND 1),
+    query_instruction text NOT NULL,
+    max_attempts      int NOT NULL CHECK (max_attempts >= 1),
+    created_at        timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,592 @@
+-- rowembed SQL functions. Idempotent: `rowembed migrate` re-applies this whole file
+-- after the migrations, so a fix here reaches every database on upgrade. Tables live
+-- in migrations/; nothing here may create or alter a table outside a vectorizer.
+--
+-- Dynamic SQL is built only with format('%I'/'%L'), regclass and EXECUTE ... USING.
+-- Every function pins search_path (the DO block at the end of this file).
+
+-- ---------------------------------------------------------------------------
+-- Model facts used for defaults
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION rowembed.model_dimensions(model text) RETURNS int
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE regexp_replace(model, '^.*/', '')
+        WHEN 'bge-small-en-v1.5' THEN 384
+        WHEN 'bge-base-en-v1.5' THEN 768
+        WHEN 'bge-large-en-v1.5' THEN 1024
+        WHEN 'all-MiniLM-L6-v2' THEN 384
+        WHEN 'all-MiniLM-L12-v2' THEN 384
+        WHEN 'all-mpnet-base-v2' THEN 768
+    END
+$$;
+
+-- bge v1.5 English models want this prefix on queries (never on passages).
+CREATE OR REPLACE FUNCTION rowembed.default_query_instruction(model text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN model ~* 'bge-(small|base|large)-en'
+        THEN 'Represent this sentence for searching relevant passages: '
+        ELSE '' END
+$$;
+
+-- bge similarities cluster in about [0.6, 1]; other sentence encoders spread lower.
+-- A starting point only: calibrate on your own data (README, "Thresholds").
+CREATE OR REPLACE FUNCTION rowembed.default_min_similarity(model text) RETURNS float8
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN model ~* 'bge-' THEN 0.7 ELSE 0.3 END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Identifier helpers: lists of quoted columns, and join conditions
+-- ---------------------------------------------------------------------------
+
+-- 'p.a, p.b' (prefix may be empty: 'a, b')
+CREATE OR REPLACE FUNCTION rowembed._columns(cols name[], prefix text DEFAULT '')
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(
+        CASE WHEN prefix = '' THEN format('%I', c) ELSE format('%s.%I', prefix, c) END,
+        ', ' ORDER BY o)
+    FROM unnest(cols) WITH ORDINALITY AS u(c, o)
+$$;
+
+-- 'l.a = r.a AND l.b = r.b'
+CREATE OR REPLACE FUNCTION rowembed._equal(cols name[], l text, r text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(format('%s.%I = %s.%I', l, c, r, c), ' AND ' ORDER BY o)
+    FROM unnest(cols) WITH ORDINALITY AS u(c, o)
+$$;
+
+-- '"schema"."table"' for a relation, whatever the caller's search_path
+CREATE OR REPLACE FUNCTION rowembed._qualified(rel regclass)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT format('%I.%I', n.nspname, c.relname)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = rel
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Change capture: per-vectorizer trigger functions, generated from the catalog
+-- ---------------------------------------------------------------------------
+
+-- (Re)creates the trigger functions and triggers of one vectorizer. Called by
+-- create_vectorizer and again on every migrate, so trigger fixes ship on upgrade.
+-- The functions are SECURITY DEFINER because the application roles that write the
+-- source table must not need any privilege on rowembed's queue or embeddings.
+CREATE OR REPLACE FUNCTION rowembed._install_triggers(vectorizer_id int) RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    fn text;
+    queue text;
+    dest text;
+    keys text;
+    upsert text;
+    old_key text;
+    new_key text;
+    watched text;
+BEGIN
+    SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = vectorizer_id;
+    IF rowembed._qualified(v.source) IS NULL THEN
+        RETURN;  -- the source table was dropped; nothing to capture
+    END IF;
+    fn := 'rowembed._vz_' || v.id;
+    queue := rowembed._qualified(v.queue_table);
+    dest := rowembed._qualified(v.destination);
+    keys := rowembed._columns(v.pk_columns);
+    upsert := format(
+        'ON CONFLICT (%s) DO UPDATE SET seq = excluded.seq, priority = 0, attempts = 0,'
+        ' lease_until = NULL, last_error = NULL, failed_at = NULL, enqueued_at = now()',
+        keys);
+    SELECT string_agg(format('OLD.%I', c), ', ' ORDER BY o),
+           string_agg(format('NEW.%I', c), ', ' ORDER BY o)
+      INTO old_key, new_key
+      FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
+
+    -- INSERT: one set-based statement per source statement (COPY and bulk inserts).
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$s_inserted() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+        BEGIN
+            INSERT INTO %2$s (%3$s, seq, priority)
+            SELECT %3$s, nextval('rowembed.change_seq'), 0 FROM new_rows
+            %4$s;
+            IF FOUND THEN
+                PERFORM pg_notify('rowembed', %5$L);
+            END IF;
+            RETURN NULL;
+        END $fn$ $f$, fn, queue, keys, upsert, v.id::text);
+
+    -- UPDATE: fires only when an embedded column or the key changed (see WHEN below).
+    -- A key change moves the embedding to the new key and queues the new key; the
+    -- worker then finds the text unchanged and skips the model. Locks are taken on
+    -- the queue before the embeddings, in the same order as the worker.
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$s_updated() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+        DECLARE
+            moved_embedding %2$s.%9$I%%TYPE;
+            moved_hash bytea;
+        BEGIN
+            IF (%3$s) IS DISTINCT FROM (%4$s) THEN
+                DELETE FROM %5$s WHERE (%6$s) = (%3$s);
+                INSERT INTO %5$s (%6$s, seq, priority)
+                VALUES (%4$s, nextval('rowembed.change_seq'), 0) %7$s;
+                DELETE FROM %2$s WHERE (%6$s) = (%3$s)
+                RETURNING %9$I, text_hash INTO moved_embedding, moved_hash;
+                IF FOUND THEN
+                    INSERT INTO %2$s (%6$s, %9$I, text_hash) VALUES (%4$s, moved_embedding, moved_hash)
+                    ON CONFLICT (%6$s) DO UPDATE
+                    SET %9$I = excluded.%9$I, text_hash = excluded.text_hash, embedded_at = now();
+                END IF;
+            ELSE
+                INSERT INTO %5$s (%6$s, seq, priority)
+                VALUES (%4$s, nextval('rowembed.change_seq'), 0) %7$s;
+            END IF;
+            PERFORM pg_notify('rowembed', %8$L);
+            RETURN NULL;
+        END $fn$ $f$, fn, dest, old_key, new_key, queue, keys, upsert, v.id::text,
+        v.embedding_column);
+
+    -- DELETE: the embedding goes in the same transaction; the queue entry too, which
+    -- also voids any claim a worker holds on it (its write then finds nothing to do).
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$s_deleted() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+        BEGIN
+            DELETE FROM %2$s AS q USING old_rows AS o WHERE %4$s;
+            DELETE FROM %3$s AS e USING old_rows AS o WHERE %5$s;
+            RETURN NULL;
+        END $fn$ $f$, fn, queue, dest,
+        rowembed._equal(v.pk_columns, 'q', 'o'), rowembed._equal(v.pk_columns, 'e', 'o'));
+
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$s_truncated() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+        BEGIN
+            TRUNCATE %2$s, %3$s;
+            RETURN NULL;
+        END $fn$ $f$, fn, queue, dest);
+
+    SELECT string_agg(format('OLD.%I::text', c), ', ' ORDER BY o)
+           || ') IS DISTINCT FROM ('
+           || string_agg(format('NEW.%I::text', c), ', ' ORDER BY o)
+      INTO watched
+      FROM unnest(v.text_columns || v.pk_columns) WITH ORDINALITY AS u(c, o);
+
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %s'
+                   ' REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT'
+                   ' EXECUTE FUNCTION %s_inserted()',
+                   'rowembed_' || v.id || '_insert', v.source, fn);
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW'
+                   ' WHEN ((%s)) EXECUTE FUNCTION %s_updated()',
+                   'rowembed_' || v.id || '_update', v.source, watched, fn);
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %s'
+                   ' REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT'
+                   ' EXECUTE FUNCTION %s_deleted()',
+                   'rowembed_' || v.id || '_delete', v.source, fn);
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT'
+                   ' EXECUTE FUNCTION %s_truncated()',
+                   'rowembed_' || v.id || '_truncate', v.source, fn);
+END
+$body$;
+
+-- ---------------------------------------------------------------------------
+-- Vectorizers
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION rowembed.create_vectorizer(
+    source regclass,
+    text_columns name[],
+    name text DEFAULT NULL,
+    model text DEFAULT 'BAAI/bge-base-en-v1.5',
+    dimensions int DEFAULT NULL,
+    destination text DEFAULT NULL,
+    embedding_column name DEFAULT 'embedding',
+    separator text DEFAULT E'\n',
+    min_similarity float8 DEFAULT NULL,
+    query_instruction text DEFAULT NULL,
+    max_attempts int DEFAULT 5,
+    backfill boolean DEFAULT true
+) RETURNS int
+LANGUAGE plpgsql AS $body$
+DECLARE
+    -- Column names rowembed adds beside the key in its own tables.
+    reserved constant name[] := ARRAY['seq', 'priority', 'attempts', 'lease_until',
+        'last_error', 'failed_at', 'enqueued_at', 'text_hash', 'embedded_at'];
+    src_schema name;
+    src_table name;
+    src_kind "char";
+    pk_cols name[];
+    pk_types text[];
+    dest_parts text[];
+    dest_schema name;
+    dest_table name;
+    missing name;
+    new_id int;
+    queue text;
+    key_defs text;
+    keys text;
+BEGIN
+    SELECT n.nspname, c.relname, c.relkind INTO src_schema, src_table, src_kind
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = create_vectorizer.source;
+    IF src_kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'rowembed: % is not a table', create_vectorizer.source;
+    END IF;
+
+    SELECT array_agg(a.attname ORDER BY k.ord),
+           array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
+      INTO pk_cols, pk_types
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = create_vectorizer.source AND i.indisprimary;
+    IF pk_cols IS NULL THEN
+        RAISE EXCEPTION 'rowembed: table % has no primary key', create_vectorizer.source
+            USING HINT = 'Embeddings are keyed by primary key: ALTER TABLE ... ADD PRIMARY KEY.';
+    END IF;
+
+    IF create_vectorizer.text_columns IS NULL OR cardinality(create_vectorizer.text_columns) = 0 THEN
+        RAISE EXCEPTION 'rowembed: text_columns must name at least one column';
+    END IF;
+    SELECT c INTO missing FROM unnest(create_vectorizer.text_columns) AS u(c)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM pg_attribute a
+        WHERE a.attrelid = create_vectorizer.source AND a.attname = u.c
+          AND a.attnum > 0 AND NOT a.attisdropped)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'rowembed: table % has no column %',
+            create_vectorizer.source, quote_ident(missing);
+    END IF;
+
+    SELECT c INTO missing FROM unnest(pk_cols || create_vectorizer.embedding_column) AS u(c)
+    WHERE u.c = ANY (reserved) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'rowembed: column name % is reserved by rowembed', quote_ident(missing)
+            USING HINT = format('Reserved names: %s. Pick another embedding_column.', reserved);
+    END IF;
+    IF create_vectorizer.embedding_column = ANY (pk_cols) THEN
+        RAISE EXCEPTION 'rowembed: embedding_column % is a primary key column',
+            quote_ident(create_vectorizer.embedding_column);
+    END IF;
+
+    create_vectorizer.dimensions := coalesce(create_vectorizer.dimensions,
+                                             rowembed.model_dimensions(create_vectorizer.model));
+    IF create_vectorizer.dimensions IS NULL THEN
+        RAISE EXCEPTION 'rowembed: unknown output size for model %', create_vectorizer.model
+            USING HINT = 'Pass dimensions => N (the hidden size of the encoder).';
+    END IF;
+
+    IF create_vectorizer.destination IS NULL THEN
+        dest_schema := src_schema;
+        dest_table := src_table || '_embeddings';
+    ELSE
+        dest_parts := parse_ident(create_vectorizer.destination);
+        IF cardinality(dest_parts) = 1 THEN
+            dest_schema := src_schema;
+            dest_table := dest_parts[1];
+        ELSIF cardinality(dest_parts) = 2 THEN
+            dest_schema := dest_parts[1];
+            dest_table := dest_parts[2];
+        ELSE
+            RAISE EXCEPTION 'rowembed: destination % is not [schema.]table',
+                create_vectorizer.destination;
+        END IF;
+    END IF;
+    IF to_regclass(format('%I.%I', dest_schema, dest_table)) IS NOT NULL THEN
+        RAISE EXCEPTION 'rowembed: destination %.% already exists',
+            quote_ident(dest_schema), quote_ident(dest_table)
+            USING HINT = 'Pass destination => ''another_name'' or drop the old vectorizer.';
+    END IF;
+
+    new_id := nextval(pg_get_serial_sequence('rowembed.vectorizer', 'id'));
+    queue := format('rowembed.%I', 'queue_' || new_id);
+    keys := rowembed._columns(pk_cols);
+    SELECT string_agg(format('%I %s', c, t), ', ' ORDER BY o) INTO key_defs
+      FROM unnest(pk_cols, pk_types) WITH ORDINALITY AS u(c, t, o);
+
+    -- The durable queue: one entry per changed row, whatever the number of changes.
+    EXECUTE format(
+        'CREATE TABLE %s (%s, seq bigint NOT NULL, priority smallint NOT NULL DEFAULT 0,'
+        ' attempts int NOT NULL DEFAULT 0, lease_until timestamptz, last_error text,'
+        ' failed_at timestamptz, enqueued_at timestamptz NOT NULL DEFAULT now(),'
+        ' PRIMARY KEY (%s))', queue, key_defs, keys);
+    EXECUTE format('CREATE UNIQUE INDEX ON %s (seq)', queue);
+    EXECUTE format('CREATE INDEX ON %s (priority, seq) WHERE failed_at IS NULL', queue);
+
+    EXECUTE format(
+        'CREATE TABLE %I.%I (%s, %I vector(%s) NOT NULL, text_hash bytea NOT NULL,'
+        ' embedded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
+        dest_schema, dest_table, key_defs, create_vectorizer.embedding_column,
+        create_vectorizer.dimensions, keys);
+    EXECUTE format('CREATE INDEX ON %I.%I USING hnsw (%I vector_cosine_ops)',
+                   dest_schema, dest_table, create_vectorizer.embedding_column);
+
+    INSERT INTO rowembed.vectorizer (
+        id, name, source, pk_columns, pk_types, text_columns, separator, model, dimensions,
+        destination, embedding_column, queue_table, min_similarity, query_instruction,
+        max_attempts)
+    OVERRIDING SYSTEM VALUE
+    VALUES (
+        new_id,
+        coalesce(create_vectorizer.name, src_table),
+        create_vectorizer.source, pk_cols, pk_types, create_vectorizer.text_columns,
+        create_vectorizer.separator, create_vectorizer.model, create_vectorizer.dimensions,
+        format('%I.%I', dest_schema, dest_table)::regclass,
+        create_vectorizer.embedding_column, queue::regclass,
+        coalesce(create_vectorizer.min_similarity,
+                 rowembed.default_min_similarity(create_vectorizer.model)),
+        coalesce(create_vectorizer.query_instruction,
+                 rowembed.default_query_instruction(create_vectorizer.model)),
+        create_vectorizer.max_attempts);
+
+    PERFORM rowembed._install_triggers(new_id);
+
+    IF create_vectorizer.backfill THEN
+        -- Existing rows queue behind live changes (priority 1 after 0).
+        EXECUTE format(
+            'INSERT INTO %s (%s, seq, priority) SELECT %s, nextval(''rowembed.change_seq''), 1 FROM %s',
+            queue, keys, keys, create_vectorizer.source);
+        PERFORM pg_notify('rowembed', new_id::text);
+    END IF;
+    RETURN new_id;
+END
+$body$;
+
+CREATE OR REPLACE FUNCTION rowembed.drop_vectorizer(name text, drop_destination boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    event text;
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = drop_vectorizer.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rowembed: no vectorizer named %', drop_vectorizer.name;
+    END IF;
+    FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+        IF rowembed._qualified(v.source) IS NOT NULL THEN
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
+                           'rowembed_' || v.id || '_' || event, v.source);
+        END IF;
+    END LOOP;
+    FOREACH event IN ARRAY ARRAY['inserted', 'updated', 'deleted', 'truncated'] LOOP
+        EXECUTE format('DROP FUNCTION IF EXISTS rowembed.%I()', '_vz_' || v.id || '_' || event);
+    END LOOP;
+    EXECUTE format('DROP TABLE IF EXISTS %s', rowembed._qualified(v.queue_table));
+    IF drop_destination AND rowembed._qualified(v.destination) IS NOT NULL THEN
+        EXECUTE format('DROP TABLE %s', rowembed._qualified(v.destination));
+    END IF;
+    DELETE FROM rowembed.vectorizer AS z WHERE z.id = v.id;
+END
+$body$;
+
+CREATE OR REPLACE FUNCTION rowembed.set_min_similarity(name text, min_similarity float8)
+RETURNS void
+LANGUAGE sql AS $$
+    UPDATE rowembed.vectorizer AS z SET min_similarity = set_min_similarity.min_similarity
+    WHERE z.name = set_min_similarity.name
+$$;
+
+-- Per-vectorizer counts. Exact counts: fine for the queue, slow on huge destinations.
+CREATE OR REPLACE FUNCTION rowembed.status()
+RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight bigint,
+               failed bigint, embedded bigint)
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    FOR v IN SELECT * FROM rowembed.vectorizer ORDER BY id LOOP
+        name := v.name;
+        source := v.source;
+        model := v.model;
+        EXECUTE format(
+            'SELECT count(*) FILTER (WHERE failed_at IS NULL AND (lease_until IS NULL OR lease_until < now())),'
+            ' count(*) FILTER (WHERE failed_at IS NULL AND lease_until >= now()),'
+            ' count(*) FILTER (WHERE failed_at IS NOT NULL) FROM %s',
+            rowembed._qualified(v.queue_table))
+            INTO queued, in_flight, failed;
+        EXECUTE format('SELECT count(*) FROM %s', rowembed._qualified(v.destination)) INTO embedded;
+        RETURN NEXT;
+    END LOOP;
+END
+$body$;
+
+CREATE OR REPLACE VIEW rowembed.vectorizer_status AS SELECT * FROM rowembed.status();
+
+-- ---------------------------------------------------------------------------
+-- Search
+-- ---------------------------------------------------------------------------
+
+-- The vectorizer of a table (by name when the table has several).
+CREATE OR REPLACE FUNCTION rowembed._vectorizer_for(row_type regtype, vectorizer text)
+RETURNS rowembed.vectorizer
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    rel regclass;
+    found_ rowembed.vectorizer;
+    names text;
+BEGIN
+    SELECT t.typrelid::regclass INTO rel FROM pg_type t WHERE t.oid = row_type AND t.typrelid <> 0;
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'rowembed: % is not a table row type', row_type
+            USING HINT = 'Pass a row of the table, or NULL::your_table.';
+    END IF;
+    IF vectorizer IS NOT NULL THEN
+        SELECT * INTO found_ FROM rowembed.vectorizer AS z WHERE z.name = vectorizer AND z.source = rel;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'rowembed: table % has no vectorizer named %', rel, vectorizer;
+        END IF;
+        RETURN found_;
+    END IF;
+    SELECT string_agg(z.name, ', ') INTO names FROM rowembed.vectorizer AS z WHERE z.source = rel;
+    IF names IS NULL THEN
+        RAISE EXCEPTION 'rowembed: table % has no vectorizer', rel
+            USING HINT = 'Create one with rowembed.create_vectorizer().';
+    END IF;
+    SELECT * INTO found_ FROM rowembed.vectorizer AS z WHERE z.source = rel;
+    IF (SELECT count(*) FROM rowembed.vectorizer AS z WHERE z.source = rel) > 1 THEN
+        RAISE EXCEPTION 'rowembed: table % has several vectorizers (%)', rel, names
+            USING HINT = 'Pass vectorizer => ''name''.';
+    END IF;
+    RETURN found_;
+END
+$body$;
+
+-- The threshold in force: the call's, else the session's rowembed.min_similarity,
+-- else the vectorizer's default.
+CREATE OR REPLACE FUNCTION rowembed._threshold(v rowembed.vectorizer, min_similarity float8)
+RETURNS float8
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(min_similarity,
+                    nullif(current_setting('rowembed.min_similarity', true), '')::float8,
+                    v.min_similarity)
+$$;
+
+-- The query behind search() and similar(). Parameters: $1 query vector, $2 k,
+-- $3 threshold, $4 a row to leave out (similar()). The inner ORDER BY ... LIMIT is
+-- what the HNSW index answers; the threshold filters its result.
+CREATE OR REPLACE FUNCTION rowembed._search_sql(v rowembed.vectorizer, exclude_row boolean)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format(
+        'SELECT h.similarity, s FROM ('
+        ' SELECT %1$s, 1 - (e.%2$I <=> $1) AS similarity FROM %3$s AS e'
+        ' ORDER BY e.%2$I <=> $1 LIMIT $2 + %6$s) AS h'
+        ' JOIN %4$s AS s ON %5$s'
+        ' WHERE h.similarity >= $3 %7$s'
+        ' ORDER BY h.similarity DESC LIMIT $2',
+        rowembed._columns(v.pk_columns, 'e'), v.embedding_column,
+        rowembed._qualified(v.destination), rowembed._qualified(v.source),
+        rowembed._equal(v.pk_columns, 'h', 's'),
+        CASE WHEN exclude_row THEN '1' ELSE '0' END,
+        CASE WHEN exclude_row THEN format('AND (%s) IS DISTINCT FROM (%s)',
+            rowembed._columns(v.pk_columns, 's'),
+            (SELECT string_agg(format('($4).%I', c), ', ' ORDER BY o)
+               FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)))
+        ELSE '' END)
+$$;
+
+-- HNSW returns at most hnsw.ef_search rows; raise it for large k, for this call only.
+CREATE OR REPLACE FUNCTION rowembed._ef_search_for(k int) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(least(k + 1, 1000), current_setting('hnsw.ef_search')::int)::text
+$$;
+
+-- Rows of a table most similar to a query vector, best first, at or above the
+-- threshold. Usage: SELECT similarity, (item).* FROM rowembed.search(NULL::docs, $1, 10)
+CREATE OR REPLACE FUNCTION rowembed.search(
+    source anyelement,
+    query vector,
+    k int DEFAULT 10,
+    min_similarity float8 DEFAULT NULL,
+    vectorizer text DEFAULT NULL)
+RETURNS TABLE (similarity float8, item anyelement)
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
+    ef text := current_setting('hnsw.ef_search');
+BEGIN
+    IF k IS NULL OR k < 1 THEN
+        RAISE EXCEPTION 'rowembed: k must be at least 1';
+    END IF;
+    PERFORM set_config('hnsw.ef_search', rowembed._ef_search_for(k), true);
+    RETURN QUERY EXECUTE rowembed._search_sql(v, false)
+        USING query, k, rowembed._threshold(v, min_similarity);
+    PERFORM set_config('hnsw.ef_search', ef, true);
+END
+$body$;
+
+-- Rows most similar to a given row (by its stored embedding), the row itself left out.
+-- Usage: SELECT s.similarity, (s.item).* FROM docs d, rowembed.similar(d, 5) s WHERE d.id = 42
+CREATE OR REPLACE FUNCTION rowembed.similar(
+    item anyelement,
+    k int DEFAULT 10,
+    min_similarity float8 DEFAULT NULL,
+    vectorizer text DEFAULT NULL)
+RETURNS TABLE (similarity float8, similar_item anyelement)
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(item), vectorizer);
+    ef text := current_setting('hnsw.ef_search');
+    query vector;
+BEGIN
+    IF k IS NULL OR k < 1 THEN
+        RAISE EXCEPTION 'rowembed: k must be at least 1';
+    END IF;
+    EXECUTE format('SELECT %I FROM %s WHERE (%s) = (%s)',
+        v.embedding_column, rowembed._qualified(v.destination), rowembed._columns(v.pk_columns),
+        (SELECT string_agg(format('($1).%I', c), ', ' ORDER BY o)
+           FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)))
+        INTO query USING item;
+    IF query IS NULL THEN
+        RETURN;  -- the row has no embedding (yet, or its text is empty)
+    END IF;
+    PERFORM set_config('hnsw.ef_search', rowembed._ef_search_for(k), true);
+    RETURN QUERY EXECUTE rowembed._search_sql(v, true)
+        USING query, k, rowembed._threshold(v, min_similarity), item;
+    PERFORM set_config('hnsw.ef_search', ef, true);
+END
+$body$;
+
+-- The plan search() runs, to check that the HNSW index answers it.
+CREATE OR REPLACE FUNCTION rowembed.explain_search(
+    source anyelement,
+    query vector,
+    k int DEFAULT 10,
+    vectorizer text DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
+BEGIN
+    RETURN QUERY EXECUTE 'EXPLAIN (COSTS OFF) ' || rowembed._search_sql(v, false)
+        USING query, k, rowembed._threshold(v, NULL);
+END
+$body$;
+
+-- ---------------------------------------------------------------------------
+-- Pin search_path on every function above, with pgvector's schema (wherever the
+-- extension was installed) after pg_catalog so built-ins cannot be shadowed.
+-- ---------------------------------------------------------------------------
+DO $pin$
+DECLARE
+    fn regprocedure;
+    vector_schema name;
+BEGIN
+    SELECT n.nspname INTO STRICT vector_schema
+    FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+    WHERE e.extname = 'vector';
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'rowembed'::regnamespace AND p.proname NOT LIKE '\_vz\_%'
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp',
+                       fn, vector_schema);
+    END LOOP;
+END
+$pin$;
+
+-- Regenerate every vectorizer's triggers with the functions above.
+SELECT rowembed._install_triggers(id) FROM rowembed.vectorizer;

