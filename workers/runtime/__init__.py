@@ -1,1 +1,17 @@
-"""placeholder"""
+"""The model runtime: tokenize -> length-sorted token-budget batches -> forward -> pool.
+
+Imports neither Celery nor psycopg; the workers and the CLI wrap it.
+"""
+
+from .batching import plan_batches
+from .encoder import Encoded, Encoder
+from .models import ModelNotFoundError, PoolingConfig, resolve_model_path
+
+__all__ = [
+    "Encoded",
+    "Encoder",
+    "ModelNotFoundError",
+    "PoolingConfig",
+    "plan_batches",
+    "resolve_model_path",
+]

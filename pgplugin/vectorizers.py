@@ -1,0 +1,111 @@
+"""Vectorizers from Python: thin calls to the SQL API, and the catalog as dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+
+# The SQL function's optional arguments, passed by name when given.
+_OPTIONS = (
+    "name", "model", "dimensions", "destination", "embedding_column", "separator",
+    "min_similarity", "query_instruction", "max_attempts", "backfill",
+)
+
+
+@dataclass(frozen=True)
+class Vectorizer:
+    id: int
+    name: str
+    source_schema: str
+    source_table: str
+    pk_columns: list[str]
+    text_columns: list[str]
+    separator: str
+    model: str
+    dimensions: int
+    destination_schema: str
+    destination_table: str
+    embedding_column: str
+    queue_schema: str
+    queue_table: str
+    min_similarity: float
+    query_instruction: str
+    max_attempts: int
+
+    @property
+    def source(self) -> sql.Identifier:
+        return sql.Identifier(self.source_schema, self.source_table)
+
+    @property
+    def destination(self) -> sql.Identifier:
+        return sql.Identifier(self.destination_schema, self.destination_table)
+
+    @property
+    def queue(self) -> sql.Identifier:
+        return sql.Identifier(self.queue_schema, self.queue_table)
+
+
+class VectorizerNotFound(LookupError):
+    pass
+
+
+_SELECT = sql.SQL("""
+    SELECT v.id, v.name, sn.nspname::text AS source_schema, sc.relname::text AS source_table,
+           v.pk_columns::text[] AS pk_columns, v.text_columns::text[] AS text_columns,
+           v.separator, v.model, v.dimensions,
+           dn.nspname::text AS destination_schema, dc.relname::text AS destination_table,
+           v.embedding_column::text AS embedding_column,
+           qn.nspname::text AS queue_schema, qc.relname::text AS queue_table,
+           v.min_similarity, v.query_instruction, v.max_attempts
+    FROM rowembed.vectorizer v
+    JOIN pg_class sc ON sc.oid = v.source JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+    JOIN pg_class dc ON dc.oid = v.destination JOIN pg_namespace dn ON dn.oid = dc.relnamespace
+    JOIN pg_class qc ON qc.oid = v.queue_table JOIN pg_namespace qn ON qn.oid = qc.relnamespace
+""")
+
+
+def list_vectorizers(conn: psycopg.Connection[Any]) -> list[Vectorizer]:
+    with conn.cursor(row_factory=class_row(Vectorizer)) as cur:
+        return cur.execute(_SELECT + sql.SQL(" ORDER BY v.id")).fetchall()
+
+
+def get_vectorizer(conn: psycopg.Connection[Any], key: int | str) -> Vectorizer:
+    """By id or by name."""
+    where = sql.SQL(" WHERE v.id = %s") if isinstance(key, int) else sql.SQL(" WHERE v.name = %s")
+    with conn.cursor(row_factory=class_row(Vectorizer)) as cur:
+        found = cur.execute(_SELECT + where, [key]).fetchone()
+    if found is None:
+        raise VectorizerNotFound(f"no vectorizer {key!r} (or its tables were dropped)")
+    return found
+
+
+def create_vectorizer(
+    conn: psycopg.Connection[Any], source: str, text_columns: Sequence[str], **options: Any
+) -> Vectorizer:
+    """`rowembed.create_vectorizer(...)`; `source` is a table name as SQL reads it
+    (`docs`, `app.docs`, `"My Docs"`); options are the SQL function's named arguments."""
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+    args = [sql.SQL("source => %s::regclass"), sql.SQL("text_columns => %s::name[]")]
+    params: list[Any] = [source, list(text_columns)]
+    for key in _OPTIONS:
+        if options.get(key) is not None:
+            args.append(sql.SQL("{} => %s").format(sql.Identifier(key)))
+            params.append(options[key])
+    query = sql.SQL("SELECT rowembed.create_vectorizer({})").format(sql.SQL(", ").join(args))
+    with conn.transaction():
+        (new_id,) = conn.execute(query, params).fetchone()  # type: ignore[misc]
+    return get_vectorizer(conn, new_id)
+
+
+def drop_vectorizer(
+    conn: psycopg.Connection[Any], name: str, *, drop_destination: bool = True
+) -> None:
+    with conn.transaction():
+        conn.execute("SELECT rowembed.drop_vectorizer(%s, %s)", [name, drop_destination])

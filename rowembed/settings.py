@@ -1,0 +1,61 @@
+"""Settings, read from the environment once. Every one is listed in the README."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+class SettingsError(RuntimeError):
+    pass
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    device: str = "auto"
+    batch_rows: int = 256
+    token_budget: int | None = None  # None: 8192 on CPU, 65536 on CUDA
+    lease_seconds: float = 300.0
+    task_seconds: float = 10.0
+    sweep_seconds: float = 5.0
+    max_pending_hints: int = 8
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        values: dict[str, object] = {
+            "database_url": _env("ROWEMBED_DATABASE_URL", "DATABASE_URL"),
+            "redis_url": _env("ROWEMBED_REDIS_URL", "REDIS_URL"),
+        }
+        for f in fields(cls):
+            if f.name in values:
+                continue
+            raw = _env("ROWEMBED_" + f.name.upper())
+            if raw is None:
+                continue
+            try:
+                values[f.name] = raw if f.name == "device" else (
+                    float(raw) if f.name.endswith("seconds") else int(raw))
+            except ValueError:
+                raise SettingsError(f"ROWEMBED_{f.name.upper()}={raw!r} is not a number") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+    def require_database(self) -> str:
+        if not self.database_url:
+            raise SettingsError(
+                "no database: set ROWEMBED_DATABASE_URL (or DATABASE_URL, or --database-url)")
+        return self.database_url
+
+    def require_redis(self) -> str:
+        if not self.redis_url:
+            raise SettingsError("no broker: set ROWEMBED_REDIS_URL (or REDIS_URL, or --redis-url)")
+        return self.redis_url

@@ -1,0 +1,35 @@
+"""The Celery application. Messages on Redis are only hints ("vectorizer N has
+work"); the queue tables in PostgreSQL hold the work itself, so a lost message
+delays work and loses none."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from rowembed.settings import Settings
+
+EMBED_QUEUE = "rowembed.embed"
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("rowembed", broker=settings.redis_url, include=["rowembed.workers.tasks"])
+    app.conf.update(
+        task_default_queue=EMBED_QUEUE,
+        task_routes={"rowembed.embed": {"queue": EMBED_QUEUE}},
+        task_ignore_result=True,
+        # Acknowledge after the task ran, and requeue when its process dies.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message at a time per process: a batch is seconds of GPU work.
+        worker_prefetch_multiplier=1,
+        # Tasks hand back after ROWEMBED_TASK_SECONDS; these limits only catch a hang.
+        task_soft_time_limit=max(60.0, settings.task_seconds * 6),
+        task_time_limit=max(90.0, settings.task_seconds * 9),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,113 @@
+"""Turns NOTIFY wake-ups and a periodic sweep into embed hints on the broker.
+
+Hints are cheap and duplicates harmless (a task that finds nothing claimable
+returns at once), so the dispatcher errs towards sending; it only holds back
+when the broker already has enough hints waiting. Several dispatchers may run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from kombu.exceptions import OperationalError as KombuOperationalError
+from psycopg import sql
+
+from rowembed.pgplugin.vectorizers import list_vectorizers
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "rowembed"
+
+
+def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[int]:
+    """Vectorizers whose queue has claimable entries (lost hints are found here)."""
+    ids = []
+    for v in list_vectorizers(conn):
+        query = sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE failed_at IS NULL"
+            " AND (lease_until IS NULL OR lease_until < now()))"
+        ).format(v.queue)
+        if conn.execute(query).fetchone()[0]:  # type: ignore[index]
+            ids.append(v.id)
+    return ids
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        database_url: str,
+        send_hint: Callable[[int], None],
+        *,
+        sweep_seconds: float = 5.0,
+        retry_max_seconds: float = 30.0,
+    ) -> None:
+        self.database_url = database_url
+        self.send_hint = send_hint
+        self.sweep_seconds = sweep_seconds
+        self.retry_max_seconds = retry_max_seconds
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set; reconnects with backoff when PostgreSQL goes away."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self._listen(stop)
+            except (psycopg.OperationalError, OSError, KombuOperationalError) as exc:
+                log.warning("dispatcher: database or broker unavailable (%s); retrying in %.1fs",
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, self.retry_max_seconds)
+            except Exception:
+                log.exception("dispatcher: unexpected error; retrying in %.1fs", delay)
+                stop.wait(delay)
+                delay = min(delay * 2, self.retry_max_seconds)
+            else:
+                delay = 0.5
+
+    def _listen(self, stop: threading.Event) -> None:
+        with psycopg.connect(self.database_url, autocommit=True,
+                             application_name="rowembed-dispatcher") as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            log.info("dispatcher: listening")
+            next_sweep = 0.0
+            while not stop.is_set():
+                if time.monotonic() >= next_sweep:
+                    for vectorizer_id in vectorizers_with_work(conn):
+                        self.send_hint(vectorizer_id)
+                    next_sweep = time.monotonic() + self.sweep_seconds
+                woken = set()
+                for note in conn.notifies(timeout=min(1.0, self.sweep_seconds), stop_after=1):
+                    woken.add(note.payload)
+                # Collapse a burst of notifications into one hint per vectorizer.
+                for note in conn.notifies(timeout=0.02):
+                    woken.add(note.payload)
+                for payload in woken:
+                    if payload.isdigit():
+                        self.send_hint(int(payload))
+
+
+class CeleryHints:
+    """Sends embed hints, unless `max_pending` messages already wait in the queue."""
+
+    def __init__(self, app: Any, queue: str, max_pending: int) -> None:
+        self.app = app
+        self.queue = queue
+        self.max_pending = max_pending
+
+    def pending(self) -> int:
+        with self.app.connection_for_write() as conn:
+            declared = conn.default_channel.queue_declare(queue=self.queue, passive=True)
+            return int(declared.message_count)
+
+    def __call__(self, vectorizer_id: int) -> None:
+        try:
+            waiting = self.pending()
+        except Exception:  # the queue does not exist yet, before the first message
+            waiting = 0
+        if waiting < self.max_pending:
+            self.app.send_task("rowembed.embed", args=[vectorizer_id], queue=self.queue)

@@ -1,0 +1,60 @@
+"""What one worker process keeps between tasks: a connection and loaded models."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from rowembed.pgplugin import connect
+from rowembed.pgplugin.vectorizers import Vectorizer, get_vectorizer
+from rowembed.settings import Settings
+
+if TYPE_CHECKING:
+    from .runtime import Encoder
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._conn: psycopg.Connection[Any] | None = None
+        self._encoders: dict[str, Encoder] = {}
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.settings.require_database(), "rowembed-worker")
+        try:
+            yield self._conn
+        except psycopg.OperationalError:
+            # The server went away or restarted: reconnect on the next task.
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def vectorizer(self, conn: psycopg.Connection[Any], vectorizer_id: int) -> Vectorizer:
+        return get_vectorizer(conn, vectorizer_id)
+
+    def encoder(self, model: str) -> Encoder:
+        if model not in self._encoders:
+            from .runtime import Encoder
+
+            self._encoders[model] = Encoder.load(
+                model, device=self.settings.device, token_budget=self.settings.token_budget)
+        return self._encoders[model]
+
+
+_state: WorkerState | None = None
+
+
+def worker_state() -> WorkerState:
+    """The process's state, made on first use (after the pool forked)."""
+    global _state
+    if _state is None:
+        _state = WorkerState(Settings.from_env())
+    return _state
