@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg.types import TypeInfo
 
 from .migrations import MigrationError, migrate
 from .vectorizers import (
@@ -19,9 +20,11 @@ from .vectorizers import (
 
 
 def connect(url: str, application_name: str = "rowembed") -> psycopg.Connection[Any]:
-    """An autocommit connection with the pgvector types registered."""
+    """An autocommit connection, with the pgvector types registered once the
+    extension exists (`migrate` creates it and registers them)."""
     conn = psycopg.connect(url, autocommit=True, application_name=application_name)
-    register_vector(conn)
+    if TypeInfo.fetch(conn, "vector") is not None:
+        register_vector(conn)
     return conn
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+from pgvector.psycopg import register_vector
 
 # pg_advisory_xact_lock key: b"rowembed" as a big-endian bigint.
 _LOCK_KEY = int.from_bytes(b"rowembed", "big")
@@ -86,4 +87,5 @@ def migrate(conn: psycopg.Connection, migrations: list[Migration] | None = None)
             )
             applied_now.append(m.version)
         conn.execute(functions_sql())  # type: ignore[arg-type]
+    register_vector(conn)
     return applied_now

@@ -24,7 +24,7 @@ class Settings:
     redis_url: str | None = None
     device: str = "auto"
     batch_rows: int = 256
-    token_budget: int | None = None  # None: 8192 on CPU, 65536 on CUDA
+    token_budget: int | None = None  # None: 2048 on CPU, 65536 on CUDA
     lease_seconds: float = 300.0
     task_seconds: float = 10.0
     sweep_seconds: float = 5.0

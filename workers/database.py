@@ -74,7 +74,8 @@ class QueueStatements:
 
     def __init__(self, v: Vectorizer) -> None:
         pk = v.pk_columns
-        self.stage = sql.Identifier(f"rowembed_stage_{v.id}")
+        self.stage_name = f"rowembed_stage_{v.id}"
+        self.stage = sql.Identifier(self.stage_name)
         self.claim = sql.SQL("""
             UPDATE {queue} AS q
                SET lease_until = now() + make_interval(secs => %(lease)s),
@@ -168,16 +169,16 @@ def read(conn: psycopg.Connection[Any], st: QueueStatements, seqs: list[int]) ->
 
 
 # Stage tables already created, per connection (temp tables live as long as the session).
-_staged: WeakKeyDictionary[psycopg.Connection[Any], set[sql.Identifier]] = WeakKeyDictionary()
+_staged: WeakKeyDictionary[psycopg.Connection[Any], set[str]] = WeakKeyDictionary()
 
 
 def write(conn: psycopg.Connection[Any], st: QueueStatements, outcomes: Sequence[Outcome]) -> WriteResult:
     """Store vectors and complete entries, in one short transaction."""
     with conn.transaction():
         staged = _staged.setdefault(conn, set())
-        if st.stage not in staged:
+        if st.stage_name not in staged:
             conn.execute(st.create_stage)
-            staged.add(st.stage)
+            staged.add(st.stage_name)
         with conn.cursor().copy(st.copy_stage) as copy:
             copy.set_types(["int8", "text", "bytea", "vector"])
             for o in outcomes:

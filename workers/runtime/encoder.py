@@ -15,7 +15,7 @@ from .models import Pooling, PoolingConfig, resolve_model_path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOKEN_BUDGET = {"cpu": 8192, "cuda": 65536}
+DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}  # CPU: small batches stay in cache
 DEFAULT_MAX_ROWS = 512
 
 

@@ -1,0 +1,3 @@
+from rowembed.cli import main
+
+raise SystemExit(main())

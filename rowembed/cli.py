@@ -1,0 +1,164 @@
+"""The `rowembed` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+
+from rowembed.settings import Settings, SettingsError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    # Flags win over the environment; children (worker pool, dispatcher) read the env.
+    if args.database_url:
+        os.environ["ROWEMBED_DATABASE_URL"] = args.database_url
+    if args.redis_url:
+        os.environ["ROWEMBED_REDIS_URL"] = args.redis_url
+    return Settings.from_env()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from rowembed.pgplugin import connect, migrate
+
+    with connect(_settings(args).require_database()) as conn:
+        applied = migrate(conn)
+    print(f"applied {', '.join(applied)}" if applied else "already up to date")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    settings.require_database()
+    settings.require_redis()
+    dispatcher = None
+    if not args.no_dispatcher:
+        dispatcher = subprocess.Popen(
+            [sys.executable, "-m", "rowembed", "--loglevel", args.loglevel, "dispatcher"])
+    try:
+        from rowembed.workers.celery_app import EMBED_QUEUE, app
+
+        app.worker_main([
+            "worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}",
+            f"--pool={args.pool}", "-Q", args.queues or EMBED_QUEUE,
+            "--without-gossip", "--without-mingle", *(["-n", args.name] if args.name else []),
+        ])
+    finally:
+        if dispatcher is not None:
+            dispatcher.terminate()
+            dispatcher.wait(10)
+    return 0
+
+
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from rowembed.workers.celery_app import EMBED_QUEUE, app
+    from rowembed.workers.dispatcher import CeleryHints, Dispatcher
+
+    settings.require_redis()
+    dispatcher = Dispatcher(
+        settings.require_database(),
+        CeleryHints(app, EMBED_QUEUE, settings.max_pending_hints),
+        sweep_seconds=settings.sweep_seconds,
+    )
+    stop = threading.Event()
+    try:
+        dispatcher.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rowembed.pgplugin import connect, get_vectorizer
+    from rowembed.search import embed_query, search_vector
+    from rowembed.workers.runtime import Encoder
+
+    settings = _settings(args)
+    with connect(settings.require_database()) as conn:
+        vectorizer = get_vectorizer(conn, args.name)
+        encoder = Encoder.load(vectorizer.model, device=settings.device)
+        query = embed_query(encoder, vectorizer, args.text)
+        hits = search_vector(conn, vectorizer, query, k=args.k, min_similarity=args.min_similarity)
+    for hit in hits:
+        if args.json:
+            print(json.dumps({"similarity": hit.similarity, "row": hit.row}, default=str))
+        else:
+            shown = {c: hit.row.get(c) for c in [*vectorizer.pk_columns, *vectorizer.text_columns]}
+            text = " | ".join(str(v) for v in shown.values()).replace("\n", " ")
+            print(f"{hit.similarity:.3f}  {text[:150]}")
+    if not hits and not args.json:
+        print("no rows at or above the similarity threshold")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rowembed.pgplugin import connect
+
+    with connect(_settings(args).require_database()) as conn:
+        rows = conn.execute("SELECT * FROM rowembed.vectorizer_status").fetchall()
+    print(f"{'name':<24} {'model':<40} {'queued':>8} {'in flight':>9} {'failed':>7} {'embedded':>9}")
+    for name, _source, model, queued, in_flight, failed, embedded in rows:
+        print(f"{name:<24} {model:<40} {queued:>8} {in_flight:>9} {failed:>7} {embedded:>9}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rowembed.demo import run_demo
+
+    return run_demo(rows=args.rows, settings=_settings(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rowembed", description=__doc__)
+    parser.add_argument("--database-url", help="PostgreSQL URL (env ROWEMBED_DATABASE_URL)")
+    parser.add_argument("--redis-url", help="Redis URL for Celery (env ROWEMBED_REDIS_URL)")
+    parser.add_argument("--loglevel", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="install or upgrade rowembed's schema and functions")
+
+    worker = sub.add_parser("worker", help="run a Celery embedding worker (and a dispatcher)")
+    worker.add_argument("--concurrency", type=int, default=1, help="processes (one per GPU)")
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument("--queues", help="Celery queues to consume (default rowembed.embed)")
+    worker.add_argument("--name", help="Celery node name")
+    worker.add_argument("--no-dispatcher", action="store_true",
+                        help="do not start a dispatcher beside the worker")
+
+    sub.add_parser("dispatcher", help="turn table changes into worker hints")
+
+    search = sub.add_parser("search", help="search a vectorizer's table with a text query")
+    search.add_argument("name", help="vectorizer name")
+    search.add_argument("text")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--min-similarity", type=float, default=None)
+    search.add_argument("--json", action="store_true", help="one JSON object per row")
+
+    sub.add_parser("status", help="queue and embedding counts per vectorizer")
+
+    demo = sub.add_parser("demo", help="the whole path on embedded PostgreSQL and Redis")
+    demo.add_argument("--rows", type=int, default=2000, help="docstrings to load")
+    return parser
+
+
+COMMANDS = {
+    "migrate": cmd_migrate, "worker": cmd_worker, "dispatcher": cmd_dispatcher,
+    "search": cmd_search, "status": cmd_status, "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.loglevel.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except SettingsError as exc:
+        print(f"rowembed: {exc}", file=sys.stderr)
+        return 2
