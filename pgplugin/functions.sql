@@ -117,7 +117,7 @@ BEGIN
         END $fn$ $f$, fn, queue, keys, upsert, v.id::text);
 
     -- UPDATE: fires only when an embedded column or the key changed (see WHEN below).
-    -- A key change moves the embedding to the new key and queues the new key; the
+    -- A key change moves the embedding to the new key and queues both keys; the
     -- worker then finds the text unchanged and skips the model. Locks are taken on
     -- the queue before the embeddings, in the same order as the worker.
     EXECUTE format($f$
@@ -128,9 +128,11 @@ BEGIN
             moved_hash bytea;
         BEGIN
             IF (%3$s) IS DISTINCT FROM (%4$s) THEN
-                DELETE FROM %5$s WHERE (%6$s) = (%3$s);
+                -- Both keys are queued: the old one so the worker confirms it is gone
+                -- (in a key swap it is not) and any claim on it is voided.
                 INSERT INTO %5$s (%6$s, seq, priority)
-                VALUES (%4$s, nextval('rowembed.change_seq'), 0) %7$s;
+                VALUES (%3$s, nextval('rowembed.change_seq'), 0),
+                       (%4$s, nextval('rowembed.change_seq'), 0) %7$s;
                 DELETE FROM %2$s WHERE (%6$s) = (%3$s)
                 RETURNING %9$I, text_hash INTO moved_embedding, moved_hash;
                 IF FOUND THEN

@@ -1,0 +1,123 @@
+"""Real services, started once per session: embedded PostgreSQL 18 + pgvector,
+a Redis server, and (for the tests that ask for it) a Celery worker process."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # weights come from site-packages, never the network
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import itertools
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from rowembed.embedded import EmbeddedPostgres, EmbeddedRedis
+from rowembed.pgplugin import connect, migrate
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05) -> Any:
+    """Poll until `predicate()` is truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: EmbeddedPostgres) -> str:
+    with connect(postgres.url) as conn:
+        migrate(conn)
+    return postgres.url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    server = EmbeddedRedis().start()
+    yield server.url
+    server.remove()
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with connect(database_url) as c:
+        yield c
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def table(request: pytest.FixtureRequest) -> str:
+    """A fresh table name for this test (unquoted, lower case)."""
+    return f"t{next(_names)}_{request.node.name.split('[')[0][-30:].lower()}"
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Any:
+    from rowembed.workers.runtime import Encoder
+
+    return Encoder.load(MODEL, device="cpu")
+
+
+class WorkerProcess:
+    def __init__(self, database_url: str, redis_url: str, log_path: Path) -> None:
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "ROWEMBED_DATABASE_URL": database_url,
+            "ROWEMBED_REDIS_URL": redis_url,
+            "ROWEMBED_SWEEP_SECONDS": "1",
+            "ROWEMBED_TASK_SECONDS": "2",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rowembed", "--loglevel", "INFO", "worker",
+             "--concurrency", "1"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: b"ready." in self.log_path.read_bytes(), timeout=60)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(database_url: str, redis_url: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(database_url, redis_url,
+                            tmp_path_factory.mktemp("worker") / "worker.log").start()
+    yield process
+    process.stop()

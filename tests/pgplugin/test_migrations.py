@@ -1,0 +1,85 @@
+"""The migration runner, each test on a database of its own."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+import pytest
+
+from rowembed.embedded import EmbeddedPostgres
+from rowembed.pgplugin import connect
+from rowembed.pgplugin.migrations import MigrationError, load_migrations, migrate
+
+_databases = itertools.count()
+
+CATALOG = """
+    SELECT p.oid::regprocedure::text, md5(pg_get_functiondef(p.oid)), p.proconfig::text
+    FROM pg_proc p WHERE p.pronamespace = 'rowembed'::regnamespace
+    UNION ALL
+    SELECT c.relname::text, c.relkind::text, NULL FROM pg_class c
+    WHERE c.relnamespace = 'rowembed'::regnamespace
+    ORDER BY 1
+"""
+
+
+@pytest.fixture
+def fresh(postgres: EmbeddedPostgres) -> Iterator[psycopg.Connection[Any]]:
+    name = f"migrations_{next(_databases)}"
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    with connect(postgres.url.replace("/postgres?", f"/{name}?")) as conn:
+        yield conn
+
+
+def test_fresh_install_then_again_is_a_no_op(fresh: psycopg.Connection[Any]) -> None:
+    assert migrate(fresh) == [m.version for m in load_migrations()]
+    recorded = fresh.execute("SELECT * FROM rowembed.schema_migrations").fetchall()
+    catalog = fresh.execute(CATALOG).fetchall()
+    assert migrate(fresh) == []
+    assert fresh.execute("SELECT * FROM rowembed.schema_migrations").fetchall() == recorded
+    assert fresh.execute(CATALOG).fetchall() == catalog
+
+
+def test_an_edited_applied_migration_is_refused(fresh: psycopg.Connection[Any]) -> None:
+    migrate(fresh)
+    edited = [replace(m, sql=m.sql + "\n-- edited\n") if i == 0 else m
+              for i, m in enumerate(load_migrations())]
+    with pytest.raises(MigrationError, match="was edited after it was applied"):
+        migrate(fresh, edited)
+
+
+def test_a_database_newer_than_the_code_is_refused(fresh: psycopg.Connection[Any]) -> None:
+    migrate(fresh)
+    fresh.execute("INSERT INTO rowembed.schema_migrations VALUES ('9999', 'future', 'x')")
+    with pytest.raises(MigrationError, match="does not know: 9999"):
+        migrate(fresh)
+
+
+def test_a_failing_migration_leaves_the_database_as_it_was(fresh: psycopg.Connection[Any]) -> None:
+    migrate(fresh)
+    broken = [*load_migrations(), replace(load_migrations()[0], version="9000", name="broken",
+                                          sql="CREATE TABLE rowembed.x (); SELECT 1/0;")]
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        migrate(fresh, broken)
+    assert fresh.execute("SELECT to_regclass('rowembed.x')").fetchone() == (None,)
+    assert fresh.execute("SELECT max(version) FROM rowembed.schema_migrations").fetchone() != (
+        "9000",)
+
+
+def test_every_function_pins_search_path(fresh: psycopg.Connection[Any]) -> None:
+    migrate(fresh)
+    unpinned = fresh.execute("""
+        SELECT p.oid::regprocedure::text FROM pg_proc p
+        WHERE p.pronamespace = 'rowembed'::regnamespace
+          AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')
+    """).fetchall()
+    assert unpinned == []
+
+
+def test_migration_files_are_numbered_without_gaps() -> None:
+    versions = [int(m.version) for m in load_migrations()]
+    assert versions == list(range(1, len(versions) + 1))
