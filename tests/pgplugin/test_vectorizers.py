@@ -165,7 +165,7 @@ def test_bad_arguments_are_refused_clearly(
     conn.execute("CREATE TABLE IF NOT EXISTS no_pk_table (body text)")
     conn.execute("CREATE TABLE IF NOT EXISTS pk_table (id int PRIMARY KEY, body text)")
     with pytest.raises(psycopg.Error, match=error):
-        create_vectorizer(conn, source, columns, model=MODEL, **options)
+        create_vectorizer(conn, source, columns, **{"model": MODEL, **options})
     assert conn.execute("SELECT to_regclass('pk_table')").fetchone() == ("pk_table",)
     assert conn.execute("SELECT count(*) FROM rowembed.vectorizer WHERE source = "
                         "'pk_table'::regclass").fetchone() == (0,)
