@@ -183,7 +183,7 @@ def test_application_roles_need_no_rowembed_privileges(conn: Conn, table: str) -
         conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (50, 'x')").format(t))
         conn.execute(sql.SQL("UPDATE {} SET body = 'y' WHERE id = 1").format(t))
         conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(t))
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
             conn.execute(sql.SQL("SELECT * FROM {}").format(v.queue))
     assert set(queue(conn, v)) == {50, 1}
 
