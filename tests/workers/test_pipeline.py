@@ -1,0 +1,184 @@
+"""The claim -> read -> embed -> write cycle in-process, on the real database and model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from rowembed.pgplugin import create_vectorizer
+from rowembed.pgplugin.vectorizers import Vectorizer
+from rowembed.workers import database as db
+from rowembed.workers.database import Action, Outcome
+from rowembed.workers.pipeline import run_batch
+from rowembed.workers.runtime import Encoded, Encoder
+
+from ..conftest import MODEL
+
+Conn = psycopg.Connection[Any]
+
+
+class CountingEncoder:
+    """The real encoder, counting the texts it is asked to embed."""
+
+    def __init__(self, encoder: Encoder, fail_on: str | None = None) -> None:
+        self.encoder = encoder
+        self.fail_on = fail_on
+        self.texts: list[str] = []
+        self.name = encoder.name
+        self.dimensions = encoder.dimensions
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        self.texts.extend(texts)
+        if self.fail_on and any(self.fail_on in t for t in texts):
+            raise RuntimeError(f"injected failure on {self.fail_on!r}")
+        return self.encoder.encode(texts)
+
+
+def setup(conn: Conn, table: str, bodies: dict[int, str | None]) -> Vectorizer:
+    t = sql.Identifier(table)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    for key, body in bodies.items():
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(t), [key, body])
+    return create_vectorizer(conn, table, ["body"], model=MODEL)
+
+
+def run(conn: Conn, v: Vectorizer, encoder: Any) -> Any:
+    return run_batch(conn, v, db.QueueStatements(v), encoder, limit=100, lease_seconds=60)
+
+
+def stored(conn: Conn, v: Vectorizer) -> dict[int, np.ndarray]:
+    rows = conn.execute(sql.SQL("SELECT id, embedding FROM {}").format(v.destination)).fetchall()
+    return {key: vector.to_numpy() for key, vector in rows}
+
+
+def queued(conn: Conn, v: Vectorizer) -> list[int]:
+    return [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(v.queue))]
+
+
+def test_a_batch_stores_the_model_vectors_and_empties_the_queue(
+    conn: Conn, table: str, encoder: Encoder
+) -> None:
+    texts = {1: "the cat sat on the mat", 2: "stock markets fell sharply", 3: "a recipe for soup"}
+    v = setup(conn, table, texts)
+    report = run(conn, v, encoder)
+    assert (report.claimed, report.embedded, report.written) == (3, 3, 3)
+    vectors = stored(conn, v)
+    expected = encoder.encode(list(texts.values())).vectors
+    for i, key in enumerate(texts):
+        assert np.abs(vectors[key] - expected[i]).max() <= 1e-6
+    assert queued(conn, v) == []
+
+
+def test_a_vector_of_an_older_text_is_never_written(conn: Conn, table: str, encoder: Encoder) -> None:
+    v = setup(conn, table, {1: "old text about cats"})
+    statements = db.QueueStatements(v)
+    seqs = db.claim(conn, statements, 10, 60)
+    rows = db.read(conn, statements, seqs)
+    vectors = encoder.encode([r.text for r in rows]).vectors
+    # The row changes while the model runs.
+    conn.execute(sql.SQL("UPDATE {} SET body = 'new text about dogs' WHERE id = 1").format(
+        sql.Identifier(table)))
+    result = db.write(conn, statements, [Outcome(rows[0].seq, Action.WRITE, rows[0].text_hash,
+                                                 vectors[0])])
+    assert (result.completed, result.written) == (0, 0)
+    assert stored(conn, v) == {}
+    assert queued(conn, v) == [1]
+    run(conn, v, encoder)
+    assert np.abs(stored(conn, v)[1] - encoder.encode(["new text about dogs"]).vectors[0]).max() < 1e-6
+
+
+def test_a_row_deleted_while_embedding_leaves_no_orphan(conn: Conn, table: str, encoder: Encoder) -> None:
+    v = setup(conn, table, {1: "short lived"})
+    statements = db.QueueStatements(v)
+    rows = db.read(conn, statements, db.claim(conn, statements, 10, 60))
+    vector = encoder.encode([rows[0].text]).vectors[0]
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 1").format(sql.Identifier(table)))
+    db.write(conn, statements, [Outcome(rows[0].seq, Action.WRITE, rows[0].text_hash, vector)])
+    assert stored(conn, v) == {}
+    assert queued(conn, v) == []
+
+
+def test_requeued_rows_with_unchanged_text_skip_the_model(conn: Conn, table: str, encoder: Encoder) -> None:
+    v = setup(conn, table, {1: "alpha", 2: "beta"})
+    counting = CountingEncoder(encoder)
+    run(conn, v, counting)
+    assert sorted(counting.texts) == ["alpha", "beta"]
+    # The same rows queued again (a duplicate hint, a second backfill, a key move).
+    for _ in range(3):
+        conn.execute(sql.SQL("INSERT INTO {} (id, seq) SELECT id, nextval('rowembed.change_seq')"
+                             " FROM {} ON CONFLICT (id) DO UPDATE SET seq = excluded.seq").format(
+            v.queue, sql.Identifier(table)))
+    report = run(conn, v, counting)
+    assert (report.claimed, report.unchanged, report.embedded) == (2, 2, 0)
+    assert sorted(counting.texts) == ["alpha", "beta"]  # no new model calls
+    assert queued(conn, v) == []
+
+
+def test_null_and_empty_text_get_no_embedding_and_no_error(
+    conn: Conn, table: str, encoder: Encoder
+) -> None:
+    v = setup(conn, table, {1: None, 2: "", 3: "   ", 4: "real text"})
+    report = run(conn, v, encoder)
+    assert (report.embedded, report.failed) == (1, 0)
+    assert list(stored(conn, v)) == [4]
+    assert queued(conn, v) == []
+    conn.execute(sql.SQL("UPDATE {} SET body = NULL WHERE id = 4").format(sql.Identifier(table)))
+    run(conn, v, encoder)
+    assert stored(conn, v) == {}  # emptied text: the old embedding goes
+
+
+def test_texts_over_the_model_limit_are_truncated_and_counted(
+    conn: Conn, table: str, encoder: Encoder
+) -> None:
+    v = setup(conn, table, {1: "word " * 3000, 2: "short"})
+    report = run(conn, v, encoder)
+    assert (report.embedded, report.truncated, report.failed) == (2, 1, 0)
+
+
+def test_a_failing_batch_backs_off_and_is_parked_after_max_attempts(
+    conn: Conn, table: str, encoder: Encoder
+) -> None:
+    v = setup(conn, table, {1: "poison pill", 2: "fine"})
+    failing = CountingEncoder(encoder, fail_on="poison")
+    report = run(conn, v, failing)
+    assert report.failed == 2
+    row = conn.execute(sql.SQL("SELECT attempts, last_error, lease_until > now(), failed_at"
+                               " FROM {} WHERE id = 1").format(v.queue)).fetchone()
+    assert row is not None
+    assert row[0] == 1 and "injected failure" in row[1] and row[2] and row[3] is None
+    for _ in range(v.max_attempts - 1):
+        conn.execute(sql.SQL("UPDATE {} SET lease_until = NULL").format(v.queue))
+        run(conn, v, failing)
+    failed = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE failed_at IS NOT NULL").format(
+        v.queue)).fetchone()
+    assert failed == (2,)
+    assert run(conn, v, failing).claimed == 0  # parked entries are not claimed
+
+
+def test_a_model_of_the_wrong_size_fails_clearly(conn: Conn, table: str, encoder: Encoder) -> None:
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(table)))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'x')").format(sql.Identifier(table)))
+    v = create_vectorizer(conn, table, ["body"], model="BAAI/bge-base-en-v1.5")
+    report = run(conn, v, encoder)
+    assert report.failed == 1
+    error = conn.execute(sql.SQL("SELECT last_error FROM {}").format(v.queue)).fetchone()
+    assert error is not None and "gives 384 dimensions" in error[0] and "stores 768" in error[0]
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_claims_do_not_overlap(conn: Conn, database_url: str, table: str, limit: int) -> None:
+    v = setup(conn, table, {i: f"text {i}" for i in range(1, 6)})
+    statements = db.QueueStatements(v)
+    from rowembed.pgplugin import connect
+
+    with connect(database_url) as other:
+        first = db.claim(conn, statements, limit, 60)
+        second = db.claim(other, statements, limit, 60)
+    assert len(first) == len(second) == limit
+    assert not set(first) & set(second)
