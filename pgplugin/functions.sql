@@ -490,10 +490,16 @@ LANGUAGE sql STABLE AS $$
         ELSE '' END)
 $$;
 
+-- pgvector's setting; NULL-safe before the extension's library is loaded in a session.
+CREATE OR REPLACE FUNCTION rowembed._ef_search() RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(current_setting('hnsw.ef_search', true), '40')
+$$;
+
 -- HNSW returns at most hnsw.ef_search rows; raise it for large k, for this call only.
 CREATE OR REPLACE FUNCTION rowembed._ef_search_for(k int) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT greatest(least(k + 1, 1000), current_setting('hnsw.ef_search')::int)::text
+    SELECT greatest(least(k + 1, 1000), rowembed._ef_search()::int)::text
 $$;
 
 -- Rows of a table most similar to a query vector, best first, at or above the
@@ -508,7 +514,7 @@ RETURNS TABLE (similarity float8, item anyelement)
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
-    ef text := current_setting('hnsw.ef_search');
+    ef text := rowembed._ef_search();
 BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'rowembed: k must be at least 1';
@@ -531,7 +537,7 @@ RETURNS TABLE (similarity float8, similar_item anyelement)
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(item), vectorizer);
-    ef text := current_setting('hnsw.ef_search');
+    ef text := rowembed._ef_search();
     query vector;
 BEGIN
     IF k IS NULL OR k < 1 THEN
