@@ -93,12 +93,12 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rowembed", "--loglevel", "INFO", "worker",
-             "--concurrency", "1"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "rowembed", "--loglevel", "INFO", "worker",
+                 "--concurrency", "1"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
         wait_until(lambda: b"ready." in self.log_path.read_bytes(), timeout=60)
         return self
 
