@@ -12,8 +12,16 @@ from psycopg.rows import class_row
 
 # The SQL function's optional arguments, passed by name when given.
 _OPTIONS = (
-    "name", "model", "dimensions", "destination", "embedding_column", "separator",
-    "min_similarity", "query_instruction", "max_attempts", "backfill",
+    "name",
+    "model",
+    "dimensions",
+    "destination",
+    "embedding_column",
+    "separator",
+    "min_similarity",
+    "query_instruction",
+    "max_attempts",
+    "backfill",
 )
 
 

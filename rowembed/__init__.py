@@ -1,9 +1,9 @@
 """rowembed: keep pgvector embeddings of PostgreSQL rows current, and search them.
 
-    import rowembed
-    conn = rowembed.connect("postgresql://...")
-    rowembed.migrate(conn)
-    docs = rowembed.create_vectorizer(conn, "docs", ["title", "body"])
+import rowembed
+conn = rowembed.connect("postgresql://...")
+rowembed.migrate(conn)
+docs = rowembed.create_vectorizer(conn, "docs", ["title", "body"])
 """
 
 from rowembed.pgplugin import (

@@ -39,15 +39,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     dispatcher = None
     if not args.no_dispatcher:
         dispatcher = subprocess.Popen(
-            [sys.executable, "-m", "rowembed", "--loglevel", args.loglevel, "dispatcher"])
+            [sys.executable, "-m", "rowembed", "--loglevel", args.loglevel, "dispatcher"]
+        )
     try:
         from rowembed.workers.celery_app import EMBED_QUEUE, app
 
-        app.worker_main([
-            "worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}",
-            f"--pool={args.pool}", "-Q", args.queues or EMBED_QUEUE,
-            "--without-gossip", "--without-mingle", *(["-n", args.name] if args.name else []),
-        ])
+        app.worker_main(
+            [
+                "worker",
+                f"--loglevel={args.loglevel}",
+                f"--concurrency={args.concurrency}",
+                f"--pool={args.pool}",
+                "-Q",
+                args.queues or EMBED_QUEUE,
+                "--without-gossip",
+                "--without-mingle",
+                *(["-n", args.name] if args.name else []),
+            ]
+        )
     finally:
         if dispatcher is not None:
             dispatcher.terminate()
@@ -102,7 +111,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     with connect(_settings(args).require_database()) as conn:
         rows = conn.execute("SELECT * FROM rowembed.vectorizer_status").fetchall()
-    print(f"{'name':<24} {'model':<40} {'queued':>8} {'in flight':>9} {'failed':>7} {'embedded':>9}")
+    print(
+        f"{'name':<24} {'model':<40} {'queued':>8} {'in flight':>9} {'failed':>7} {'embedded':>9}"
+    )
     for name, _source, model, queued, in_flight, failed, embedded in rows:
         print(f"{name:<24} {model:<40} {queued:>8} {in_flight:>9} {failed:>7} {embedded:>9}")
     return 0
@@ -128,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.add_argument("--queues", help="Celery queues to consume (default rowembed.embed)")
     worker.add_argument("--name", help="Celery node name")
-    worker.add_argument("--no-dispatcher", action="store_true",
-                        help="do not start a dispatcher beside the worker")
+    worker.add_argument(
+        "--no-dispatcher", action="store_true", help="do not start a dispatcher beside the worker"
+    )
 
     sub.add_parser("dispatcher", help="turn table changes into worker hints")
 
@@ -148,15 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "migrate": cmd_migrate, "worker": cmd_worker, "dispatcher": cmd_dispatcher,
-    "search": cmd_search, "status": cmd_status, "demo": cmd_demo,
+    "migrate": cmd_migrate,
+    "worker": cmd_worker,
+    "dispatcher": cmd_dispatcher,
+    "search": cmd_search,
+    "status": cmd_status,
+    "demo": cmd_demo,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.loglevel.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return COMMANDS[args.command](args)
     except SettingsError as exc:

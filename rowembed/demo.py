@@ -114,14 +114,14 @@ def run_demo(rows: int, settings: Settings) -> int:
     model, why = choose_model()
     print(f"model: {model}\n  why: {why}")
     with services(settings) as (database_url, redis_url):
-        env = {**os.environ, "ROWEMBED_DATABASE_URL": database_url,
-               "ROWEMBED_REDIS_URL": redis_url}
+        env = {**os.environ, "ROWEMBED_DATABASE_URL": database_url, "ROWEMBED_REDIS_URL": redis_url}
         with connect(database_url) as conn:
             migrate(conn)
             total = load_corpus(conn, rows)
             print(f"loaded {total} docstrings of the Python standard library into stdlib_docs")
             worker = subprocess.Popen(
-                [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", "worker"], env=env)
+                [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", "worker"], env=env
+            )
             try:
                 return _walkthrough(conn, model, total)
             finally:
@@ -133,11 +133,15 @@ def _walkthrough(conn: psycopg.Connection[Any], model: str, total: int) -> int:
     from rowembed.workers.runtime import Encoder
 
     v = create_vectorizer(conn, "stdlib_docs", ["qualname", "docstring"], model=model)
-    print(f"vectorizer {v.name!r}: {v.text_columns} -> {v.destination_table}.{v.embedding_column}"
-          f" vector({v.dimensions}), default min similarity {v.min_similarity}")
+    print(
+        f"vectorizer {v.name!r}: {v.text_columns} -> {v.destination_table}.{v.embedding_column}"
+        f" vector({v.dimensions}), default min similarity {v.min_similarity}"
+    )
     seconds = wait_for_backfill(conn, v, total)
-    print(f"embedded {total} rows in {seconds:.1f}s: {total / seconds:.0f} rows/s"
-          " (worker start and model load included)")
+    print(
+        f"embedded {total} rows in {seconds:.1f}s: {total / seconds:.0f} rows/s"
+        " (worker start and model load included)"
+    )
 
     encoder = Encoder.load(model)
     first_hits = []
@@ -147,14 +151,19 @@ def _walkthrough(conn: psycopg.Connection[Any], model: str, total: int) -> int:
         show(hits)
         first_hits = first_hits or hits
 
-    new_text = ("Knead the dough, let it rise overnight in a cool place,"
-                " then bake the sourdough loaf in a very hot oven until the crust is dark.")
+    new_text = (
+        "Knead the dough, let it rise overnight in a cool place,"
+        " then bake the sourdough loaf in a very hot oven until the crust is dark."
+    )
     target = conn.execute(
         "SELECT id, qualname FROM stdlib_docs WHERE qualname NOT IN (%s) ORDER BY id LIMIT 1",
-        [first_hits[0].row["qualname"] if first_hits else ""]).fetchone()
+        [first_hits[0].row["qualname"] if first_hits else ""],
+    ).fetchone()
     assert target is not None
-    print(f"\nUPDATE stdlib_docs SET docstring = '{new_text[:40]}...' WHERE id = {target[0]}"
-          f"  ({target[1]})")
+    print(
+        f"\nUPDATE stdlib_docs SET docstring = '{new_text[:40]}...' WHERE id = {target[0]}"
+        f"  ({target[1]})"
+    )
     changed = time.monotonic()
     conn.execute("UPDATE stdlib_docs SET docstring = %s WHERE id = %s", [new_text, target[0]])
     query = embed_query(encoder, v, "how do I bake bread")
@@ -175,8 +184,10 @@ def _walkthrough(conn: psycopg.Connection[Any], model: str, total: int) -> int:
         deleted = time.monotonic()
         conn.execute("DELETE FROM stdlib_docs WHERE id = %s", [gone["id"]])
         hits = search_vector(conn, v, embed_query(encoder, v, QUERIES[0]), k=3)
-        print(f"search: {QUERIES[0]!r}  (reflected after {time.monotonic() - deleted:.2f}s:"
-              " deletes apply in the same transaction)")
+        print(
+            f"search: {QUERIES[0]!r}  (reflected after {time.monotonic() - deleted:.2f}s:"
+            " deletes apply in the same transaction)"
+        )
         show(hits)
     print("\nTry it yourself against your own database: see README.md.")
     return 0

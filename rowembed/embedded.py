@@ -68,12 +68,28 @@ class EmbeddedPostgres:
                 path.chmod(path.stat().st_mode | 0o005 if path != self.base_dir else 0o755)
             os.chown(self.base_dir, self._user.pw_uid, self._user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
-            self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-                      "--encoding=UTF8", "--locale=C", "--no-sync")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
         self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
-            "-o", f"-k {self.base_dir} -h '' -c fsync=off -c full_page_writes=off"
-                  " -c max_connections=200",
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-k {self.base_dir} -h '' -c fsync=off -c full_page_writes=off -c max_connections=200",
             "start",
         )
         return self
@@ -108,9 +124,23 @@ class EmbeddedRedis:
 
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            [str(self.binary), "--port", "0", "--unixsocket", str(self.socket),
-             "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-             "--dir", str(self.base_dir), "--logfile", str(self.base_dir / "redis.log")],
+            [
+                str(self.binary),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.base_dir),
+                "--logfile",
+                str(self.base_dir / "redis.log"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

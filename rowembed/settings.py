@@ -43,8 +43,11 @@ class Settings:
             if raw is None:
                 continue
             try:
-                values[f.name] = raw if f.name == "device" else (
-                    float(raw) if f.name.endswith("seconds") else int(raw))
+                values[f.name] = (
+                    raw
+                    if f.name == "device"
+                    else (float(raw) if f.name.endswith("seconds") else int(raw))
+                )
             except ValueError:
                 raise SettingsError(f"ROWEMBED_{f.name.upper()}={raw!r} is not a number") from None
         return cls(**values)  # type: ignore[arg-type]
@@ -52,7 +55,8 @@ class Settings:
     def require_database(self) -> str:
         if not self.database_url:
             raise SettingsError(
-                "no database: set ROWEMBED_DATABASE_URL (or DATABASE_URL, or --database-url)")
+                "no database: set ROWEMBED_DATABASE_URL (or DATABASE_URL, or --database-url)"
+            )
         return self.database_url
 
     def require_redis(self) -> str:

@@ -95,9 +95,19 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "rowembed", "--loglevel", "INFO", "worker",
-                 "--concurrency", "1"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "rowembed",
+                    "--loglevel",
+                    "INFO",
+                    "worker",
+                    "--concurrency",
+                    "1",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_until(lambda: b"ready." in self.log_path.read_bytes(), timeout=60)
         return self
@@ -115,9 +125,11 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def worker(database_url: str, redis_url: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(database_url, redis_url,
-                            tmp_path_factory.mktemp("worker") / "worker.log").start()
+def worker(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(
+        database_url, redis_url, tmp_path_factory.mktemp("worker") / "worker.log"
+    ).start()
     yield process
     process.stop()

@@ -103,9 +103,13 @@ class QueueStatements:
              CROSS JOIN LATERAL (SELECT {text} AS text) AS t
              WHERE q.seq = ANY(%(seqs)s)
         """).format(
-            first_key=sql.Identifier(pk[0]), queue=v.queue, source=v.source,
-            dest=v.destination, text=text,
-            source_match=_equal(pk, "s", "q"), dest_match=_equal(pk, "e", "q"),
+            first_key=sql.Identifier(pk[0]),
+            queue=v.queue,
+            source=v.source,
+            dest=v.destination,
+            text=text,
+            source_match=_equal(pk, "s", "q"),
+            dest_match=_equal(pk, "e", "q"),
         )
         self.create_stage = sql.SQL("""
             CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS
@@ -140,8 +144,13 @@ class QueueStatements:
             SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM written),
                    (SELECT count(*) FROM removed)
         """).format(
-            queue=v.queue, stage=self.stage, dest=v.destination, emb=emb,
-            keys=_keys(pk), q_keys=_keys(pk, "q"), done_keys=_keys(pk, "done"),
+            queue=v.queue,
+            stage=self.stage,
+            dest=v.destination,
+            emb=emb,
+            keys=_keys(pk),
+            q_keys=_keys(pk, "q"),
+            done_keys=_keys(pk, "done"),
             done_match=_equal(pk, "e", "done"),
         )
         # A failed batch: back off exponentially, park the entry after max_attempts.
@@ -154,7 +163,9 @@ class QueueStatements:
         """).format(queue=v.queue)
 
 
-def claim(conn: psycopg.Connection[Any], st: QueueStatements, limit: int, lease: float) -> list[int]:
+def claim(
+    conn: psycopg.Connection[Any], st: QueueStatements, limit: int, lease: float
+) -> list[int]:
     """Lease up to `limit` entries, live changes first. Commits at once."""
     with conn.transaction():
         rows = conn.execute(st.claim, {"limit": limit, "lease": lease}).fetchall()
@@ -165,14 +176,19 @@ def read(conn: psycopg.Connection[Any], st: QueueStatements, seqs: list[int]) ->
     """The claimed rows' current text. A separate statement after the claim, so
     its snapshot is newer than every change the claimed `seq` stands for."""
     rows = conn.execute(st.read, {"seqs": seqs}).fetchall()
-    return [QueuedRow(seq, present, text, text_hash, stored) for seq, present, text, text_hash, stored in rows]
+    return [
+        QueuedRow(seq, present, text, text_hash, stored)
+        for seq, present, text, text_hash, stored in rows
+    ]
 
 
 # Stage tables already created, per connection (temp tables live as long as the session).
 _staged: WeakKeyDictionary[psycopg.Connection[Any], set[str]] = WeakKeyDictionary()
 
 
-def write(conn: psycopg.Connection[Any], st: QueueStatements, outcomes: Sequence[Outcome]) -> WriteResult:
+def write(
+    conn: psycopg.Connection[Any], st: QueueStatements, outcomes: Sequence[Outcome]
+) -> WriteResult:
     """Store vectors and complete entries, in one short transaction."""
     with conn.transaction():
         staged = _staged.setdefault(conn, set())
@@ -188,7 +204,11 @@ def write(conn: psycopg.Connection[Any], st: QueueStatements, outcomes: Sequence
 
 
 def record_failure(
-    conn: psycopg.Connection[Any], st: QueueStatements, seqs: list[int], error: str, max_attempts: int
+    conn: psycopg.Connection[Any],
+    st: QueueStatements,
+    seqs: list[int],
+    error: str,
+    max_attempts: int,
 ) -> None:
     with conn.transaction():
         conn.execute(st.fail, {"seqs": seqs, "error": error[:2000], "max_attempts": max_attempts})

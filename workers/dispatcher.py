@@ -58,8 +58,11 @@ class Dispatcher:
             try:
                 self._listen(stop)
             except (psycopg.OperationalError, OSError, KombuOperationalError) as exc:
-                log.warning("dispatcher: database or broker unavailable (%s); retrying in %.1fs",
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc, delay)
+                log.warning(
+                    "dispatcher: database or broker unavailable (%s); retrying in %.1fs",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+                    delay,
+                )
                 stop.wait(delay)
                 delay = min(delay * 2, self.retry_max_seconds)
             except Exception:
@@ -70,8 +73,9 @@ class Dispatcher:
                 delay = 0.5
 
     def _listen(self, stop: threading.Event) -> None:
-        with psycopg.connect(self.database_url, autocommit=True,
-                             application_name="rowembed-dispatcher") as conn:
+        with psycopg.connect(
+            self.database_url, autocommit=True, application_name="rowembed-dispatcher"
+        ) as conn:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
             log.info("dispatcher: listening")
             next_sweep = 0.0

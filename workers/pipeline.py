@@ -78,8 +78,13 @@ def run_batch(
                 )
             encoded = encoder.encode([r.text for r in to_embed])
         except Exception as exc:
-            db.record_failure(conn, statements, [r.seq for r in to_embed],
-                              f"{type(exc).__name__}: {exc}", vectorizer.max_attempts)
+            db.record_failure(
+                conn,
+                statements,
+                [r.seq for r in to_embed],
+                f"{type(exc).__name__}: {exc}",
+                vectorizer.max_attempts,
+            )
             report.failed = len(to_embed)
             log.exception("vectorizer %s: embedding %d rows failed", vectorizer.name, len(to_embed))
             to_embed = []
@@ -115,8 +120,9 @@ def drain(
     total = BatchReport()
     deadline = time.monotonic() + time_budget
     while True:
-        report = run_batch(conn, vectorizer, statements, encoder,
-                           limit=limit, lease_seconds=lease_seconds)
+        report = run_batch(
+            conn, vectorizer, statements, encoder, limit=limit, lease_seconds=lease_seconds
+        )
         total.add(report)
         if report.claimed < limit:
             return total, False

@@ -45,7 +45,8 @@ class WorkerState:
             from .runtime import Encoder
 
             self._encoders[model] = Encoder.load(
-                model, device=self.settings.device, token_budget=self.settings.token_budget)
+                model, device=self.settings.device, token_budget=self.settings.token_budget
+            )
         return self._encoders[model]
 
 

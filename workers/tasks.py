@@ -29,7 +29,9 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
             return {}
         encoder = state.encoder(vectorizer.model)
         report, more = drain(
-            conn, vectorizer, encoder,
+            conn,
+            vectorizer,
+            encoder,
             limit=state.settings.batch_rows,
             lease_seconds=state.settings.lease_seconds,
             time_budget=state.settings.task_seconds,

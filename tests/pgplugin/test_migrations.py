@@ -46,8 +46,10 @@ def test_fresh_install_then_again_is_a_no_op(fresh: psycopg.Connection[Any]) -> 
 
 def test_an_edited_applied_migration_is_refused(fresh: psycopg.Connection[Any]) -> None:
     migrate(fresh)
-    edited = [replace(m, sql=m.sql + "\n-- edited\n") if i == 0 else m
-              for i, m in enumerate(load_migrations())]
+    edited = [
+        replace(m, sql=m.sql + "\n-- edited\n") if i == 0 else m
+        for i, m in enumerate(load_migrations())
+    ]
     with pytest.raises(MigrationError, match="was edited after it was applied"):
         migrate(fresh, edited)
 
@@ -61,13 +63,21 @@ def test_a_database_newer_than_the_code_is_refused(fresh: psycopg.Connection[Any
 
 def test_a_failing_migration_leaves_the_database_as_it_was(fresh: psycopg.Connection[Any]) -> None:
     migrate(fresh)
-    broken = [*load_migrations(), replace(load_migrations()[0], version="9000", name="broken",
-                                          sql="CREATE TABLE rowembed.x (); SELECT 1/0;")]
+    broken = [
+        *load_migrations(),
+        replace(
+            load_migrations()[0],
+            version="9000",
+            name="broken",
+            sql="CREATE TABLE rowembed.x (); SELECT 1/0;",
+        ),
+    ]
     with pytest.raises(psycopg.errors.DivisionByZero):
         migrate(fresh, broken)
     assert fresh.execute("SELECT to_regclass('rowembed.x')").fetchone() == (None,)
     assert fresh.execute("SELECT max(version) FROM rowembed.schema_migrations").fetchone() != (
-        "9000",)
+        "9000",
+    )
 
 
 def test_every_function_pins_search_path(fresh: psycopg.Connection[Any]) -> None:

@@ -20,8 +20,12 @@ from rowembed.workers.runtime import Encoder
 from ..conftest import MODEL
 
 Conn = psycopg.Connection[Any]
-QUERIES = ["send an email message to a mail server", "compress data", "parse JSON documents",
-           "run a command in a child process"]
+QUERIES = [
+    "send an email message to a mail server",
+    "compress data",
+    "parse JSON documents",
+    "run a command in a child process",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +35,16 @@ def corpus(database_url: str, encoder: Encoder) -> tuple[Vectorizer, dict[int, n
 
     docs = [d for d in stdlib_docstrings(1000) if d.qualname == d.module]
     with connect(database_url) as conn:
-        conn.execute("CREATE TABLE search_docs (id int PRIMARY KEY, module text, doc text,"
-                     " category text)")
+        conn.execute(
+            "CREATE TABLE search_docs (id int PRIMARY KEY, module text, doc text, category text)"
+        )
         with conn.cursor().copy("COPY search_docs FROM STDIN") as copy:
             for i, d in enumerate(docs):
                 copy.write_row((i, d.module, d.text, "even" if i % 2 == 0 else "odd"))
         v = create_vectorizer(conn, "search_docs", ["module", "doc"], model=MODEL)
-        while run_batch(conn, v, db.QueueStatements(v), encoder, limit=64, lease_seconds=60).claimed:
+        while run_batch(
+            conn, v, db.QueueStatements(v), encoder, limit=64, lease_seconds=60
+        ).claimed:
             pass
         rows = conn.execute("SELECT id, embedding FROM search_docs_embeddings").fetchall()
     return v, {key: vec.to_numpy() for key, vec in rows}
@@ -99,7 +106,8 @@ def test_similar_uses_the_rows_own_embedding_and_leaves_it_out(conn: Conn, corpu
     _, vectors = corpus
     rows = conn.execute(
         "SELECT (s.similar_item).id, s.similarity FROM search_docs d,"
-        " rowembed.similar(d, 4, min_similarity => -1) s WHERE d.id = 7").fetchall()
+        " rowembed.similar(d, 4, min_similarity => -1) s WHERE d.id = 7"
+    ).fetchall()
     assert [r[0] for r in rows] == brute_force(vectors, vectors[7], 5)[1:]
 
 
@@ -108,25 +116,42 @@ def test_sql_usage_with_a_vector_parameter(conn: Conn, corpus: Any, encoder: Enc
     query = embed_query(encoder, v, QUERIES[3])
     rows = conn.execute(
         "SELECT (item).module, similarity FROM rowembed.search(NULL::search_docs, %s, 3, -1)",
-        [query]).fetchall()
+        [query],
+    ).fetchall()
     assert len(rows) == 3 and "subprocess" in [r[0] for r in rows]
 
 
 def test_errors_name_the_problem(conn: Conn, corpus: Any, table: str) -> None:
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, a text, b text)").format(
-        sql.Identifier(table)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, a text, b text)").format(
+            sql.Identifier(table)
+        )
+    )
     vec = "[" + ",".join(["0.1"] * 384) + "]"
     with pytest.raises(psycopg.Error, match="has no vectorizer"):
-        conn.execute(sql.SQL("SELECT * FROM rowembed.search(NULL::{}, %s::vector)").format(
-            sql.Identifier(table)), [vec])
+        conn.execute(
+            sql.SQL("SELECT * FROM rowembed.search(NULL::{}, %s::vector)").format(
+                sql.Identifier(table)
+            ),
+            [vec],
+        )
     create_vectorizer(conn, table, ["a"], model=MODEL, name=f"{table}_a")
-    create_vectorizer(conn, table, ["b"], model=MODEL, name=f"{table}_b",
-                      destination=f"{table}_b_embeddings")
+    create_vectorizer(
+        conn, table, ["b"], model=MODEL, name=f"{table}_b", destination=f"{table}_b_embeddings"
+    )
     with pytest.raises(psycopg.Error, match="several vectorizers"):
-        conn.execute(sql.SQL("SELECT * FROM rowembed.search(NULL::{}, %s::vector)").format(
-            sql.Identifier(table)), [vec])
-    conn.execute(sql.SQL("SELECT * FROM rowembed.search(NULL::{}, %s::vector, vectorizer => %s)"
-                         ).format(sql.Identifier(table)), [vec, f"{table}_b"])
+        conn.execute(
+            sql.SQL("SELECT * FROM rowembed.search(NULL::{}, %s::vector)").format(
+                sql.Identifier(table)
+            ),
+            [vec],
+        )
+    conn.execute(
+        sql.SQL("SELECT * FROM rowembed.search(NULL::{}, %s::vector, vectorizer => %s)").format(
+            sql.Identifier(table)
+        ),
+        [vec, f"{table}_b"],
+    )
     with pytest.raises(psycopg.Error, match="k must be at least 1"):
         conn.execute("SELECT * FROM rowembed.search(NULL::search_docs, %s::vector, 0)", [vec])
 
@@ -145,8 +170,11 @@ def large(database_url: str) -> Vectorizer:
         conn.execute("CREATE TABLE large_docs (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO large_docs SELECT i, 'row ' || i FROM generate_series(0, 2999) i")
         v = create_vectorizer(conn, "large_docs", ["body"], model=MODEL, backfill=False)
-        with conn.cursor().copy(sql.SQL("COPY {} (id, embedding, text_hash) FROM STDIN (FORMAT BINARY)"
-                                        ).format(v.destination)) as copy:
+        with conn.cursor().copy(
+            sql.SQL("COPY {} (id, embedding, text_hash) FROM STDIN (FORMAT BINARY)").format(
+                v.destination
+            )
+        ) as copy:
             copy.set_types(["int4", "vector", "bytea"])
             for i, vec in enumerate(vectors):
                 copy.write_row((i, vec.astype(np.float32), b"x"))
@@ -156,14 +184,19 @@ def large(database_url: str) -> Vectorizer:
 
 def test_search_uses_the_hnsw_index(conn: Conn, large: Vectorizer) -> None:
     vec = np.ones(384, dtype=np.float32) / np.sqrt(384)
-    plan = "\n".join(r[0] for r in conn.execute(
-        "SELECT * FROM rowembed.explain_search(NULL::large_docs, %s, 10)", [vec]).fetchall())
+    plan = "\n".join(
+        r[0]
+        for r in conn.execute(
+            "SELECT * FROM rowembed.explain_search(NULL::large_docs, %s, 10)", [vec]
+        ).fetchall()
+    )
     assert "Index Scan using large_docs_embeddings_embedding_idx" in plan, plan
 
 
 def test_k_above_the_default_ef_search_returns_k_rows(conn: Conn, large: Vectorizer) -> None:
     vec = np.ones(384, dtype=np.float32) / np.sqrt(384)
-    rows = conn.execute("SELECT count(*) FROM rowembed.search(NULL::large_docs, %s, 150, -1)",
-                        [vec]).fetchone()
+    rows = conn.execute(
+        "SELECT count(*) FROM rowembed.search(NULL::large_docs, %s, 150, -1)", [vec]
+    ).fetchone()
     assert rows == (150,)
     assert conn.execute("SHOW hnsw.ef_search").fetchone() == ("40",)  # restored after the call

@@ -17,11 +17,18 @@ Conn = psycopg.Connection[Any]
 
 
 def make_docs(conn: Conn, table: str, rows: int = 3) -> None:
-    conn.execute(sql.SQL(
-        "CREATE TABLE {} (id int PRIMARY KEY, title text, body text, views int DEFAULT 0)"
-    ).format(sql.Identifier(table)))
-    conn.execute(sql.SQL("INSERT INTO {} (id, title, body) SELECT i, 'title ' || i, 'body ' || i"
-                         " FROM generate_series(1, %s) i").format(sql.Identifier(table)), [rows])
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id int PRIMARY KEY, title text, body text, views int DEFAULT 0)"
+        ).format(sql.Identifier(table))
+    )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (id, title, body) SELECT i, 'title ' || i, 'body ' || i"
+            " FROM generate_series(1, %s) i"
+        ).format(sql.Identifier(table)),
+        [rows],
+    )
 
 
 def queue(conn: Conn, v: Vectorizer) -> dict[Any, tuple[int, int]]:
@@ -32,13 +39,21 @@ def queue(conn: Conn, v: Vectorizer) -> dict[Any, tuple[int, int]]:
 
 
 def fake_embedding(conn: Conn, v: Vectorizer, key: int) -> None:
-    conn.execute(sql.SQL("INSERT INTO {} (id, embedding, text_hash) VALUES (%s, %s, 'x')").format(
-        v.destination), [key, "[" + ",".join(["0.1"] * v.dimensions) + "]"])
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, embedding, text_hash) VALUES (%s, %s, 'x')").format(
+            v.destination
+        ),
+        [key, "[" + ",".join(["0.1"] * v.dimensions) + "]"],
+    )
 
 
 def embedded_keys(conn: Conn, v: Vectorizer) -> list[int]:
-    return [r[0] for r in conn.execute(
-        sql.SQL("SELECT id FROM {} ORDER BY id").format(v.destination)).fetchall()]
+    return [
+        r[0]
+        for r in conn.execute(
+            sql.SQL("SELECT id FROM {} ORDER BY id").format(v.destination)
+        ).fetchall()
+    ]
 
 
 def test_create_queues_existing_rows_behind_live_changes(conn: Conn, table: str) -> None:
@@ -49,10 +64,14 @@ def test_create_queues_existing_rows_behind_live_changes(conn: Conn, table: str)
     assert v.query_instruction == ""
     assert v.destination_table == f"{table}_embeddings"
     assert {k: p for k, (_, p) in queue(conn, v).items()} == {1: 1, 2: 1, 3: 1}
-    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (4, 'new')").format(sql.Identifier(table)))
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, body) VALUES (4, 'new')").format(sql.Identifier(table))
+    )
     assert queue(conn, v)[4][1] == 0
-    index = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE "
-                         "'%%hnsw%%'", [v.destination_table]).fetchone()
+    index = conn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%hnsw%%'",
+        [v.destination_table],
+    ).fetchone()
     assert index is not None and "vector_cosine_ops" in index[0]
 
 
@@ -69,8 +88,11 @@ def test_insert_notifies_the_dispatcher(conn: Conn, database_url: str, table: st
     v = create_vectorizer(conn, table, ["body"], model=MODEL)
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute("LISTEN rowembed")
-        conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (1, 'x'), (2, 'y')").format(
-            sql.Identifier(table)))
+        conn.execute(
+            sql.SQL("INSERT INTO {} (id, body) VALUES (1, 'x'), (2, 'y')").format(
+                sql.Identifier(table)
+            )
+        )
         payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
     assert payloads == [str(v.id)]
 
@@ -124,8 +146,12 @@ def test_swapping_primary_keys_does_not_fail_the_writer(conn: Conn, table: str) 
     fake_embedding(conn, v, 1)
     fake_embedding(conn, v, 2)
     t = sql.Identifier(table)
-    conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(t, sql.Identifier(f"{table}_pkey")))
-    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED").format(t))
+    conn.execute(
+        sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(t, sql.Identifier(f"{table}_pkey"))
+    )
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED").format(t)
+    )
     with conn.transaction():
         conn.execute(sql.SQL("UPDATE {} SET id = 3 - id WHERE id IN (1, 2)").format(t))
     # Whatever embeddings survived the shuffle, both keys are re-checked by the worker,
@@ -135,11 +161,16 @@ def test_swapping_primary_keys_does_not_fail_the_writer(conn: Conn, table: str) 
 
 def test_composite_key_and_names_that_need_quoting(conn: Conn) -> None:
     conn.execute('CREATE SCHEMA IF NOT EXISTS "Odd Schema"')
-    conn.execute('CREATE TABLE "Odd Schema"."My ""Docs"" Table" ("Doc Id" int, "Part" text,'
-                 ' "Body Text" text, PRIMARY KEY ("Doc Id", "Part"))')
-    conn.execute('''INSERT INTO "Odd Schema"."My ""Docs"" Table" VALUES (1, 'a', 'x'), (1, 'b', 'y')''')
-    v = create_vectorizer(conn, '"Odd Schema"."My ""Docs"" Table"', ["Body Text"], model=MODEL,
-                          name="odd docs")
+    conn.execute(
+        'CREATE TABLE "Odd Schema"."My ""Docs"" Table" ("Doc Id" int, "Part" text,'
+        ' "Body Text" text, PRIMARY KEY ("Doc Id", "Part"))'
+    )
+    conn.execute(
+        """INSERT INTO "Odd Schema"."My ""Docs"" Table" VALUES (1, 'a', 'x'), (1, 'b', 'y')"""
+    )
+    v = create_vectorizer(
+        conn, '"Odd Schema"."My ""Docs"" Table"', ["Body Text"], model=MODEL, name="odd docs"
+    )
     assert v.pk_columns == ["Doc Id", "Part"]
     assert v.destination_schema == "Odd Schema"
     assert v.destination_table == 'My "Docs" Table_embeddings'
@@ -147,18 +178,21 @@ def test_composite_key_and_names_that_need_quoting(conn: Conn) -> None:
     assert get_vectorizer(conn, "odd docs") == v
 
 
-@pytest.mark.parametrize(("source", "columns", "options", "error"), [
-    ("no_pk_table", ["body"], {}, "has no primary key"),
-    ("pk_table", ["nope"], {}, "has no column nope"),
-    ("pk_table", ['body"; DROP TABLE pk_table; --'], {}, "has no column"),
-    ("pk_table; DROP TABLE pk_table", ["body"], {}, "invalid name syntax"),
-    ('"pk_table; DROP TABLE pk_table"', ["body"], {}, "does not exist"),
-    ("pk_table", [], {}, "at least one column"),
-    ("pk_table", ["body"], {"model": "acme/unknown"}, "unknown output size"),
-    ("pk_table", ["body"], {"embedding_column": "seq"}, "reserved"),
-    ("pk_table", ["body"], {"destination": "a.b.c"}, r"not \[schema.\]table"),
-    ("pk_table", ["body"], {"destination": "pk_table"}, "already exists"),
-])
+@pytest.mark.parametrize(
+    ("source", "columns", "options", "error"),
+    [
+        ("no_pk_table", ["body"], {}, "has no primary key"),
+        ("pk_table", ["nope"], {}, "has no column nope"),
+        ("pk_table", ['body"; DROP TABLE pk_table; --'], {}, "has no column"),
+        ("pk_table; DROP TABLE pk_table", ["body"], {}, "invalid name syntax"),
+        ('"pk_table; DROP TABLE pk_table"', ["body"], {}, "does not exist"),
+        ("pk_table", [], {}, "at least one column"),
+        ("pk_table", ["body"], {"model": "acme/unknown"}, "unknown output size"),
+        ("pk_table", ["body"], {"embedding_column": "seq"}, "reserved"),
+        ("pk_table", ["body"], {"destination": "a.b.c"}, r"not \[schema.\]table"),
+        ("pk_table", ["body"], {"destination": "pk_table"}, "already exists"),
+    ],
+)
 def test_bad_arguments_are_refused_clearly(
     conn: Conn, source: str, columns: list[str], options: dict[str, Any], error: str
 ) -> None:
@@ -167,8 +201,9 @@ def test_bad_arguments_are_refused_clearly(
     with pytest.raises(psycopg.Error, match=error):
         create_vectorizer(conn, source, columns, **{"model": MODEL, **options})
     assert conn.execute("SELECT to_regclass('pk_table')").fetchone() == ("pk_table",)
-    assert conn.execute("SELECT count(*) FROM rowembed.vectorizer WHERE source = "
-                        "'pk_table'::regclass").fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM rowembed.vectorizer WHERE source = 'pk_table'::regclass"
+    ).fetchone() == (0,)
 
 
 def test_application_roles_need_no_rowembed_privileges(conn: Conn, table: str) -> None:
@@ -192,8 +227,11 @@ def test_drop_removes_triggers_queue_and_destination(conn: Conn, table: str) -> 
     make_docs(conn, table)
     v = create_vectorizer(conn, table, ["body"], model=MODEL)
     drop_vectorizer(conn, v.name)
-    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass"
-                        " AND NOT tgisinternal", [table]).fetchone() == (0,)
-    assert conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
-                        [f"rowembed.{v.queue_table}", v.destination_table]).fetchone() == (None, None)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal", [table]
+    ).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT to_regclass(%s), to_regclass(%s)",
+        [f"rowembed.{v.queue_table}", v.destination_table],
+    ).fetchone() == (None, None)
     conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (99)").format(sql.Identifier(table)))

@@ -74,25 +74,35 @@ def test_a_batch_stores_the_model_vectors_and_empties_the_queue(
     assert queued(conn, v) == []
 
 
-def test_a_vector_of_an_older_text_is_never_written(conn: Conn, table: str, encoder: Encoder) -> None:
+def test_a_vector_of_an_older_text_is_never_written(
+    conn: Conn, table: str, encoder: Encoder
+) -> None:
     v = setup(conn, table, {1: "old text about cats"})
     statements = db.QueueStatements(v)
     seqs = db.claim(conn, statements, 10, 60)
     rows = db.read(conn, statements, seqs)
     vectors = encoder.encode([r.text for r in rows]).vectors
     # The row changes while the model runs.
-    conn.execute(sql.SQL("UPDATE {} SET body = 'new text about dogs' WHERE id = 1").format(
-        sql.Identifier(table)))
-    result = db.write(conn, statements, [Outcome(rows[0].seq, Action.WRITE, rows[0].text_hash,
-                                                 vectors[0])])
+    conn.execute(
+        sql.SQL("UPDATE {} SET body = 'new text about dogs' WHERE id = 1").format(
+            sql.Identifier(table)
+        )
+    )
+    result = db.write(
+        conn, statements, [Outcome(rows[0].seq, Action.WRITE, rows[0].text_hash, vectors[0])]
+    )
     assert (result.completed, result.written) == (0, 0)
     assert stored(conn, v) == {}
     assert queued(conn, v) == [1]
     run(conn, v, encoder)
-    assert np.abs(stored(conn, v)[1] - encoder.encode(["new text about dogs"]).vectors[0]).max() < 1e-6
+    assert (
+        np.abs(stored(conn, v)[1] - encoder.encode(["new text about dogs"]).vectors[0]).max() < 1e-6
+    )
 
 
-def test_a_row_deleted_while_embedding_leaves_no_orphan(conn: Conn, table: str, encoder: Encoder) -> None:
+def test_a_row_deleted_while_embedding_leaves_no_orphan(
+    conn: Conn, table: str, encoder: Encoder
+) -> None:
     v = setup(conn, table, {1: "short lived"})
     statements = db.QueueStatements(v)
     rows = db.read(conn, statements, db.claim(conn, statements, 10, 60))
@@ -103,16 +113,21 @@ def test_a_row_deleted_while_embedding_leaves_no_orphan(conn: Conn, table: str, 
     assert queued(conn, v) == []
 
 
-def test_requeued_rows_with_unchanged_text_skip_the_model(conn: Conn, table: str, encoder: Encoder) -> None:
+def test_requeued_rows_with_unchanged_text_skip_the_model(
+    conn: Conn, table: str, encoder: Encoder
+) -> None:
     v = setup(conn, table, {1: "alpha", 2: "beta"})
     counting = CountingEncoder(encoder)
     run(conn, v, counting)
     assert sorted(counting.texts) == ["alpha", "beta"]
     # The same rows queued again (a duplicate hint, a second backfill, a key move).
     for _ in range(3):
-        conn.execute(sql.SQL("INSERT INTO {} (id, seq) SELECT id, nextval('rowembed.change_seq')"
-                             " FROM {} ON CONFLICT (id) DO UPDATE SET seq = excluded.seq").format(
-            v.queue, sql.Identifier(table)))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (id, seq) SELECT id, nextval('rowembed.change_seq')"
+                " FROM {} ON CONFLICT (id) DO UPDATE SET seq = excluded.seq"
+            ).format(v.queue, sql.Identifier(table))
+        )
     report = run(conn, v, counting)
     assert (report.claimed, report.unchanged, report.embedded) == (2, 2, 0)
     assert sorted(counting.texts) == ["alpha", "beta"]  # no new model calls
@@ -147,22 +162,27 @@ def test_a_failing_batch_backs_off_and_is_parked_after_max_attempts(
     failing = CountingEncoder(encoder, fail_on="poison")
     report = run(conn, v, failing)
     assert report.failed == 2
-    row = conn.execute(sql.SQL("SELECT attempts, last_error, lease_until > now(), failed_at"
-                               " FROM {} WHERE id = 1").format(v.queue)).fetchone()
+    row = conn.execute(
+        sql.SQL(
+            "SELECT attempts, last_error, lease_until > now(), failed_at FROM {} WHERE id = 1"
+        ).format(v.queue)
+    ).fetchone()
     assert row is not None
     assert row[0] == 1 and "injected failure" in row[1] and row[2] and row[3] is None
     for _ in range(v.max_attempts - 1):
         conn.execute(sql.SQL("UPDATE {} SET lease_until = NULL").format(v.queue))
         run(conn, v, failing)
-    failed = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE failed_at IS NOT NULL").format(
-        v.queue)).fetchone()
+    failed = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE failed_at IS NOT NULL").format(v.queue)
+    ).fetchone()
     assert failed == (2,)
     assert run(conn, v, failing).claimed == 0  # parked entries are not claimed
 
 
 def test_a_model_of_the_wrong_size_fails_clearly(conn: Conn, table: str, encoder: Encoder) -> None:
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
-        sql.Identifier(table)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(sql.Identifier(table))
+    )
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'x')").format(sql.Identifier(table)))
     v = create_vectorizer(conn, table, ["body"], model="BAAI/bge-base-en-v1.5")
     report = run(conn, v, encoder)

@@ -19,13 +19,19 @@ Conn = psycopg.Connection[Any]
 
 
 def embedding_of(conn: Conn, v: Vectorizer, where: sql.Composable, params: list[Any]) -> Any:
-    row = conn.execute(sql.SQL("SELECT {}, embedded_at FROM {} WHERE ").format(
-        sql.Identifier(v.embedding_column), v.destination) + where, params).fetchone()
+    row = conn.execute(
+        sql.SQL("SELECT {}, embedded_at FROM {} WHERE ").format(
+            sql.Identifier(v.embedding_column), v.destination
+        )
+        + where,
+        params,
+    ).fetchone()
     return None if row is None else (row[0].to_numpy(), row[1])
 
 
-def wait_for_vector(conn: Conn, v: Vectorizer, expected: np.ndarray, where: sql.Composable,
-                    params: list[Any]) -> Any:
+def wait_for_vector(
+    conn: Conn, v: Vectorizer, expected: np.ndarray, where: sql.Composable, params: list[Any]
+) -> Any:
     def current() -> Any:
         found = embedding_of(conn, v, where, params)
         return found if found is not None and np.abs(found[0] - expected).max() < 1e-5 else None
@@ -37,17 +43,24 @@ def test_insert_update_delete_are_reflected(
     conn: Conn, worker: WorkerProcess, encoder: Encoder, table: str
 ) -> None:
     t = sql.Identifier(table)
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, title text, body text,"
-                         " views int NOT NULL DEFAULT 0)").format(t))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id int PRIMARY KEY, title text, body text,"
+            " views int NOT NULL DEFAULT 0)"
+        ).format(t)
+    )
     v = create_vectorizer(conn, table, ["title", "body"], model=MODEL)
     by_id = sql.SQL("id = %s")
 
-    conn.execute(sql.SQL("INSERT INTO {} (id, title, body) VALUES (1, 'Cats', 'Cats purr.')").format(t))
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, title, body) VALUES (1, 'Cats', 'Cats purr.')").format(t)
+    )
     wait_for_vector(conn, v, encoder.encode(["Cats\nCats purr."]).vectors[0], by_id, [1])
 
     conn.execute(sql.SQL("UPDATE {} SET body = 'Cats sleep all day.' WHERE id = 1").format(t))
     _, embedded_at = wait_for_vector(
-        conn, v, encoder.encode(["Cats\nCats sleep all day."]).vectors[0], by_id, [1])
+        conn, v, encoder.encode(["Cats\nCats sleep all day."]).vectors[0], by_id, [1]
+    )
 
     conn.execute(sql.SQL("UPDATE {} SET views = views + 1 WHERE id = 1").format(t))
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(v.queue)).fetchone() == (0,)
@@ -61,30 +74,52 @@ def test_insert_update_delete_are_reflected(
 def test_existing_rows_are_backfilled(conn: Conn, worker: WorkerProcess, table: str) -> None:
     t = sql.Identifier(table)
     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT i, 'document number ' || i"
-                         " FROM generate_series(1, 300) i").format(t))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} SELECT i, 'document number ' || i FROM generate_series(1, 300) i"
+        ).format(t)
+    )
     v = create_vectorizer(conn, table, ["body"], model=MODEL)
-    wait_until(lambda: conn.execute(sql.SQL("SELECT count(*) = 300 FROM {}").format(
-        v.destination)).fetchone()[0], timeout=120)
+    wait_until(
+        lambda: conn.execute(
+            sql.SQL("SELECT count(*) = 300 FROM {}").format(v.destination)
+        ).fetchone()[0],
+        timeout=120,
+    )
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(v.queue)).fetchone() == (0,)
 
 
-def test_composite_key_and_quoted_names(conn: Conn, worker: WorkerProcess, encoder: Encoder) -> None:
+def test_composite_key_and_quoted_names(
+    conn: Conn, worker: WorkerProcess, encoder: Encoder
+) -> None:
     conn.execute('CREATE SCHEMA IF NOT EXISTS "Worker Schema"')
-    conn.execute('CREATE TABLE "Worker Schema"."Mixed ""Case"" Docs" ("Tenant" text, "Doc No" int,'
-                 ' "Body Text" text, "Title" text, PRIMARY KEY ("Tenant", "Doc No"))')
-    v = create_vectorizer(conn, '"Worker Schema"."Mixed ""Case"" Docs"', ["Title", "Body Text"],
-                          model=MODEL, separator=" -- ", embedding_column="Vec tor")
-    conn.execute('INSERT INTO "Worker Schema"."Mixed ""Case"" Docs" VALUES'
-                 " ('acme', 1, 'Rain falls.', 'Weather'), ('acme', 2, 'Goals scored.', 'Sport'),"
-                 " ('zeta', 1, 'Stocks rise.', 'Money')")
+    conn.execute(
+        'CREATE TABLE "Worker Schema"."Mixed ""Case"" Docs" ("Tenant" text, "Doc No" int,'
+        ' "Body Text" text, "Title" text, PRIMARY KEY ("Tenant", "Doc No"))'
+    )
+    v = create_vectorizer(
+        conn,
+        '"Worker Schema"."Mixed ""Case"" Docs"',
+        ["Title", "Body Text"],
+        model=MODEL,
+        separator=" -- ",
+        embedding_column="Vec tor",
+    )
+    conn.execute(
+        'INSERT INTO "Worker Schema"."Mixed ""Case"" Docs" VALUES'
+        " ('acme', 1, 'Rain falls.', 'Weather'), ('acme', 2, 'Goals scored.', 'Sport'),"
+        " ('zeta', 1, 'Stocks rise.', 'Money')"
+    )
     key = sql.SQL('"Tenant" = %s AND "Doc No" = %s')
-    for tenant, number, text in [("acme", 1, "Weather -- Rain falls."),
-                                 ("acme", 2, "Sport -- Goals scored."),
-                                 ("zeta", 1, "Money -- Stocks rise.")]:
+    for tenant, number, text in [
+        ("acme", 1, "Weather -- Rain falls."),
+        ("acme", 2, "Sport -- Goals scored."),
+        ("zeta", 1, "Money -- Stocks rise."),
+    ]:
         wait_for_vector(conn, v, encoder.encode([text]).vectors[0], key, [tenant, number])
-    conn.execute('UPDATE "Worker Schema"."Mixed ""Case"" Docs" SET "Doc No" = 7'
-                 " WHERE \"Tenant\" = 'zeta'")
+    conn.execute(
+        'UPDATE "Worker Schema"."Mixed ""Case"" Docs" SET "Doc No" = 7 WHERE "Tenant" = \'zeta\''
+    )
     moved = encoder.encode(["Money -- Stocks rise."]).vectors[0]
     wait_for_vector(conn, v, moved, key, ["zeta", 7])
     wait_until(lambda: embedding_of(conn, v, key, ["zeta", 1]) is None)

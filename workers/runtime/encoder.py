@@ -93,8 +93,15 @@ class Encoder:
             _position_limit(model.config),
         ]
         max_length = min(int(x) for x in limits if x and int(x) < 1_000_000)
-        log.info("loaded %s from %s on %s (%s, %s pooling, max %d tokens)",
-                 name, path, torch_device, dtype, config.mode, max_length)
+        log.info(
+            "loaded %s from %s on %s (%s, %s pooling, max %d tokens)",
+            name,
+            path,
+            torch_device,
+            dtype,
+            config.mode,
+            max_length,
+        )
         return cls(model, tokenizer, config, max_length, torch_device, token_budget, name=name)
 
     @property
@@ -103,8 +110,11 @@ class Encoder:
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         batch = self.tokenizer(  # type: ignore[operator]
-            list(texts), truncation=True, max_length=self.max_length,
-            return_attention_mask=False, return_token_type_ids=False,
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
         )
         # The fast tokenizer keeps what truncation cut in `overflowing`.
         truncated = sum(1 for e in batch.encodings if e.overflowing)

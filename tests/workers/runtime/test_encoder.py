@@ -17,8 +17,12 @@ from ...conftest import MODEL
 TEXTS = {
     "short": ["hello world", "PostgreSQL keeps rows; pgvector keeps their vectors."],
     "long": [" ".join(f"token{i} is word number {i} of a very long document" for i in range(400))],
-    "non-English": ["Der schnelle braune Fuchs springt über den faulen Hund.",
-                    "東京は日本の首都です。", "Привет, как дела?", "¿Dónde está la biblioteca?"],
+    "non-English": [
+        "Der schnelle braune Fuchs springt über den faulen Hund.",
+        "東京は日本の首都です。",
+        "Привет, как дела?",
+        "¿Dónde está la biblioteca?",
+    ],
 }
 
 
@@ -64,12 +68,27 @@ def test_pooling_comes_from_the_sentence_transformers_config() -> None:
 
 def test_cls_pooling_config_is_read(tmp_path: Path) -> None:
     (tmp_path / "1_Pooling").mkdir()
-    (tmp_path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]))
-    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    (tmp_path / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+            ]
+        )
+    )
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
     assert PoolingConfig.from_model_dir(tmp_path) == PoolingConfig("cls", False, None)
 
 
@@ -78,8 +97,9 @@ def test_a_bare_encoder_defaults_to_normalized_mean_pooling(tmp_path: Path) -> N
 
 
 def test_cls_pooling_takes_the_first_token(encoder: Encoder) -> None:
-    from rowembed.workers.runtime.encoder import pool
     import torch
+
+    from rowembed.workers.runtime.encoder import pool
 
     hidden = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
@@ -96,5 +116,5 @@ def test_bundled_model_resolves_offline() -> None:
 def test_missing_model_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="not in the Hugging Face cache"):
         resolve_model_path("no-such-org/no-such-model", allow_download=False)
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         resolve_model_path(str(tmp_path))
