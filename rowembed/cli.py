@@ -11,6 +11,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
+import psycopg
+
 from rowembed.settings import Settings, SettingsError
 
 
@@ -179,3 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"rowembed: {exc}", file=sys.stderr)
         return 2
+    except (LookupError, RuntimeError, psycopg.Error) as exc:
+        # Missing model or vectorizer, unreachable server, refused SQL: one clear line.
+        print(f"rowembed: {type(exc).__name__}: {str(exc).strip()}", file=sys.stderr)
+        return 1

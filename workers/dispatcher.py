@@ -50,6 +50,7 @@ class Dispatcher:
         self.send_hint = send_hint
         self.sweep_seconds = sweep_seconds
         self.retry_max_seconds = retry_max_seconds
+        self.listening = threading.Event()  # set while subscribed to notifications
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set; reconnects with backoff when PostgreSQL goes away."""
@@ -71,6 +72,8 @@ class Dispatcher:
                 delay = min(delay * 2, self.retry_max_seconds)
             else:
                 delay = 0.5
+            finally:
+                self.listening.clear()
 
     def _listen(self, stop: threading.Event) -> None:
         with psycopg.connect(
@@ -78,6 +81,7 @@ class Dispatcher:
         ) as conn:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
             log.info("dispatcher: listening")
+            self.listening.set()
             next_sweep = 0.0
             while not stop.is_set():
                 if time.monotonic() >= next_sweep:

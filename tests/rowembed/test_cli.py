@@ -1,0 +1,93 @@
+"""The `rowembed` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+from rowembed.pgplugin import create_vectorizer
+from rowembed.workers import database as db
+from rowembed.workers.pipeline import run_batch
+from rowembed.workers.runtime import Encoder
+
+from ..conftest import MODEL
+
+
+def rowembed(*args: str, database_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROWEMBED_")}
+    env.pop("DATABASE_URL", None)
+    if database_url:
+        env["ROWEMBED_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_migrate_twice(database_url: str) -> None:
+    assert rowembed("migrate", database_url=database_url).stdout.strip() == "already up to date"
+
+
+def test_search_from_the_shell(
+    conn: psycopg.Connection[Any], database_url: str, encoder: Encoder
+) -> None:
+    conn.execute("CREATE TABLE cli_docs (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO cli_docs VALUES (1, 'The kitten chased a ball of yarn.'),"
+        " (2, 'Quarterly revenue grew by ten percent.'), (3, 'Bake the bread at 220 degrees.')"
+    )
+    v = create_vectorizer(conn, "cli_docs", ["body"], model=MODEL)
+    run_batch(conn, v, db.QueueStatements(v), encoder, limit=10, lease_seconds=60)
+    result = rowembed(
+        "search",
+        "cli_docs",
+        "a cat playing",
+        "--k",
+        "2",
+        "--min-similarity",
+        "-1",
+        "--json",
+        database_url=database_url,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["row"]["id"] for r in rows][0] == 1
+    assert len(rows) == 2 and rows[0]["similarity"] > rows[1]["similarity"]
+
+    status = rowembed("status", database_url=database_url)
+    assert "cli_docs" in status.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["migrate"], "no database: set ROWEMBED_DATABASE_URL"),
+        (["worker"], "no database"),
+    ],
+)
+def test_missing_settings_are_named(args: list[str], message: str) -> None:
+    result = rowembed(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_unreachable_database_is_one_clear_line() -> None:
+    result = rowembed("status", database_url="postgresql://nobody@/x?host=/nonexistent")
+    assert result.returncode == 1
+    assert result.stderr.startswith("rowembed: OperationalError:")
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_vectorizer(database_url: str) -> None:
+    result = rowembed("search", "no_such_thing", "text", database_url=database_url)
+    assert result.returncode == 1
+    assert "no vectorizer 'no_such_thing'" in result.stderr

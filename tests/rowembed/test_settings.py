@@ -1,0 +1,37 @@
+import pytest
+
+from rowembed.settings import Settings, SettingsError
+
+
+def test_defaults_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ROWEMBED_DATABASE_URL", "DATABASE_URL", "ROWEMBED_REDIS_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings.from_env() == Settings()
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://fallback")
+    monkeypatch.setenv("ROWEMBED_REDIS_URL", "redis://preferred")
+    monkeypatch.setenv("ROWEMBED_BATCH_ROWS", "64")
+    monkeypatch.setenv("ROWEMBED_LEASE_SECONDS", "12.5")
+    monkeypatch.setenv("ROWEMBED_DEVICE", "cuda:1")
+    s = Settings.from_env()
+    assert (s.redis_url, s.batch_rows, s.lease_seconds, s.device) == (
+        "redis://preferred",
+        64,
+        12.5,
+        "cuda:1",
+    )
+
+
+def test_bad_numbers_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROWEMBED_BATCH_ROWS", "lots")
+    with pytest.raises(SettingsError, match="ROWEMBED_BATCH_ROWS='lots' is not a number"):
+        Settings.from_env()
+
+
+def test_missing_urls_are_named() -> None:
+    with pytest.raises(SettingsError, match="ROWEMBED_DATABASE_URL"):
+        Settings().require_database()
+    with pytest.raises(SettingsError, match="ROWEMBED_REDIS_URL"):
+        Settings().require_redis()

@@ -1,0 +1,60 @@
+"""The dispatcher against the real database: wake-ups and the sweep become hints."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+
+from rowembed.pgplugin import create_vectorizer
+from rowembed.workers.dispatcher import Dispatcher
+
+from ..conftest import MODEL, wait_until
+
+
+def test_notify_and_sweep_become_hints(
+    conn: psycopg.Connection[Any], database_url: str, table: str
+) -> None:
+    conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
+    v = create_vectorizer(conn, table, ["body"], model=MODEL, backfill=False)
+    hints: list[int] = []
+    stop = threading.Event()
+    dispatcher = Dispatcher(database_url, hints.append, sweep_seconds=3600)
+    thread = threading.Thread(target=dispatcher.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(dispatcher.listening.is_set, timeout=10)
+        assert hints == []  # the start-up sweep found an empty queue
+        conn.execute(f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b')")
+        wait_until(lambda: v.id in hints, timeout=10)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+    # Notifications are lost while no dispatcher listens: the start-up sweep finds the work.
+    conn.execute(f"INSERT INTO {table} VALUES (3, 'c')")
+    hints.clear()
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: v.id in hints, timeout=10)
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_unreachable_database_is_retried_until_stopped() -> None:
+    stop = threading.Event()
+    dispatcher = Dispatcher(
+        "postgresql://nobody@/x?host=/nonexistent", lambda _: None, retry_max_seconds=0.1
+    )
+    thread = threading.Thread(target=dispatcher.run, args=(stop,))
+    thread.start()
+    stop.wait(0.5)
+    assert thread.is_alive()
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
