@@ -60,7 +60,7 @@ def test_search_from_the_shell(
     )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["row"]["id"] for r in rows][0] == 1
+    assert rows[0]["row"]["id"] == 1
     assert len(rows) == 2 and rows[0]["similarity"] > rows[1]["similarity"]
 
     status = rowembed("status", database_url=database_url)
