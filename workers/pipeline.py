@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -17,9 +17,21 @@ from rowembed.pgplugin.vectorizers import Vectorizer
 
 from . import database as db
 from .database import Action, Outcome
-from .runtime import Encoder
+from .runtime import Encoded
 
 log = logging.getLogger(__name__)
+
+
+class TextEncoder(Protocol):
+    """What the pipeline needs of a model (runtime.Encoder, or a lazy wrapper)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    def encode(self, texts: Sequence[str]) -> Encoded: ...
 
 
 @dataclass
@@ -47,7 +59,7 @@ def run_batch(
     conn: psycopg.Connection[Any],
     vectorizer: Vectorizer,
     statements: db.QueueStatements,
-    encoder: Encoder,
+    encoder: TextEncoder,
     *,
     limit: int,
     lease_seconds: float,
@@ -107,7 +119,7 @@ def run_batch(
 def drain(
     conn: psycopg.Connection[Any],
     vectorizer: Vectorizer,
-    encoder: Encoder,
+    encoder: TextEncoder,
     *,
     limit: int,
     lease_seconds: float,

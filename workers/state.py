@@ -14,7 +14,9 @@ from rowembed.pgplugin.vectorizers import Vectorizer, get_vectorizer
 from rowembed.settings import Settings
 
 if TYPE_CHECKING:
-    from .runtime import Encoder
+    from collections.abc import Sequence
+
+    from .runtime import Encoded, Encoder
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ class WorkerState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._conn: psycopg.Connection[Any] | None = None
-        self._encoders: dict[str, Encoder] = {}
+        self._encoders: dict[str, LazyEncoder] = {}
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -40,14 +42,36 @@ class WorkerState:
     def vectorizer(self, conn: psycopg.Connection[Any], vectorizer_id: int) -> Vectorizer:
         return get_vectorizer(conn, vectorizer_id)
 
-    def encoder(self, model: str) -> Encoder:
+    def encoder(self, model: str) -> LazyEncoder:
         if model not in self._encoders:
+            self._encoders[model] = LazyEncoder(model, self.settings)
+        return self._encoders[model]
+
+
+class LazyEncoder:
+    """Loads the model on first use, inside the pipeline's error handling, so a
+    missing model is recorded on the rows (and retried) like any model failure."""
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        self.settings = settings
+        self._loaded: Encoder | None = None
+
+    def _encoder(self) -> Encoder:
+        if self._loaded is None:
             from .runtime import Encoder
 
-            self._encoders[model] = Encoder.load(
-                model, device=self.settings.device, token_budget=self.settings.token_budget
+            self._loaded = Encoder.load(
+                self.name, device=self.settings.device, token_budget=self.settings.token_budget
             )
-        return self._encoders[model]
+        return self._loaded
+
+    @property
+    def dimensions(self) -> int:
+        return self._encoder().dimensions
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        return self._encoder().encode(texts)
 
 
 _state: WorkerState | None = None

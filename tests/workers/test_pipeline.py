@@ -202,3 +202,14 @@ def test_claims_do_not_overlap(conn: Conn, database_url: str, table: str, limit:
         second = db.claim(other, statements, limit, 60)
     assert len(first) == len(second) == limit
     assert not set(first) & set(second)
+
+
+def test_a_missing_model_is_recorded_on_the_rows(conn: Conn, table: str) -> None:
+    from rowembed.settings import Settings
+    from rowembed.workers.state import LazyEncoder
+
+    v = setup(conn, table, {1: "text"})
+    report = run(conn, v, LazyEncoder("no-such-org/no-such-model", Settings(device="cpu")))
+    assert report.failed == 1
+    error = conn.execute(sql.SQL("SELECT last_error FROM {}").format(v.queue)).fetchone()
+    assert error is not None and error[0].startswith("ModelNotFoundError: model")
