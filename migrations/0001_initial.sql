@@ -26,3 +26,24 @@ CREATE TABLE rowembed.vectorizer (
     max_attempts      int NOT NULL CHECK (max_attempts >= 1),
     created_at        timestamptz NOT NULL DEFAULT now()
 );
+
+-- One row per batch a worker ran: throughput, model calls, truncation, failures.
+-- The dispatcher prunes rows older than a day.
+CREATE TABLE rowembed.batch_stats (
+    vectorizer_id int NOT NULL REFERENCES rowembed.vectorizer (id) ON DELETE CASCADE,
+    finished_at   timestamptz NOT NULL DEFAULT now(),
+    worker        text NOT NULL,
+    claimed       int NOT NULL,
+    embedded      int NOT NULL,
+    written       int NOT NULL,
+    unchanged     int NOT NULL,
+    deleted       int NOT NULL,
+    superseded    int NOT NULL,
+    failed        int NOT NULL,
+    truncated     int NOT NULL,
+    tokens        bigint NOT NULL,
+    padded_tokens bigint NOT NULL,
+    seconds       float8 NOT NULL
+);
+CREATE INDEX ON rowembed.batch_stats (vectorizer_id, finished_at);
+CREATE INDEX ON rowembed.batch_stats (finished_at);

@@ -95,7 +95,8 @@ BEGIN
     keys := rowembed._columns(v.pk_columns);
     upsert := format(
         'ON CONFLICT (%s) DO UPDATE SET seq = excluded.seq, priority = 0, attempts = 0,'
-        ' lease_until = NULL, last_error = NULL, failed_at = NULL, enqueued_at = now()',
+        ' lease_until = NULL, claimed_by = NULL, last_error = NULL, failed_at = NULL,'
+        ' enqueued_at = now()',
         keys);
     SELECT string_agg(format('OLD.%I', c), ', ' ORDER BY o),
            string_agg(format('NEW.%I', c), ', ' ORDER BY o)
@@ -214,7 +215,7 @@ LANGUAGE plpgsql AS $body$
 DECLARE
     -- Column names rowembed adds beside the key in its own tables.
     reserved constant name[] := ARRAY['seq', 'priority', 'attempts', 'lease_until',
-        'last_error', 'failed_at', 'enqueued_at', 'text_hash', 'embedded_at'];
+        'claimed_by', 'last_error', 'failed_at', 'enqueued_at', 'text_hash', 'embedded_at'];
     src_schema name;
     src_table name;
     src_kind "char";
@@ -311,8 +312,8 @@ BEGIN
     -- The durable queue: one entry per changed row, whatever the number of changes.
     EXECUTE format(
         'CREATE TABLE %s (%s, seq bigint NOT NULL, priority smallint NOT NULL DEFAULT 0,'
-        ' attempts int NOT NULL DEFAULT 0, lease_until timestamptz, last_error text,'
-        ' failed_at timestamptz, enqueued_at timestamptz NOT NULL DEFAULT now(),'
+        ' attempts int NOT NULL DEFAULT 0, lease_until timestamptz, claimed_by int,'
+        ' last_error text, failed_at timestamptz, enqueued_at timestamptz NOT NULL DEFAULT now(),'
         ' PRIMARY KEY (%s))', queue, key_defs, keys);
     EXECUTE format('CREATE UNIQUE INDEX ON %s (seq)', queue);
     EXECUTE format('CREATE INDEX ON %s (priority, seq) WHERE failed_at IS NULL', queue);
@@ -391,24 +392,41 @@ LANGUAGE sql AS $$
     WHERE z.name = set_min_similarity.name
 $$;
 
+-- Worker sessions alive now. A worker holds the advisory lock (7499639, token)
+-- for as long as its connection lives; its claims carry the token. When the
+-- session dies (SIGKILL, OOM, lost machine, server restart) the lock goes with
+-- it and the claims are free at once, without waiting for the lease to expire.
+CREATE OR REPLACE FUNCTION rowembed.live_workers() RETURNS SETOF int
+LANGUAGE sql STABLE AS $$
+    SELECT l.objid::bigint::int FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.classid = 7499639 AND l.objsubid = 2 AND l.granted
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+$$;
+
 -- Per-vectorizer counts. Exact counts: fine for the queue, slow on huge destinations.
+-- in_flight: claimed by a live worker; queued: the rest, entries backing off included.
 CREATE OR REPLACE FUNCTION rowembed.status()
 RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight bigint,
-               failed bigint, embedded bigint)
+               failed bigint, embedded bigint, id int)
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer;
+    live int[] := ARRAY(SELECT rowembed.live_workers());
 BEGIN
-    FOR v IN SELECT * FROM rowembed.vectorizer ORDER BY id LOOP
+    FOR v IN SELECT * FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
         name := v.name;
         source := v.source;
         model := v.model;
+        id := v.id;
         EXECUTE format(
-            'SELECT count(*) FILTER (WHERE failed_at IS NULL AND (lease_until IS NULL OR lease_until < now())),'
-            ' count(*) FILTER (WHERE failed_at IS NULL AND lease_until >= now()),'
-            ' count(*) FILTER (WHERE failed_at IS NOT NULL) FROM %s',
+            'SELECT count(*) FILTER (WHERE failed_at IS NULL AND NOT held),'
+            '       count(*) FILTER (WHERE failed_at IS NULL AND held),'
+            '       count(*) FILTER (WHERE failed_at IS NOT NULL)'
+            '  FROM (SELECT failed_at,'
+            '          coalesce(lease_until >= now() AND claimed_by = ANY ($1), false) AS held'
+            '        FROM %s) AS q',
             rowembed._qualified(v.queue_table))
-            INTO queued, in_flight, failed;
+            INTO queued, in_flight, failed USING live;
         EXECUTE format('SELECT count(*) FROM %s', rowembed._qualified(v.destination)) INTO embedded;
         RETURN NEXT;
     END LOOP;
@@ -416,6 +434,75 @@ END
 $body$;
 
 CREATE OR REPLACE VIEW rowembed.vectorizer_status AS SELECT * FROM rowembed.status();
+
+-- Parked (failed) entries back into the queue, with fresh attempts.
+CREATE OR REPLACE FUNCTION rowembed.retry_failed(name text) RETURNS bigint
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    retried bigint;
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = retry_failed.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rowembed: no vectorizer named %', retry_failed.name;
+    END IF;
+    EXECUTE format('UPDATE %s SET failed_at = NULL, attempts = 0, lease_until = NULL,'
+                   ' claimed_by = NULL WHERE failed_at IS NOT NULL',
+                   rowembed._qualified(v.queue_table));
+    GET DIAGNOSTICS retried = ROW_COUNT;
+    PERFORM pg_notify('rowembed', v.id::text);
+    RETURN retried;
+END
+$body$;
+
+-- Entries whose last attempt failed: parked ones (failed_at set) and those backing off.
+CREATE OR REPLACE FUNCTION rowembed.errors()
+RETURNS TABLE (vectorizer text, key jsonb, attempts int, last_error text, parked boolean,
+               failed_at timestamptz, retry_after timestamptz)
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    FOR v IN SELECT * FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
+        RETURN QUERY EXECUTE format(
+            'SELECT %L::text, jsonb_build_object(%s), attempts, last_error,'
+            ' failed_at IS NOT NULL, failed_at, CASE WHEN failed_at IS NULL THEN lease_until END'
+            ' FROM %s WHERE last_error IS NOT NULL ORDER BY seq',
+            v.name,
+            (SELECT string_agg(format('%L, %I', c, c), ', ' ORDER BY o)
+               FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)),
+            rowembed._qualified(v.queue_table));
+    END LOOP;
+END
+$body$;
+
+CREATE OR REPLACE VIEW rowembed.vectorizer_errors AS SELECT * FROM rowembed.errors();
+
+-- Exactly what a worker role needs for one vectorizer (or all): read the key and
+-- text columns, write the embeddings, use the queue, log batches.
+CREATE OR REPLACE FUNCTION rowembed.grant_worker(role name, vectorizer text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
+    EXECUTE format('GRANT SELECT ON rowembed.vectorizer TO %I', role);
+    EXECUTE format('GRANT INSERT ON rowembed.batch_stats TO %I', role);
+    FOR v IN SELECT * FROM rowembed.vectorizer AS z
+             WHERE grant_worker.vectorizer IS NULL OR z.name = grant_worker.vectorizer LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
+            (SELECT c.relnamespace::regnamespace::name FROM pg_class c WHERE c.oid = v.source), role);
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
+            (SELECT c.relnamespace::regnamespace::name FROM pg_class c WHERE c.oid = v.destination),
+            role);
+        EXECUTE format('GRANT SELECT (%s) ON %s TO %I',
+            rowembed._columns(v.pk_columns || v.text_columns), v.source, role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s TO %I',
+            rowembed._qualified(v.destination), rowembed._qualified(v.queue_table), role);
+    END LOOP;
+END
+$body$;
 
 -- ---------------------------------------------------------------------------
 -- Search

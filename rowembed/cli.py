@@ -112,12 +112,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rowembed.pgplugin import connect
 
     with connect(_settings(args).require_database()) as conn:
-        rows = conn.execute("SELECT * FROM rowembed.vectorizer_status").fetchall()
+        rows = conn.execute(
+            "SELECT name, model, queued, in_flight, failed, embedded FROM rowembed.status()"
+        ).fetchall()
     print(
         f"{'name':<24} {'model':<40} {'queued':>8} {'in flight':>9} {'failed':>7} {'embedded':>9}"
     )
-    for name, _source, model, queued, in_flight, failed, embedded in rows:
+    for name, model, queued, in_flight, failed, embedded in rows:
         print(f"{name:<24} {model:<40} {queued:>8} {in_flight:>9} {failed:>7} {embedded:>9}")
+    return 0
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    from rowembed.pgplugin import connect
+
+    with connect(_settings(args).require_database()) as conn:
+        rows = conn.execute(
+            "SELECT vectorizer, key, attempts, parked, last_error FROM rowembed.errors()"
+            " WHERE %(name)s::text IS NULL OR vectorizer = %(name)s",
+            {"name": args.name},
+        ).fetchall()
+    for vectorizer, key, attempts, parked, error in rows:
+        state = "parked" if parked else "retrying"
+        print(f"{vectorizer}  {json.dumps(key)}  {state} after {attempts} attempts: {error}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from rowembed.pgplugin import connect
+
+    with connect(_settings(args).require_database()) as conn:
+        (count,) = conn.execute("SELECT rowembed.retry_failed(%s)", [args.name]).fetchone()  # type: ignore[misc]
+    print(f"{count} failed rows queued again")
     return 0
 
 
@@ -156,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", help="queue and embedding counts per vectorizer")
 
+    errors = sub.add_parser("errors", help="rows whose embedding failed, with the error")
+    errors.add_argument("name", nargs="?", help="vectorizer name (default: all)")
+
+    retry = sub.add_parser("retry", help="queue a vectorizer's parked (failed) rows again")
+    retry.add_argument("name", help="vectorizer name")
+
     demo = sub.add_parser("demo", help="the whole path on embedded PostgreSQL and Redis")
     demo.add_argument("--rows", type=int, default=2000, help="docstrings to load")
     return parser
@@ -167,6 +199,8 @@ COMMANDS = {
     "dispatcher": cmd_dispatcher,
     "search": cmd_search,
     "status": cmd_status,
+    "errors": cmd_errors,
+    "retry": cmd_retry,
     "demo": cmd_demo,
 }
 

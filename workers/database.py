@@ -13,6 +13,7 @@ application's transactions.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -76,12 +77,18 @@ class QueueStatements:
         pk = v.pk_columns
         self.stage_name = f"rowembed_stage_{v.id}"
         self.stage = sql.Identifier(self.stage_name)
+        # Claimable: not parked, and never claimed, or its lease (or back-off) is
+        # over, or the worker session that claimed it is gone.
         self.claim = sql.SQL("""
             UPDATE {queue} AS q
                SET lease_until = now() + make_interval(secs => %(lease)s),
+                   claimed_by = %(token)s,
                    attempts = q.attempts + 1
               FROM (SELECT seq FROM {queue}
-                     WHERE failed_at IS NULL AND (lease_until IS NULL OR lease_until < now())
+                     WHERE failed_at IS NULL
+                       AND (lease_until IS NULL OR lease_until < now()
+                            OR (claimed_by IS NOT NULL
+                                AND claimed_by <> ALL (ARRAY(SELECT rowembed.live_workers()))))
                      ORDER BY priority, seq
                      LIMIT %(limit)s
                      FOR UPDATE SKIP LOCKED) AS c
@@ -153,22 +160,52 @@ class QueueStatements:
             done_keys=_keys(pk, "done"),
             done_match=_equal(pk, "e", "done"),
         )
-        # A failed batch: back off exponentially, park the entry after max_attempts.
+        # Failed rows: back off exponentially, park after max_attempts. Only the
+        # version that failed: a row changed since then keeps its fresh entry.
         self.fail = sql.SQL("""
-            UPDATE {queue}
-               SET last_error = %(error)s,
-                   lease_until = now() + make_interval(secs => least(600, 2 ^ attempts)),
-                   failed_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END
-             WHERE seq = ANY(%(seqs)s)
+            UPDATE {queue} AS q
+               SET last_error = f.error,
+                   claimed_by = NULL,
+                   lease_until = now() + make_interval(secs => least(600, 2 ^ q.attempts)),
+                   failed_at = CASE WHEN q.attempts >= %(max_attempts)s THEN now() END
+              FROM unnest(%(seqs)s::bigint[], %(errors)s::text[]) AS f(seq, error)
+             WHERE q.seq = f.seq
         """).format(queue=v.queue)
+        self.log_batch = sql.SQL("""
+            INSERT INTO rowembed.batch_stats (vectorizer_id, worker, claimed, embedded, written,
+                unchanged, deleted, superseded, failed, truncated, tokens, padded_tokens, seconds)
+            VALUES ({id}, %(worker)s, %(claimed)s, %(embedded)s, %(written)s, %(unchanged)s,
+                %(deleted)s, %(superseded)s, %(failed)s, %(truncated)s, %(tokens)s,
+                %(padded_tokens)s, %(seconds)s)
+        """).format(id=sql.Literal(v.id))
+
+
+# advisory lock (LIVENESS_KEY, token) held by each worker session; see rowembed.live_workers().
+LIVENESS_KEY = 7499639
+_tokens: WeakKeyDictionary[psycopg.Connection[Any], int] = WeakKeyDictionary()
+
+
+def worker_token(conn: psycopg.Connection[Any]) -> int:
+    """This session's token, taken on first use and held until it disconnects."""
+    if conn not in _tokens:
+        while True:
+            token = secrets.randbelow(2**31 - 1) + 1
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", [LIVENESS_KEY, token]
+            ).fetchone()
+            if row and row[0]:
+                _tokens[conn] = token
+                break
+    return _tokens[conn]
 
 
 def claim(
     conn: psycopg.Connection[Any], st: QueueStatements, limit: int, lease: float
 ) -> list[int]:
     """Lease up to `limit` entries, live changes first. Commits at once."""
+    token = worker_token(conn)
     with conn.transaction():
-        rows = conn.execute(st.claim, {"limit": limit, "lease": lease}).fetchall()
+        rows = conn.execute(st.claim, {"limit": limit, "lease": lease, "token": token}).fetchall()
     return [r[0] for r in rows]
 
 
@@ -203,12 +240,23 @@ def write(
     return WriteResult(completed, written, deleted)
 
 
-def record_failure(
+def record_failures(
     conn: psycopg.Connection[Any],
     st: QueueStatements,
-    seqs: list[int],
-    error: str,
+    errors: dict[int, str],
     max_attempts: int,
 ) -> None:
+    """`errors`: seq -> message."""
     with conn.transaction():
-        conn.execute(st.fail, {"seqs": seqs, "error": error[:2000], "max_attempts": max_attempts})
+        conn.execute(
+            st.fail,
+            {
+                "seqs": list(errors),
+                "errors": [e[:2000] for e in errors.values()],
+                "max_attempts": max_attempts,
+            },
+        )
+
+
+def log_batch(conn: psycopg.Connection[Any], st: QueueStatements, stats: dict[str, Any]) -> None:
+    conn.execute(st.log_batch, stats)

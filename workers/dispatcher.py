@@ -17,24 +17,19 @@ import psycopg
 from kombu.exceptions import OperationalError as KombuOperationalError
 from psycopg import sql
 
-from rowembed.pgplugin.vectorizers import list_vectorizers
-
 log = logging.getLogger(__name__)
 
 CHANNEL = "rowembed"
 
 
 def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[int]:
-    """Vectorizers whose queue has claimable entries (lost hints are found here)."""
-    ids = []
-    for v in list_vectorizers(conn):
-        query = sql.SQL(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE failed_at IS NULL"
-            " AND (lease_until IS NULL OR lease_until < now()))"
-        ).format(v.queue)
-        if conn.execute(query).fetchone()[0]:  # type: ignore[index]
-            ids.append(v.id)
-    return ids
+    """Vectorizers whose queue holds unclaimed entries (lost hints are found here)."""
+    rows = conn.execute("SELECT id FROM rowembed.status() WHERE queued > 0").fetchall()
+    return [r[0] for r in rows]
+
+
+def prune_batch_stats(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("DELETE FROM rowembed.batch_stats WHERE finished_at < now() - interval '1 day'")
 
 
 class Dispatcher:
@@ -87,6 +82,7 @@ class Dispatcher:
                 if time.monotonic() >= next_sweep:
                     for vectorizer_id in vectorizers_with_work(conn):
                         self.send_hint(vectorizer_id)
+                    prune_batch_stats(conn)
                     next_sweep = time.monotonic() + self.sweep_seconds
                 woken = set()
                 for note in conn.notifies(timeout=min(1.0, self.sweep_seconds), stop_after=1):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import psycopg
@@ -18,6 +18,7 @@ from rowembed.pgplugin.vectorizers import Vectorizer
 from . import database as db
 from .database import Action, Outcome
 from .runtime import Encoded
+from .runtime.isolate import DimensionMismatch, encode_isolating
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,13 @@ class BatchReport:
     superseded: int = 0  # entries whose row changed again while we worked
     truncated: int = 0
     failed: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
     seconds: float = 0.0
 
     def add(self, other: BatchReport) -> None:
-        for field in self.__dataclass_fields__:
-            setattr(self, field, getattr(self, field) + getattr(other, field))
-
-
-class DimensionMismatch(RuntimeError):
-    pass
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 def run_batch(
@@ -63,6 +62,7 @@ def run_batch(
     *,
     limit: int,
     lease_seconds: float,
+    worker: str = "",
 ) -> BatchReport:
     started = time.monotonic()
     report = BatchReport()
@@ -70,10 +70,9 @@ def run_batch(
     report.claimed = len(seqs)
     if not seqs:
         return report
-    rows = db.read(conn, statements, seqs)
     outcomes: list[Outcome] = []
     to_embed = []
-    for row in rows:
+    for row in db.read(conn, statements, seqs):
         if not row.present or not row.text.strip():
             outcomes.append(Outcome(row.seq, Action.DELETE))
         elif row.stored_hash == row.text_hash:
@@ -82,38 +81,49 @@ def run_batch(
         else:
             to_embed.append(row)
     if to_embed:
-        try:
-            if encoder.dimensions != vectorizer.dimensions:
-                raise DimensionMismatch(
-                    f"model {encoder.name} gives {encoder.dimensions} dimensions; vectorizer"
-                    f" {vectorizer.name!r} stores {vectorizer.dimensions}"
-                )
-            encoded = encoder.encode([r.text for r in to_embed])
-        except Exception as exc:
-            db.record_failure(
+        result = encode_isolating(
+            lambda texts: _encode_checked(encoder, vectorizer, texts), [r.text for r in to_embed]
+        )
+        outcomes.extend(
+            Outcome(to_embed[i].seq, Action.WRITE, to_embed[i].text_hash, vector)
+            for i, vector in result.vectors.items()
+        )
+        if result.errors:
+            db.record_failures(
                 conn,
                 statements,
-                [r.seq for r in to_embed],
-                f"{type(exc).__name__}: {exc}",
+                {to_embed[i].seq: error for i, error in result.errors.items()},
                 vectorizer.max_attempts,
             )
-            report.failed = len(to_embed)
-            log.exception("vectorizer %s: embedding %d rows failed", vectorizer.name, len(to_embed))
-            to_embed = []
-        else:
-            report.embedded = len(to_embed)
-            report.truncated = encoded.truncated
-            outcomes.extend(
-                Outcome(r.seq, Action.WRITE, r.text_hash, encoded.vectors[i])
-                for i, r in enumerate(to_embed)
+            log.warning(
+                "vectorizer %s: %d of %d rows failed: %s",
+                vectorizer.name,
+                len(result.errors),
+                len(to_embed),
+                next(iter(result.errors.values())),
             )
+        report.embedded = len(result.vectors)
+        report.failed = len(result.errors)
+        report.truncated = result.truncated
+        report.tokens = result.tokens
+        report.padded_tokens = result.padded_tokens
     if outcomes:
-        result = db.write(conn, statements, outcomes)
-        report.written = result.written
-        report.deleted = result.deleted
-        report.superseded = len(outcomes) - result.completed
+        written = db.write(conn, statements, outcomes)
+        report.written = written.written
+        report.deleted = written.deleted
+        report.superseded = len(outcomes) - written.completed
     report.seconds = time.monotonic() - started
+    db.log_batch(conn, statements, {**asdict(report), "worker": worker})
     return report
+
+
+def _encode_checked(encoder: TextEncoder, vectorizer: Vectorizer, texts: Sequence[str]) -> Encoded:
+    if encoder.dimensions != vectorizer.dimensions:
+        raise DimensionMismatch(
+            f"model {encoder.name} gives {encoder.dimensions} dimensions; vectorizer"
+            f" {vectorizer.name!r} stores {vectorizer.dimensions}"
+        )
+    return encoder.encode(texts)
 
 
 def drain(
@@ -124,6 +134,7 @@ def drain(
     limit: int,
     lease_seconds: float,
     time_budget: float,
+    worker: str = "",
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[BatchReport, bool]:
     """Run batches until the queue is empty or the time budget is spent.
@@ -133,7 +144,13 @@ def drain(
     deadline = time.monotonic() + time_budget
     while True:
         report = run_batch(
-            conn, vectorizer, statements, encoder, limit=limit, lease_seconds=lease_seconds
+            conn,
+            vectorizer,
+            statements,
+            encoder,
+            limit=limit,
+            lease_seconds=lease_seconds,
+            worker=worker,
         )
         total.add(report)
         if report.claimed < limit:

@@ -4,8 +4,12 @@ inside the task, after the pool has forked, so CUDA initialises in the child."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import asdict
 from typing import Any
+
+import psycopg
 
 from .celery_app import app
 from .state import worker_state
@@ -13,7 +17,7 @@ from .state import worker_state
 log = logging.getLogger(__name__)
 
 
-@app.task(name="rowembed.embed", bind=True)
+@app.task(name="rowembed.embed", bind=True, max_retries=None)
 def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
     """Drain vectorizer `vectorizer_id`'s queue for a while; hand the rest on."""
     from rowembed.pgplugin.vectorizers import VectorizerNotFound
@@ -21,23 +25,35 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
     from .pipeline import drain
 
     state = worker_state()
-    with state.connection() as conn:
-        try:
-            vectorizer = state.vectorizer(conn, vectorizer_id)
-        except VectorizerNotFound:
-            log.info("vectorizer %s no longer exists; hint dropped", vectorizer_id)
-            return {}
-        encoder = state.encoder(vectorizer.model)
-        report, more = drain(
-            conn,
-            vectorizer,
-            encoder,
-            limit=state.settings.batch_rows,
-            lease_seconds=state.settings.lease_seconds,
-            time_budget=state.settings.task_seconds,
-        )
+    try:
+        with state.connection() as conn:
+            try:
+                vectorizer = state.vectorizer(conn, vectorizer_id)
+            except VectorizerNotFound:
+                log.info("vectorizer %s no longer exists; hint dropped", vectorizer_id)
+                return {}
+            report, more = drain(
+                conn,
+                vectorizer,
+                state.encoder(vectorizer.model),
+                limit=state.settings.batch_rows,
+                lease_seconds=state.settings.lease_seconds,
+                time_budget=state.settings.task_seconds,
+                worker=f"{socket.gethostname()}:{os.getpid()}",
+            )
+    except psycopg.OperationalError as exc:
+        # The database is down or restarting; claims die with the session, so
+        # nothing is lost. Back off and try again (the sweep would re-send too).
+        delay = min(30, 2 ** min(self.request.retries, 5))
+        log.warning("database unavailable (%s); retrying in %ss", _first_line(exc), delay)
+        raise self.retry(countdown=delay) from exc
     if more:
         self.apply_async((vectorizer_id,))
     if report.claimed:
         log.info("vectorizer %s: %s", vectorizer.name, report)
     return asdict(report)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -155,28 +155,48 @@ def test_texts_over_the_model_limit_are_truncated_and_counted(
     assert (report.embedded, report.truncated, report.failed) == (2, 1, 0)
 
 
-def test_a_failing_batch_backs_off_and_is_parked_after_max_attempts(
+def test_a_poison_row_is_isolated_backs_off_and_is_parked(
     conn: Conn, table: str, encoder: Encoder
 ) -> None:
-    v = setup(conn, table, {1: "poison pill", 2: "fine"})
+    texts = {i: f"ordinary text {i}" for i in range(1, 17)}
+    texts[11] = "poison pill"
+    v = setup(conn, table, texts)
     failing = CountingEncoder(encoder, fail_on="poison")
     report = run(conn, v, failing)
-    assert report.failed == 2
+    assert (report.embedded, report.failed, report.written) == (15, 1, 15)
+    assert sorted(stored(conn, v)) == [k for k in texts if k != 11]
     row = conn.execute(
         sql.SQL(
-            "SELECT attempts, last_error, lease_until > now(), failed_at FROM {} WHERE id = 1"
+            "SELECT attempts, last_error, lease_until > now(), failed_at FROM {} WHERE id = 11"
         ).format(v.queue)
     ).fetchone()
     assert row is not None
     assert row[0] == 1 and "injected failure" in row[1] and row[2] and row[3] is None
     for _ in range(v.max_attempts - 1):
-        conn.execute(sql.SQL("UPDATE {} SET lease_until = NULL").format(v.queue))
+        conn.execute(sql.SQL("UPDATE {} SET lease_until = NULL").format(v.queue))  # skip back-off
         run(conn, v, failing)
-    failed = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE failed_at IS NOT NULL").format(v.queue)
-    ).fetchone()
-    assert failed == (2,)
+    parked = conn.execute(
+        "SELECT key, attempts, parked, last_error FROM rowembed.errors() WHERE vectorizer = %s",
+        [v.name],
+    ).fetchall()
+    assert parked == [
+        ({"id": 11}, v.max_attempts, True, "RuntimeError: injected failure on 'poison'")
+    ]
     assert run(conn, v, failing).claimed == 0  # parked entries are not claimed
+
+    failing.fail_on = None  # the fault is fixed
+    assert conn.execute("SELECT rowembed.retry_failed(%s)", [v.name]).fetchone() == (1,)
+    assert run(conn, v, failing).embedded == 1
+    assert sorted(stored(conn, v)) == sorted(texts)
+    assert queued(conn, v) == []
+
+
+def test_a_changed_poison_row_starts_over(conn: Conn, table: str, encoder: Encoder) -> None:
+    v = setup(conn, table, {1: "poison pill"})
+    run(conn, v, CountingEncoder(encoder, fail_on="poison"))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'cured' WHERE id = 1").format(sql.Identifier(table)))
+    assert run(conn, v, encoder).embedded == 1
+    assert list(stored(conn, v)) == [1]
 
 
 def test_a_model_of_the_wrong_size_fails_clearly(conn: Conn, table: str, encoder: Encoder) -> None:

@@ -1,0 +1,71 @@
+"""Embedding a batch so that inputs that make the model fail do not sink the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .encoder import Encoded
+from .models import ModelNotFoundError
+
+
+class DimensionMismatch(RuntimeError):
+    """The model's output size differs from the column's."""
+
+
+# Failures of the model as a whole, not of an input: splitting the batch cannot help.
+SYSTEMIC = (ModelNotFoundError, DimensionMismatch, ImportError)
+
+
+@dataclass
+class Isolated:
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)  # input index -> vector
+    errors: dict[int, str] = field(default_factory=dict)  # input index -> error
+    truncated: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    calls: int = 0
+
+
+def encode_isolating(encode: Callable[[Sequence[str]], Encoded], texts: Sequence[str]) -> Isolated:
+    """Encode `texts`; when a call fails, bisect to find the inputs that fail.
+
+    One bad input among n costs about 2*log2(n) extra calls; every other input is
+    still embedded. A systemic failure is recorded against every input at once.
+    """
+    result = Isolated()
+
+    def attempt(indices: list[int]) -> None:
+        result.calls += 1
+        try:
+            encoded = encode([texts[i] for i in indices])
+        except SYSTEMIC as exc:
+            raise _Systemic(_describe(exc)) from exc
+        except Exception as exc:
+            if len(indices) == 1:
+                result.errors[indices[0]] = _describe(exc)
+                return
+            middle = len(indices) // 2
+            attempt(indices[:middle])
+            attempt(indices[middle:])
+            return
+        result.vectors.update(zip(indices, encoded.vectors, strict=True))
+        result.truncated += encoded.truncated
+        result.tokens += encoded.tokens
+        result.padded_tokens += encoded.padded_tokens
+
+    try:
+        attempt(list(range(len(texts))))
+    except _Systemic as failure:
+        return Isolated(errors=dict.fromkeys(range(len(texts)), str(failure)), calls=result.calls)
+    return result
+
+
+class _Systemic(Exception):
+    pass
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
