@@ -52,7 +52,10 @@ class EmbeddedPostgres:
     def _run(self, *args: str) -> None:
         result = subprocess.run(
             [str(self.bin_dir / args[0]), *args[1:]],
+            # Drop root's groups too, or root-group directories deny access.
             user=self._user.pw_uid if self._user else None,
+            group=self._user.pw_gid if self._user else None,
+            extra_groups=[] if self._user else None,
             capture_output=True,
             text=True,
         )
@@ -99,7 +102,9 @@ class EmbeddedPostgres:
             self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", "fast", "stop")
 
     def restart(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", "fast", "restart")
+        """A fast shutdown (every session is terminated), then a start."""
+        self.stop()
+        self.start()
 
     def remove(self) -> None:
         self.stop()
@@ -155,6 +160,7 @@ class EmbeddedRedis:
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        """Stops the server; `start()` brings it back on the same socket, empty."""
         if self._process and self._process.poll() is None:
             self._process.terminate()
             self._process.wait(10)

@@ -9,10 +9,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # weights come from site-packages, never the
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import itertools
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,33 +82,38 @@ def encoder() -> Any:
 
 
 class WorkerProcess:
-    def __init__(self, database_url: str, redis_url: str, log_path: Path) -> None:
+    """`rowembed worker` (with its dispatcher) in a process group of its own."""
+
+    def __init__(
+        self,
+        database_url: str,
+        redis_url: str,
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        module: str = "rowembed",
+        args: Sequence[str] = ("--concurrency", "1"),
+    ) -> None:
         self.log_path = log_path
+        self.argv = [sys.executable, "-m", module, "--loglevel", "INFO", "worker", *args]
         self.env = {
             **os.environ,
             "ROWEMBED_DATABASE_URL": database_url,
             "ROWEMBED_REDIS_URL": redis_url,
             "ROWEMBED_SWEEP_SECONDS": "1",
             "ROWEMBED_TASK_SECONDS": "2",
+            **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "rowembed",
-                    "--loglevel",
-                    "INFO",
-                    "worker",
-                    "--concurrency",
-                    "1",
-                ],
+                self.argv,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         wait_until(lambda: b"ready." in self.log_path.read_bytes(), timeout=60)
         return self
@@ -115,13 +121,20 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL the worker, its pool and its dispatcher at once, like a lost machine."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
 
 
 @pytest.fixture(scope="session")
