@@ -23,9 +23,16 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         # One message at a time per process: a batch is seconds of GPU work.
         worker_prefetch_multiplier=1,
-        # Tasks hand back after ROWEMBED_TASK_SECONDS; these limits only catch a hang.
+        # Tasks hand back after ROWEMBED_TASK_SECONDS; these limits only catch a hang,
+        # and stay far below Redis' visibility timeout (when an unacknowledged
+        # message is delivered again). Correctness never rests on either: claims
+        # die with the worker's database session, and the dispatcher re-sends hints.
         task_soft_time_limit=max(60.0, settings.task_seconds * 6),
         task_time_limit=max(90.0, settings.task_seconds * 9),
+        broker_transport_options={"visibility_timeout": 3600},
+        # On SIGTERM, finish the running batch (a few seconds) before exiting.
+        worker_soft_shutdown_timeout=max(10.0, settings.task_seconds * 2),
+        worker_enable_soft_shutdown_on_idle=True,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )

@@ -95,8 +95,7 @@ def assert_current(conn: Conn, v: Vectorizer, encoder: Encoder, sample: int = 20
         SELECT s.id FROM docs s LEFT JOIN {dest} e USING (id)
         LEFT JOIN {queue} q ON q.id = s.id AND q.failed_at IS NOT NULL
         WHERE coalesce(btrim(s.body), '') <> ''
-          AND (e.text_hash IS DISTINCT FROM decode(md5(s.id || ' ' || '' || s.body), 'hex')
-               AND e.text_hash IS DISTINCT FROM decode(md5(s.body), 'hex'))
+          AND e.text_hash IS DISTINCT FROM decode(md5(s.body), 'hex')
           AND q.id IS NULL
     """).format(dest=v.destination, queue=v.queue)
     ).fetchall()
