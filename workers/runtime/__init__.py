@@ -6,12 +6,15 @@ Imports neither Celery nor psycopg; the workers and the CLI wrap it.
 from .batching import plan_batches
 from .encoder import Encoded, Encoder
 from .models import ModelNotFoundError, PoolingConfig, resolve_model_path
+from .reranker import Reranker, Scored
 
 __all__ = [
     "Encoded",
     "Encoder",
     "ModelNotFoundError",
     "PoolingConfig",
+    "Reranker",
+    "Scored",
     "plan_batches",
     "resolve_model_path",
 ]

@@ -90,7 +90,7 @@ class Encoder:
         limits = [
             config.max_seq_length,
             getattr(tokenizer, "model_max_length", None),
-            _position_limit(model.config),
+            position_limit(model.config),
         ]
         max_length = min(int(x) for x in limits if x and int(x) < 1_000_000)
         log.info(
@@ -160,7 +160,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tenso
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def _position_limit(config: object) -> int | None:
+def position_limit(config: object) -> int | None:
     positions = getattr(config, "max_position_embeddings", None)
     if positions is None:
         return None
