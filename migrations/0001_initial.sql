@@ -23,6 +23,7 @@ CREATE TABLE rowembed.vectorizer (
     queue_table       regclass NOT NULL,
     min_similarity    float8 NOT NULL CHECK (min_similarity BETWEEN -1 AND 1),
     query_instruction text NOT NULL,
+    rerank_model      text NOT NULL,
     max_attempts      int NOT NULL CHECK (max_attempts >= 1),
     created_at        timestamptz NOT NULL DEFAULT now()
 );

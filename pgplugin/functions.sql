@@ -208,6 +208,7 @@ CREATE OR REPLACE FUNCTION rowembed.create_vectorizer(
     separator text DEFAULT E'\n',
     min_similarity float8 DEFAULT NULL,
     query_instruction text DEFAULT NULL,
+    rerank_model text DEFAULT 'BAAI/bge-reranker-base',
     max_attempts int DEFAULT 5,
     backfill boolean DEFAULT true
 ) RETURNS int
@@ -329,7 +330,7 @@ BEGIN
     INSERT INTO rowembed.vectorizer (
         id, name, source, pk_columns, pk_types, text_columns, separator, model, dimensions,
         destination, embedding_column, queue_table, min_similarity, query_instruction,
-        max_attempts)
+        rerank_model, max_attempts)
     OVERRIDING SYSTEM VALUE
     VALUES (
         new_id,
@@ -342,7 +343,7 @@ BEGIN
                  rowembed.default_min_similarity(create_vectorizer.model)),
         coalesce(create_vectorizer.query_instruction,
                  rowembed.default_query_instruction(create_vectorizer.model)),
-        create_vectorizer.max_attempts);
+        create_vectorizer.rerank_model, create_vectorizer.max_attempts);
 
     PERFORM rowembed._install_triggers(new_id);
 
@@ -554,22 +555,25 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The query behind search() and similar(). Parameters: $1 query vector, $2 k,
--- $3 threshold, $4 a row to leave out (similar()). The inner ORDER BY ... LIMIT is
--- what the HNSW index answers; the threshold filters its result.
+-- $3 threshold, $4 a row to leave out (similar()), $5 a jsonb filter on the source
+-- row (to_jsonb(row) @> filter). The HNSW index answers the inner ORDER BY ... LIMIT,
+-- joined to the source so a filter is applied while the index is walked (with
+-- pgvector's iterative scan, a selective filter still yields k rows); the
+-- threshold filters the result.
 CREATE OR REPLACE FUNCTION rowembed._search_sql(v rowembed.vectorizer, exclude_row boolean)
 RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format(
-        'SELECT h.similarity, s FROM ('
-        ' SELECT %1$s, 1 - (e.%2$I <=> $1) AS similarity FROM %3$s AS e'
-        ' ORDER BY e.%2$I <=> $1 LIMIT $2 + %6$s) AS h'
-        ' JOIN %4$s AS s ON %5$s'
-        ' WHERE h.similarity >= $3 %7$s'
-        ' ORDER BY h.similarity DESC LIMIT $2',
-        rowembed._columns(v.pk_columns, 'e'), v.embedding_column,
+        'SELECT h.similarity, h.s FROM ('
+        ' SELECT 1 - (e.%1$I <=> $1) AS similarity, s FROM %2$s AS e'
+        ' JOIN %3$s AS s ON %4$s'
+        ' WHERE ($5 IS NULL OR to_jsonb(s) @> $5) %5$s'
+        ' ORDER BY e.%1$I <=> $1 LIMIT $2) AS h'
+        ' WHERE h.similarity >= $3'
+        ' ORDER BY h.similarity DESC',
+        v.embedding_column,
         rowembed._qualified(v.destination), rowembed._qualified(v.source),
-        rowembed._equal(v.pk_columns, 'h', 's'),
-        CASE WHEN exclude_row THEN '1' ELSE '0' END,
+        rowembed._equal(v.pk_columns, 'e', 's'),
         CASE WHEN exclude_row THEN format('AND (%s) IS DISTINCT FROM (%s)',
             rowembed._columns(v.pk_columns, 's'),
             (SELECT string_agg(format('($4).%I', c), ', ' ORDER BY o)
@@ -589,6 +593,32 @@ LANGUAGE sql STABLE AS $$
     SELECT greatest(least(k + 1, 1000), rowembed._ef_search()::int)::text
 $$;
 
+-- pgvector's settings for one search: ef_search raised for large k, and an
+-- iterative scan when a filter may discard candidates. Returns the old values.
+CREATE OR REPLACE FUNCTION rowembed._search_settings(k int, filtered boolean) RETURNS text[]
+LANGUAGE plpgsql AS $body$
+DECLARE
+    old text[] := ARRAY[rowembed._ef_search(),
+                        CASE WHEN filtered THEN current_setting('hnsw.iterative_scan') END];
+BEGIN
+    PERFORM set_config('hnsw.ef_search', rowembed._ef_search_for(k), true);
+    IF filtered THEN
+        PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
+    END IF;
+    RETURN old;
+END
+$body$;
+
+CREATE OR REPLACE FUNCTION rowembed._restore_search_settings(old text[]) RETURNS void
+LANGUAGE plpgsql AS $body$
+BEGIN
+    PERFORM set_config('hnsw.ef_search', old[1], true);
+    IF old[2] IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', old[2], true);
+    END IF;
+END
+$body$;
+
 -- Rows of a table most similar to a query vector, best first, at or above the
 -- threshold. Usage: SELECT similarity, (item).* FROM rowembed.search(NULL::docs, $1, 10)
 CREATE OR REPLACE FUNCTION rowembed.search(
@@ -596,35 +626,38 @@ CREATE OR REPLACE FUNCTION rowembed.search(
     query vector,
     k int DEFAULT 10,
     min_similarity float8 DEFAULT NULL,
-    vectorizer text DEFAULT NULL)
+    vectorizer text DEFAULT NULL,
+    filter jsonb DEFAULT NULL)
 RETURNS TABLE (similarity float8, item anyelement)
-LANGUAGE plpgsql STABLE AS $body$
+LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
-    ef text := rowembed._ef_search();
+    old text[];
 BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'rowembed: k must be at least 1';
     END IF;
-    PERFORM set_config('hnsw.ef_search', rowembed._ef_search_for(k), true);
+    old := rowembed._search_settings(k, filter IS NOT NULL);
     RETURN QUERY EXECUTE rowembed._search_sql(v, false)
-        USING query, k, rowembed._threshold(v, min_similarity);
-    PERFORM set_config('hnsw.ef_search', ef, true);
+        USING query, k, rowembed._threshold(v, min_similarity), NULL::text, filter;
+    PERFORM rowembed._restore_search_settings(old);
 END
 $body$;
 
 -- Rows most similar to a given row (by its stored embedding), the row itself left out.
--- Usage: SELECT s.similarity, (s.item).* FROM docs d, rowembed.similar(d, 5) s WHERE d.id = 42
+-- Usage: SELECT s.similarity, (s.similar_item).* FROM docs d, rowembed.similar(d, 5) s
+--        WHERE d.id = 42
 CREATE OR REPLACE FUNCTION rowembed.similar(
     item anyelement,
     k int DEFAULT 10,
     min_similarity float8 DEFAULT NULL,
-    vectorizer text DEFAULT NULL)
+    vectorizer text DEFAULT NULL,
+    filter jsonb DEFAULT NULL)
 RETURNS TABLE (similarity float8, similar_item anyelement)
-LANGUAGE plpgsql STABLE AS $body$
+LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(item), vectorizer);
-    ef text := rowembed._ef_search();
+    old text[];
     query vector;
 BEGIN
     IF k IS NULL OR k < 1 THEN
@@ -638,10 +671,73 @@ BEGIN
     IF query IS NULL THEN
         RETURN;  -- the row has no embedding (yet, or its text is empty)
     END IF;
-    PERFORM set_config('hnsw.ef_search', rowembed._ef_search_for(k), true);
+    old := rowembed._search_settings(k, true);  -- leaving the row out is a filter
     RETURN QUERY EXECUTE rowembed._search_sql(v, true)
-        USING query, k, rowembed._threshold(v, min_similarity), item;
-    PERFORM set_config('hnsw.ef_search', ef, true);
+        USING query, k, rowembed._threshold(v, min_similarity), item, filter;
+    PERFORM rowembed._restore_search_settings(old);
+END
+$body$;
+
+-- Threshold calibration. bge similarities cluster in about [0.6, 1], so a fixed
+-- threshold means little: compare, on your own data, the similarity of each
+-- query's nearest rows with that of random rows. Queries are vectors (embed them
+-- with the query instruction: `rowembed calibrate` does); without them, a sample of
+-- the table's own rows stands in (each leaving itself out). Rows: 'top1', 'topk'
+-- (the k nearest) and 'random' (unrelated pairs); p99 of 'random' is a
+-- reasonable floor for min_similarity.
+CREATE OR REPLACE FUNCTION rowembed.similarity_profile(
+    name text,
+    queries vector[] DEFAULT NULL,
+    sample int DEFAULT 100,
+    k int DEFAULT 10)
+RETURNS TABLE (measure text, n bigint, p10 float8, p50 float8, p90 float8, p99 float8)
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    dest text;
+    own_rows boolean := queries IS NULL;
+    q vector;
+    sims float8[];
+    top1 float8[] := '{}';
+    topk float8[] := '{}';
+    background float8[];
+    old text[];
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = similarity_profile.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rowembed: no vectorizer named %', similarity_profile.name;
+    END IF;
+    dest := rowembed._qualified(v.destination);
+    IF own_rows THEN
+        EXECUTE format('SELECT array_agg(%I) FROM (SELECT %I FROM %s ORDER BY random() LIMIT $1) r',
+                       v.embedding_column, v.embedding_column, dest)
+            INTO queries USING sample;
+    END IF;
+    old := rowembed._search_settings(k + 1, false);
+    FOREACH q IN ARRAY coalesce(queries, '{}') LOOP
+        EXECUTE format('SELECT array_agg(s ORDER BY s DESC) FROM (SELECT 1 - (%1$I <=> $1) AS s'
+                       ' FROM %2$s ORDER BY %1$I <=> $1 LIMIT $2) t', v.embedding_column, dest)
+            INTO sims USING q, k + own_rows::int;
+        IF own_rows THEN
+            sims := sims[2:];  -- the row itself
+        END IF;
+        top1 := top1 || sims[1];
+        topk := topk || sims;
+    END LOOP;
+    PERFORM rowembed._restore_search_settings(old);
+    EXECUTE format('SELECT array_agg(1 - (r.%1$I <=> qv)) FROM unnest($1) AS qv,'
+                   ' (SELECT %1$I FROM %2$s ORDER BY random() LIMIT $2) AS r',
+                   v.embedding_column, dest)
+        INTO background USING queries, sample;
+    RETURN QUERY
+    SELECT m.measure, count(x), percentile_cont(0.1) WITHIN GROUP (ORDER BY x),
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY x),
+           percentile_cont(0.9) WITHIN GROUP (ORDER BY x),
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY x)
+    FROM (VALUES (1, 'top1', top1), (2, 'topk', topk), (3, 'random', background))
+         AS m(o, measure, xs)
+    CROSS JOIN LATERAL unnest(coalesce(m.xs, '{}')) AS x
+    GROUP BY m.o, m.measure ORDER BY m.o;
 END
 $body$;
 
@@ -650,14 +746,17 @@ CREATE OR REPLACE FUNCTION rowembed.explain_search(
     source anyelement,
     query vector,
     k int DEFAULT 10,
-    vectorizer text DEFAULT NULL)
+    vectorizer text DEFAULT NULL,
+    filter jsonb DEFAULT NULL)
 RETURNS SETOF text
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
+    old text[] := rowembed._search_settings(k, filter IS NOT NULL);
 BEGIN
     RETURN QUERY EXECUTE 'EXPLAIN (COSTS OFF) ' || rowembed._search_sql(v, false)
-        USING query, k, rowembed._threshold(v, NULL);
+        USING query, k, rowembed._threshold(v, NULL), NULL::text, filter;
+    PERFORM rowembed._restore_search_settings(old);
 END
 $body$;
 

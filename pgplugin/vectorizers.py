@@ -20,6 +20,7 @@ _OPTIONS = (
     "separator",
     "min_similarity",
     "query_instruction",
+    "rerank_model",
     "max_attempts",
     "backfill",
 )
@@ -43,6 +44,7 @@ class Vectorizer:
     queue_table: str
     min_similarity: float
     query_instruction: str
+    rerank_model: str
     max_attempts: int
 
     @property
@@ -69,7 +71,7 @@ _SELECT = sql.SQL("""
            dn.nspname::text AS destination_schema, dc.relname::text AS destination_table,
            v.embedding_column::text AS embedding_column,
            qn.nspname::text AS queue_schema, qc.relname::text AS queue_table,
-           v.min_similarity, v.query_instruction, v.max_attempts
+           v.min_similarity, v.query_instruction, v.rerank_model, v.max_attempts
     FROM rowembed.vectorizer v
     JOIN pg_class sc ON sc.oid = v.source JOIN pg_namespace sn ON sn.oid = sc.relnamespace
     JOIN pg_class dc ON dc.oid = v.destination JOIN pg_namespace dn ON dn.oid = dc.relnamespace

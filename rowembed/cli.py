@@ -10,10 +10,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from rowembed.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from rowembed.search import Models
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -38,14 +42,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.require_database()
     settings.require_redis()
+    from rowembed.workers.celery_app import QUEUES, app
+
+    unknown = set(args.queues.split(",")) - set(QUEUES)
+    if unknown:
+        raise SettingsError(f"unknown queues {sorted(unknown)}; choose from {sorted(QUEUES)}")
+    queues = ",".join(QUEUES[q] for q in args.queues.split(","))
     dispatcher = None
     if not args.no_dispatcher:
         dispatcher = subprocess.Popen(
             [sys.executable, "-m", "rowembed", "--loglevel", args.loglevel, "dispatcher"]
         )
     try:
-        from rowembed.workers.celery_app import EMBED_QUEUE, app
-
         app.worker_main(
             [
                 "worker",
@@ -53,7 +61,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 f"--concurrency={args.concurrency}",
                 f"--pool={args.pool}",
                 "-Q",
-                args.queues or EMBED_QUEUE,
+                queues,
                 "--without-gossip",
                 "--without-mingle",
                 *(["-n", args.name] if args.name else []),
@@ -87,22 +95,37 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from rowembed.pgplugin import connect, get_vectorizer
-    from rowembed.search import embed_query, search_vector
-    from rowembed.workers.runtime import Encoder
+    from rowembed.search import search
 
     settings = _settings(args)
+    models = _models(args, settings)
     with connect(settings.require_database()) as conn:
         vectorizer = get_vectorizer(conn, args.name)
-        encoder = Encoder.load(vectorizer.model, device=settings.device)
-        query = embed_query(encoder, vectorizer, args.text)
-        hits = search_vector(conn, vectorizer, query, k=args.k, min_similarity=args.min_similarity)
+        hits = search(
+            conn,
+            vectorizer,
+            args.text,
+            models,
+            k=args.k,
+            min_similarity=args.min_similarity,
+            filter=json.loads(args.filter) if args.filter else None,
+            rerank=args.rerank,
+            candidates=args.candidates,
+            rerank_model=args.rerank_model,
+        )
     for hit in hits:
         if args.json:
-            print(json.dumps({"similarity": hit.similarity, "row": hit.row}, default=str))
-        else:
-            shown = {c: hit.row.get(c) for c in [*vectorizer.pk_columns, *vectorizer.text_columns]}
-            text = " | ".join(str(v) for v in shown.values()).replace("\n", " ")
-            print(f"{hit.similarity:.3f}  {text[:150]}")
+            record = {
+                "similarity": hit.similarity,
+                "rerank_score": hit.rerank_score,
+                "row": hit.row,
+            }
+            print(json.dumps(record, default=str))
+            continue
+        shown = [hit.row.get(c) for c in [*vectorizer.pk_columns, *vectorizer.text_columns]]
+        text = " | ".join(str(v) for v in shown).replace("\n", " ")
+        rerank = f"  rerank {hit.rerank_score:7.3f}" if hit.rerank_score is not None else ""
+        print(f"similarity {hit.similarity:.3f}{rerank}  {text[:150]}")
     if not hits and not args.json:
         print("no rows at or above the similarity threshold")
     return 0
@@ -147,6 +170,49 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rowembed.calibrate import similarity_profile, suggest_min_similarity
+    from rowembed.pgplugin import connect, get_vectorizer
+
+    settings = _settings(args)
+    with connect(settings.require_database()) as conn:
+        vectorizer = get_vectorizer(conn, args.name)
+        queries = None
+        if args.query:
+            models = _models(args, settings)
+            queries = [
+                models.embed_query(vectorizer.model, vectorizer.query_instruction + text)
+                for text in args.query
+            ]
+        profile = similarity_profile(conn, args.name, queries, sample=args.sample, k=args.k)
+        source = f"{len(args.query)} queries" if args.query else f"{args.sample} of its own rows"
+        print(f"similarity on {vectorizer.name}, queries: {source}")
+        print(f"{'':<8} {'n':>7} {'p10':>7} {'p50':>7} {'p90':>7} {'p99':>7}")
+        for p in profile.values():
+            print(
+                f"{p.measure:<8} {p.n:>7} {p.p10:>7.3f} {p.p50:>7.3f} {p.p90:>7.3f} {p.p99:>7.3f}"
+            )
+        suggested = suggest_min_similarity(profile)
+        print(
+            f"current min_similarity {vectorizer.min_similarity}; suggested {suggested}"
+            " (above 99% of random pairs)"
+        )
+        if args.apply:
+            conn.execute("SELECT rowembed.set_min_similarity(%s, %s)", [args.name, suggested])
+            print(f"min_similarity of {args.name} set to {suggested}")
+    return 0
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> Models:
+    from rowembed.search import LocalModels, WorkerModels
+
+    if args.local or not settings.redis_url:
+        return LocalModels(settings.device)
+    from rowembed.workers.celery_app import app
+
+    return WorkerModels(app)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rowembed.demo import run_demo
 
@@ -165,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery embedding worker (and a dispatcher)")
     worker.add_argument("--concurrency", type=int, default=1, help="processes (one per GPU)")
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
-    worker.add_argument("--queues", help="Celery queues to consume (default rowembed.embed)")
+    worker.add_argument(
+        "--queues",
+        default="embed,rerank,query",
+        help="what to serve: embed, rerank, query, comma-separated (default all)",
+    )
     worker.add_argument("--name", help="Celery node name")
     worker.add_argument(
         "--no-dispatcher", action="store_true", help="do not start a dispatcher beside the worker"
@@ -178,9 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("text")
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--min-similarity", type=float, default=None)
+    search.add_argument("--filter", help='JSON the row must contain, e.g. \'{"lang": "en"}\'')
+    search.add_argument("--rerank", action="store_true", help="rerank with the cross-encoder")
+    search.add_argument("--candidates", type=int, default=100, help="retrieved for --rerank")
+    search.add_argument("--rerank-model", help="default: the vectorizer's rerank_model")
+    search.add_argument(
+        "--local", action="store_true", help="run the models here, not on the workers"
+    )
     search.add_argument("--json", action="store_true", help="one JSON object per row")
 
     sub.add_parser("status", help="queue and embedding counts per vectorizer")
+
+    calibrate = sub.add_parser(
+        "calibrate", help="similarity of nearest vs random rows; suggest a threshold"
+    )
+    calibrate.add_argument("name", help="vectorizer name")
+    calibrate.add_argument(
+        "--query", action="append", help="a sample query (repeat); default: the table's own rows"
+    )
+    calibrate.add_argument("--sample", type=int, default=100, help="rows sampled")
+    calibrate.add_argument("--k", type=int, default=10, help="nearest rows per query")
+    calibrate.add_argument("--apply", action="store_true", help="set the suggested threshold")
+    calibrate.add_argument("--local", action="store_true", help="embed queries here")
 
     errors = sub.add_parser("errors", help="rows whose embedding failed, with the error")
     errors.add_argument("name", nargs="?", help="vectorizer name (default: all)")
@@ -200,6 +289,7 @@ COMMANDS = {
     "search": cmd_search,
     "status": cmd_status,
     "errors": cmd_errors,
+    "calibrate": cmd_calibrate,
     "retry": cmd_retry,
     "demo": cmd_demo,
 }

@@ -61,14 +61,17 @@ class EmbeddedPostgres:
         )
         if result.returncode != 0:
             log = self.log_file.read_text() if self.log_file.exists() else ""
-            raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()}\n{log[-2000:]}")
+            hint = ""
+            if self._user and "Permission denied" in result.stderr:
+                hint = f"\n(the user {self._user.pw_name} must be able to reach {self.base_dir})"
+            raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()}{hint}\n{log[-2000:]}")
 
     def start(self) -> EmbeddedPostgres:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o755)
         if self._user:
-            for path in (self.base_dir, *self.base_dir.parents):
-                path.chmod(path.stat().st_mode | 0o005 if path != self.base_dir else 0o755)
+            # The server runs as an unprivileged user: every parent of base_dir must
+            # let it through (the default, a new directory in the system temp dir, does).
             os.chown(self.base_dir, self._user.pw_uid, self._user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(

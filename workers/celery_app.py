@@ -8,16 +8,30 @@ from celery import Celery
 
 from rowembed.settings import Settings
 
-EMBED_QUEUE = "rowembed.embed"
+EMBED_QUEUE = "rowembed.embed"  # hints: a vectorizer has queued rows
+RERANK_QUEUE = "rowembed.rerank"  # interactive: score candidates
+QUERY_QUEUE = "rowembed.query"  # interactive: embed a search query
+# `rowembed worker --queues embed,rerank,query`: short names for the queues.
+QUEUES = {"embed": EMBED_QUEUE, "rerank": RERANK_QUEUE, "query": QUERY_QUEUE}
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    app = Celery("rowembed", broker=settings.redis_url, include=["rowembed.workers.tasks"])
+    app = Celery(
+        "rowembed",
+        broker=settings.redis_url,
+        # Only the interactive tasks return results, briefly.
+        backend=settings.redis_url,
+        include=["rowembed.workers.tasks"],
+    )
     app.conf.update(
         task_default_queue=EMBED_QUEUE,
-        task_routes={"rowembed.embed": {"queue": EMBED_QUEUE}},
-        task_ignore_result=True,
+        task_routes={
+            "rowembed.embed": {"queue": EMBED_QUEUE},
+            "rowembed.rerank": {"queue": RERANK_QUEUE},
+            "rowembed.embed_query": {"queue": QUERY_QUEUE},
+        },
+        result_expires=300,
         # Acknowledge after the task ran, and requeue when its process dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

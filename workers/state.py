@@ -16,7 +16,7 @@ from rowembed.settings import Settings
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .runtime import Encoded, Encoder
+    from .runtime import Encoded, Encoder, Reranker
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class WorkerState:
         self.settings = settings
         self._conn: psycopg.Connection[Any] | None = None
         self._encoders: dict[str, LazyEncoder] = {}
+        self._rerankers: dict[str, Reranker] = {}
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -46,6 +47,15 @@ class WorkerState:
         if model not in self._encoders:
             self._encoders[model] = LazyEncoder(model, self.settings)
         return self._encoders[model]
+
+    def reranker(self, model: str) -> Reranker:
+        if model not in self._rerankers:
+            from .runtime import Reranker
+
+            self._rerankers[model] = Reranker.load(
+                model, device=self.settings.device, token_budget=self.settings.token_budget
+            )
+        return self._rerankers[model]
 
 
 class LazyEncoder:

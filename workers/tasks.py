@@ -17,7 +17,7 @@ from .state import worker_state
 log = logging.getLogger(__name__)
 
 
-@app.task(name="rowembed.embed", bind=True, max_retries=None)
+@app.task(name="rowembed.embed", bind=True, max_retries=None, ignore_result=True)
 def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
     """Drain vectorizer `vectorizer_id`'s queue for a while; hand the rest on."""
     from rowembed.pgplugin.vectorizers import VectorizerNotFound
@@ -52,6 +52,18 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
     if report.claimed:
         log.info("vectorizer %s: %s", vectorizer.name, report)
     return asdict(report)
+
+
+@app.task(name="rowembed.rerank")
+def rerank(model: str, query: str, passages: list[str], sigmoid: bool = False) -> list[float]:
+    """Cross-encoder scores of (query, passage) pairs, in the passages' order."""
+    return worker_state().reranker(model).score(query, passages, sigmoid=sigmoid).scores.tolist()
+
+
+@app.task(name="rowembed.embed_query")
+def embed_query(model: str, text: str) -> list[float]:
+    """The vector of one text; the caller adds the query instruction."""
+    return worker_state().encoder(model).encode([text]).vectors[0].tolist()
 
 
 def _first_line(exc: BaseException) -> str:

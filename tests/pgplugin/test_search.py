@@ -167,8 +167,11 @@ def large(database_url: str) -> Vectorizer:
     vectors = centers[rng.integers(0, 30, 3000)] + 0.3 * rng.normal(size=(3000, 384))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with connect(database_url) as conn:
-        conn.execute("CREATE TABLE large_docs (id int PRIMARY KEY, body text)")
-        conn.execute("INSERT INTO large_docs SELECT i, 'row ' || i FROM generate_series(0, 2999) i")
+        conn.execute("CREATE TABLE large_docs (id int PRIMARY KEY, body text, category text)")
+        conn.execute(  # 1% of the rows are "rare"
+            "INSERT INTO large_docs SELECT i, 'row ' || i,"
+            " CASE WHEN i % 100 = 7 THEN 'rare' ELSE 'common' END FROM generate_series(0, 2999) i"
+        )
         v = create_vectorizer(conn, "large_docs", ["body"], model=MODEL, backfill=False)
         with conn.cursor().copy(
             sql.SQL("COPY {} (id, embedding, text_hash) FROM STDIN (FORMAT BINARY)").format(
@@ -200,3 +203,61 @@ def test_k_above_the_default_ef_search_returns_k_rows(conn: Conn, large: Vectori
     ).fetchone()
     assert rows == (150,)
     assert conn.execute("SHOW hnsw.ef_search").fetchone() == ("40",)  # restored after the call
+
+
+def test_a_selective_filter_still_returns_k_rows(conn: Conn, large: Vectorizer) -> None:
+    """1% of the rows pass the filter; k rows come back, whichever plan answers."""
+    (vec,) = conn.execute("SELECT embedding FROM large_docs_embeddings WHERE id = 7").fetchone()
+    search = (
+        "SELECT (item).id, (item).category, similarity FROM rowembed.search(NULL::large_docs,"
+        ' %s, 10, -1, filter => \'{"category": "rare"}\')'
+    )
+    exact = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM large_docs_embeddings e JOIN large_docs d USING (id)"
+            " WHERE d.category = 'rare' ORDER BY e.embedding <=> %s LIMIT 10",
+            [vec],
+        ).fetchall()
+    ]
+
+    def check(rows: list[Any]) -> None:
+        assert [r[1] for r in rows] == ["rare"] * 10
+        sims = [r[2] for r in rows]
+        assert sims == sorted(sims, reverse=True)
+        assert len({r[0] for r in rows} & set(exact)) >= 9  # recall of the approximate index
+
+    check(conn.execute(search, [vec]).fetchall())  # here the planner scans the rare rows
+    # On large tables the planner walks the HNSW index instead, and the iterative
+    # scan keeps going until k rows pass the filter (without it, ef_search = 40
+    # candidates hold about 0.4 rare rows). Force that plan and check it too.
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_sort = off")
+        check(conn.execute(search, [vec]).fetchall())
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "SELECT * FROM rowembed.explain_search(NULL::large_docs, %s, 10,"
+                ' filter => \'{"category": "rare"}\')',
+                [vec],
+            ).fetchall()
+        )
+    assert "Index Scan using large_docs_embeddings_embedding_idx" in plan, plan
+    assert conn.execute("SHOW hnsw.iterative_scan").fetchone() == ("off",)  # restored
+
+
+def test_similarity_profile_separates_neighbours_from_random_rows(
+    conn: Conn, corpus: Any, encoder: Encoder
+) -> None:
+    from rowembed.calibrate import similarity_profile, suggest_min_similarity
+
+    v, _ = corpus
+    own = similarity_profile(conn, v.name, sample=60, k=5)
+    assert (own["top1"].n, own["topk"].n, own["random"].n) == (60, 300, 3600)
+    assert own["top1"].p50 > own["topk"].p50 > own["random"].p50
+    queries = [embed_query(encoder, v, text) for text in QUERIES]
+    asked = similarity_profile(conn, v.name, queries, sample=60, k=5)
+    assert asked["top1"].n == len(QUERIES)
+    assert asked["top1"].p10 > asked["random"].p50
+    assert -1 <= suggest_min_similarity(asked) <= 1

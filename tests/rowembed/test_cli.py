@@ -91,3 +91,72 @@ def test_unknown_vectorizer(database_url: str) -> None:
     result = rowembed("search", "no_such_thing", "text", database_url=database_url)
     assert result.returncode == 1
     assert "no vectorizer 'no_such_thing'" in result.stderr
+
+
+def test_search_with_rerank_and_calibrate_from_the_shell(
+    conn: psycopg.Connection[Any], database_url: str, encoder: Encoder, cross_encoder_dir: Any
+) -> None:
+    from rowembed.workers.runtime import Reranker
+
+    conn.execute("CREATE TABLE cli_rerank (id int PRIMARY KEY, body text, lang text)")
+    bodies = [
+        "Cats sleep most of the day.",
+        "Dogs like long walks.",
+        "Kittens play with yarn.",
+        "Bonds pay interest.",
+        "A cat naps in the sun.",
+    ]
+    for i, body in enumerate(bodies):
+        conn.execute("INSERT INTO cli_rerank VALUES (%s, %s, %s)", [i, body, "en"])
+    v = create_vectorizer(
+        conn, "cli_rerank", ["body"], model=MODEL, rerank_model=str(cross_encoder_dir)
+    )
+    run_batch(conn, v, db.QueueStatements(v), encoder, limit=10, lease_seconds=60)
+    result = rowembed(
+        "search",
+        "cli_rerank",
+        "sleeping cats",
+        "--rerank",
+        "--k",
+        "3",
+        "--candidates",
+        "5",
+        "--min-similarity",
+        "-1",
+        "--local",
+        "--json",
+        "--filter",
+        '{"lang": "en"}',
+        database_url=database_url,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = Reranker.load(str(cross_encoder_dir), device="cpu").score("sleeping cats", bodies)
+    best = sorted(range(5), key=lambda i: -expected.scores[i])[:3]
+    assert [r["row"]["id"] for r in rows] == best
+    assert all(r["similarity"] is not None for r in rows)
+    assert [round(r["rerank_score"], 4) for r in rows] == [
+        round(float(expected.scores[i]), 4) for i in best
+    ]
+
+    calibrated = rowembed(
+        "calibrate",
+        "cli_rerank",
+        "--query",
+        "cats",
+        "--query",
+        "money",
+        "--sample",
+        "5",
+        "--k",
+        "2",
+        "--local",
+        "--apply",
+        database_url=database_url,
+    )
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert "suggested" in calibrated.stdout and "random" in calibrated.stdout
+    (threshold,) = conn.execute(
+        "SELECT min_similarity FROM rowembed.vectorizer WHERE name = 'cli_rerank'"
+    ).fetchone()
+    assert f"set to {threshold}" in calibrated.stdout

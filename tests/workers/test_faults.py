@@ -52,7 +52,9 @@ WORDS = [
 class Stack:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.pg = EmbeddedPostgres(tmp / "pg").start()
+        # A fresh directory in the system temp dir: pytest keeps its own tmp dirs
+        # private (0700), out of reach of the unprivileged server user.
+        self.pg = EmbeddedPostgres().start()
         self.redis = EmbeddedRedis(tmp / "redis").start()
         with connect(self.pg.url) as conn:
             migrate(conn)

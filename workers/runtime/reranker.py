@@ -73,8 +73,9 @@ class Reranker:
         model.eval().to(torch_device)
         limits = [getattr(tokenizer, "model_max_length", None), position_limit(model.config)]
         max_length = min(int(x) for x in limits if x and int(x) < 1_000_000)
-        log.info("loaded reranker %s on %s (%s, max %d tokens)", name, torch_device, dtype,
-                 max_length)
+        log.info(
+            "loaded reranker %s on %s (%s, max %d tokens)", name, torch_device, dtype, max_length
+        )
         return cls(model, tokenizer, max_length, torch_device, token_budget, name=name)
 
     def score(self, query: str, passages: Sequence[str], *, sigmoid: bool = False) -> Scored:
