@@ -174,3 +174,36 @@ def worker(
     ).start()
     yield process
     process.stop()
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        # A fresh directory in the system temp dir: pytest keeps its own tmp dirs
+        # private (0700), out of reach of the unprivileged server user.
+        self.pg = EmbeddedPostgres().start()
+        self.redis = EmbeddedRedis(tmp / "redis").start()
+        with connect(self.pg.url) as conn:
+            migrate(conn)
+        self.workers: list[WorkerProcess] = []
+
+    def worker(self, name: str, *, url: str | None = None, **kwargs: Any) -> WorkerProcess:
+        process = WorkerProcess(
+            url or self.pg.url, self.redis.url, self.tmp / f"{name}.log", **kwargs
+        ).start()
+        self.workers.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in self.workers:
+            process.stop()
+        self.redis.remove()
+        self.pg.remove()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A PostgreSQL and a Redis of this test's own, and the workers it starts."""
+    s = Stack(tmp_path)
+    yield s
+    s.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rowembed.embedded import EmbeddedPostgres, EmbeddedRedis
-from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers.runtime import Encoder
 
-from ..conftest import MODEL, WorkerProcess, wait_until
+from ..conftest import MODEL, Stack, wait_until
 
 Conn = psycopg.Connection[Any]
 WORDS = [
@@ -47,38 +45,6 @@ WORDS = [
     "canyon",
     "ribbon",
 ]
-
-
-class Stack:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        # A fresh directory in the system temp dir: pytest keeps its own tmp dirs
-        # private (0700), out of reach of the unprivileged server user.
-        self.pg = EmbeddedPostgres().start()
-        self.redis = EmbeddedRedis(tmp / "redis").start()
-        with connect(self.pg.url) as conn:
-            migrate(conn)
-        self.workers: list[WorkerProcess] = []
-
-    def worker(self, name: str, *, url: str | None = None, **kwargs: Any) -> WorkerProcess:
-        process = WorkerProcess(
-            url or self.pg.url, self.redis.url, self.tmp / f"{name}.log", **kwargs
-        ).start()
-        self.workers.append(process)
-        return process
-
-    def close(self) -> None:
-        for process in self.workers:
-            process.stop()
-        self.redis.remove()
-        self.pg.remove()
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    yield s
-    s.close()
 
 
 def docs_table(conn: Conn, rows: int, words: int = 12, seed: int = 0) -> None:
