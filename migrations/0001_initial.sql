@@ -48,3 +48,15 @@ CREATE TABLE rowembed.batch_stats (
 );
 CREATE INDEX ON rowembed.batch_stats (vectorizer_id, finished_at);
 CREATE INDEX ON rowembed.batch_stats (finished_at);
+
+-- Backfills: existing rows queued in keyset-ordered chunks by the dispatcher, so
+-- no transaction holds the whole table and a crash resumes from last_key.
+CREATE TABLE rowembed.backfill (
+    vectorizer_id int PRIMARY KEY REFERENCES rowembed.vectorizer (id) ON DELETE CASCADE,
+    state         text NOT NULL CHECK (state IN ('running', 'done', 'cancelled')),
+    last_key      jsonb,
+    scanned       bigint NOT NULL DEFAULT 0,
+    queued        bigint NOT NULL DEFAULT 0,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);

@@ -348,11 +348,10 @@ BEGIN
     PERFORM rowembed._install_triggers(new_id);
 
     IF create_vectorizer.backfill THEN
-        -- Existing rows queue behind live changes (priority 1 after 0).
-        EXECUTE format(
-            'INSERT INTO %s (%s, seq, priority) SELECT %s, nextval(''rowembed.change_seq''), 1 FROM %s',
-            queue, keys, keys, create_vectorizer.source);
-        PERFORM pg_notify('rowembed', new_id::text);
+        -- Small tables are queued here and now; the dispatcher queues the rest of
+        -- a large one chunk by chunk.
+        PERFORM rowembed.start_backfill(coalesce(create_vectorizer.name, src_table));
+        PERFORM rowembed.backfill_step(new_id, 10000);
     END IF;
     RETURN new_id;
 END
@@ -408,7 +407,8 @@ $$;
 -- in_flight: claimed by a live worker; queued: the rest, entries backing off included.
 CREATE OR REPLACE FUNCTION rowembed.status()
 RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight bigint,
-               failed bigint, embedded bigint, id int)
+               failed bigint, embedded bigint, rows_per_second float8, eta_seconds float8,
+               backfill text, id int)
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer;
@@ -429,12 +429,143 @@ BEGIN
             rowembed._qualified(v.queue_table))
             INTO queued, in_flight, failed USING live;
         EXECUTE format('SELECT count(*) FROM %s', rowembed._qualified(v.destination)) INTO embedded;
+        -- Rows completed per second over the last minute of batches.
+        SELECT sum(st.claimed - st.failed)
+               / greatest(1, extract(epoch FROM now() - min(st.finished_at
+                                                         - make_interval(secs => st.seconds))))
+          INTO rows_per_second
+          FROM rowembed.batch_stats AS st
+         WHERE st.vectorizer_id = v.id AND st.finished_at > now() - interval '1 minute';
+        rows_per_second := coalesce(rows_per_second, 0);
+        eta_seconds := CASE WHEN rows_per_second > 0
+                            THEN (queued + in_flight) / rows_per_second END;
+        SELECT format('%s: %s rows scanned of about %s, %s queued', b.state, b.scanned,
+                      greatest(c.reltuples, 0)::bigint, b.queued)
+          INTO backfill
+          FROM rowembed.backfill AS b JOIN pg_class AS c ON c.oid = v.source
+         WHERE b.vectorizer_id = v.id;
         RETURN NEXT;
     END LOOP;
 END
 $body$;
 
 CREATE OR REPLACE VIEW rowembed.vectorizer_status AS SELECT * FROM rowembed.status();
+
+-- ---------------------------------------------------------------------------
+-- Backfills
+-- ---------------------------------------------------------------------------
+
+-- Starts (or restarts) queueing a vectorizer's existing rows whose embedding is
+-- missing or stale. A backfill already running is left alone, so two requests
+-- do not double the work. Returns 'started' or 'already running'.
+CREATE OR REPLACE FUNCTION rowembed.start_backfill(name text) RETURNS text
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = start_backfill.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rowembed: no vectorizer named %', start_backfill.name;
+    END IF;
+    INSERT INTO rowembed.backfill AS b (vectorizer_id, state) VALUES (v.id, 'running')
+    ON CONFLICT (vectorizer_id) DO UPDATE
+        SET state = 'running', last_key = NULL, scanned = 0, queued = 0,
+            started_at = now(), updated_at = now()
+        WHERE b.state <> 'running';
+    IF NOT FOUND THEN
+        RETURN 'already running';
+    END IF;
+    PERFORM pg_notify('rowembed', v.id::text);
+    RETURN 'started';
+END
+$body$;
+
+-- Stops a running backfill: no further chunks, and its queued rows that no
+-- worker holds are dropped (live changes are never dropped: they have priority 0).
+CREATE OR REPLACE FUNCTION rowembed.cancel_backfill(name text) RETURNS bigint
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    dropped bigint;
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = cancel_backfill.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rowembed: no vectorizer named %', cancel_backfill.name;
+    END IF;
+    UPDATE rowembed.backfill SET state = 'cancelled', updated_at = now()
+    WHERE vectorizer_id = v.id AND state = 'running';
+    EXECUTE format('DELETE FROM %s WHERE priority = 1 AND claimed_by IS NULL'
+                   ' AND failed_at IS NULL', rowembed._qualified(v.queue_table));
+    GET DIAGNOSTICS dropped = ROW_COUNT;
+    RETURN dropped;
+END
+$body$;
+
+-- Queues the next chunk of a running backfill: up to chunk_size rows after the
+-- cursor, in primary-key order, of which those without a current embedding go to
+-- the queue behind live changes. One short transaction per chunk; concurrent
+-- callers skip a backfill another is stepping. Returns the rows queued.
+CREATE OR REPLACE FUNCTION rowembed.backfill_step(vectorizer_id int, chunk_size int)
+RETURNS bigint
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    b rowembed.backfill;
+    keys text;
+    after_cursor text;
+    n_scanned bigint;
+    n_queued bigint;
+    next_key jsonb;
+BEGIN
+    SELECT * INTO b FROM rowembed.backfill AS z
+    WHERE z.vectorizer_id = backfill_step.vectorizer_id AND z.state = 'running'
+    FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.id = backfill_step.vectorizer_id;
+    keys := rowembed._columns(v.pk_columns, 's');
+    after_cursor := CASE WHEN b.last_key IS NULL THEN 'true' ELSE format('(%s) > (%s)', keys,
+        (SELECT string_agg(format('($2->>%L)::%s', c, t), ', ' ORDER BY o)
+           FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o))) END;
+    EXECUTE format($q$
+        WITH chunk AS (
+            SELECT %1$s, concat_ws(%2$L, %3$s) AS text FROM %4$s AS s
+            WHERE %5$s ORDER BY %1$s LIMIT $1
+        ), queued AS (
+            INSERT INTO %6$s (%7$s, seq, priority)
+            SELECT %8$s, nextval('rowembed.change_seq'), 1
+            FROM chunk AS c LEFT JOIN %9$s AS e ON %10$s
+            WHERE btrim(c.text) <> ''
+              AND e.text_hash IS DISTINCT FROM decode(md5(c.text), 'hex')
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM chunk), (SELECT count(*) FROM queued),
+               (SELECT jsonb_build_object(%11$s) FROM chunk AS c ORDER BY %12$s LIMIT 1)
+        $q$,
+        keys, v.separator,
+        (SELECT string_agg(format('s.%I::text', c), ', ' ORDER BY o)
+           FROM unnest(v.text_columns) WITH ORDINALITY AS u(c, o)),
+        rowembed._qualified(v.source), after_cursor, rowembed._qualified(v.queue_table),
+        rowembed._columns(v.pk_columns), rowembed._columns(v.pk_columns, 'c'),
+        rowembed._qualified(v.destination), rowembed._equal(v.pk_columns, 'e', 'c'),
+        (SELECT string_agg(format('%L, c.%I', c, c), ', ' ORDER BY o)
+           FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)),
+        (SELECT string_agg(format('c.%I DESC', c), ', ' ORDER BY o)
+           FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)))
+        INTO n_scanned, n_queued, next_key USING chunk_size, b.last_key;
+    UPDATE rowembed.backfill AS z
+       SET scanned = z.scanned + n_scanned, queued = z.queued + n_queued,
+           last_key = coalesce(next_key, z.last_key), updated_at = now(),
+           state = CASE WHEN n_scanned < chunk_size THEN 'done' ELSE 'running' END
+     WHERE z.vectorizer_id = v.id;
+    IF n_queued > 0 THEN
+        PERFORM pg_notify('rowembed', v.id::text);
+    END IF;
+    RETURN n_queued;
+END
+$body$;
 
 -- Parked (failed) entries back into the queue, with fresh attempts.
 CREATE OR REPLACE FUNCTION rowembed.retry_failed(name text) RETURNS bigint

@@ -84,6 +84,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
         settings.require_database(),
         CeleryHints(app, EMBED_QUEUE, settings.max_pending_hints),
         sweep_seconds=settings.sweep_seconds,
+        backfill_chunk=settings.backfill_chunk,
     )
     stop = threading.Event()
     try:
@@ -136,14 +137,51 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     with connect(_settings(args).require_database()) as conn:
         rows = conn.execute(
-            "SELECT name, model, queued, in_flight, failed, embedded FROM rowembed.status()"
+            "SELECT name, model, queued, in_flight, failed, embedded, rows_per_second,"
+            " eta_seconds, backfill FROM rowembed.status()"
         ).fetchall()
     print(
-        f"{'name':<24} {'model':<40} {'queued':>8} {'in flight':>9} {'failed':>7} {'embedded':>9}"
+        f"{'name':<20} {'model':<38} {'queued':>8} {'in flight':>9} {'failed':>7}"
+        f" {'embedded':>9} {'rows/s':>8} {'eta':>8}  backfill"
     )
-    for name, model, queued, in_flight, failed, embedded in rows:
-        print(f"{name:<24} {model:<40} {queued:>8} {in_flight:>9} {failed:>7} {embedded:>9}")
+    for name, model, queued, in_flight, failed, embedded, rate, eta, backfill in rows:
+        eta_text = "-" if eta is None else f"{eta:.0f}s"
+        print(
+            f"{name:<20} {model:<38} {queued:>8} {in_flight:>9} {failed:>7} {embedded:>9}"
+            f" {rate:>8.1f} {eta_text:>8}  {backfill or '-'}"
+        )
     return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from rowembed.pgplugin import connect, get_vectorizer
+
+    with connect(_settings(args).require_database()) as conn:
+        vectorizer = get_vectorizer(conn, args.name)
+        if args.cancel:
+            (dropped,) = conn.execute("SELECT rowembed.cancel_backfill(%s)", [args.name]).fetchone()  # type: ignore[misc]
+            print(f"backfill of {args.name} cancelled; {dropped} queued rows dropped")
+            return 0
+        (outcome,) = conn.execute("SELECT rowembed.start_backfill(%s)", [args.name]).fetchone()  # type: ignore[misc]
+        print(f"backfill of {args.name}: {outcome} (the dispatcher queues it chunk by chunk)")
+        if args.no_wait:
+            return 0
+        status = (
+            "SELECT queued + in_flight, embedded, backfill FROM rowembed.status() WHERE id = %s"
+        )
+        with tqdm(unit="rows", desc=args.name, dynamic_ncols=True) as bar:
+            while True:
+                pending, embedded, backfill = conn.execute(status, [vectorizer.id]).fetchone()  # type: ignore[misc]
+                bar.total = embedded + pending
+                bar.update(embedded - bar.n)
+                bar.set_postfix_str(backfill or "")
+                if pending == 0 and backfill and not backfill.startswith("running"):
+                    return 0
+                time.sleep(1)
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
@@ -257,7 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--json", action="store_true", help="one JSON object per row")
 
-    sub.add_parser("status", help="queue and embedding counts per vectorizer")
+    sub.add_parser("status", help="queue, throughput and backfill per vectorizer")
+
+    backfill = sub.add_parser("backfill", help="embed a vectorizer's existing rows (resumable)")
+    backfill.add_argument("name", help="vectorizer name")
+    backfill.add_argument("--cancel", action="store_true", help="stop a running backfill")
+    backfill.add_argument("--no-wait", action="store_true", help="start it and return")
 
     calibrate = sub.add_parser(
         "calibrate", help="similarity of nearest vs random rows; suggest a threshold"
@@ -289,6 +332,7 @@ COMMANDS = {
     "search": cmd_search,
     "status": cmd_status,
     "errors": cmd_errors,
+    "backfill": cmd_backfill,
     "calibrate": cmd_calibrate,
     "retry": cmd_retry,
     "demo": cmd_demo,

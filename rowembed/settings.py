@@ -29,6 +29,7 @@ class Settings:
     task_seconds: float = 10.0
     sweep_seconds: float = 5.0
     max_pending_hints: int = 8
+    backfill_chunk: int = 10_000
 
     @classmethod
     def from_env(cls) -> Settings:

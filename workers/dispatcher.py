@@ -28,6 +28,32 @@ def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[int]:
     return [r[0] for r in rows]
 
 
+def step_backfills(conn: psycopg.Connection[Any], chunk: int) -> None:
+    """Top up each running backfill's queued backlog to about three chunks (a few
+    chunk-sized transactions per sweep): the queue stays short, and live changes,
+    queued at a higher priority, stay first."""
+    running = conn.execute(
+        "SELECT b.vectorizer_id, n.nspname, c.relname FROM rowembed.backfill b"
+        " JOIN rowembed.vectorizer v ON v.id = b.vectorizer_id"
+        " JOIN pg_class c ON c.oid = v.queue_table JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE b.state = 'running'"
+    ).fetchall()
+    for vectorizer_id, queue_schema, queue_table in running:
+        backlog = sql.SQL(
+            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE priority = 1 LIMIT %s) AS q"
+        ).format(sql.Identifier(queue_schema, queue_table))
+        for _ in range(10):
+            (queued,) = conn.execute(backlog, [3 * chunk]).fetchone()  # type: ignore[misc]
+            if queued >= 3 * chunk:
+                break
+            conn.execute("SELECT rowembed.backfill_step(%s, %s)", [vectorizer_id, chunk])
+            state = conn.execute(
+                "SELECT state FROM rowembed.backfill WHERE vectorizer_id = %s", [vectorizer_id]
+            ).fetchone()
+            if state != ("running",):
+                break
+
+
 def prune_batch_stats(conn: psycopg.Connection[Any]) -> None:
     conn.execute("DELETE FROM rowembed.batch_stats WHERE finished_at < now() - interval '1 day'")
 
@@ -40,11 +66,13 @@ class Dispatcher:
         *,
         sweep_seconds: float = 5.0,
         retry_max_seconds: float = 30.0,
+        backfill_chunk: int = 10_000,
     ) -> None:
         self.database_url = database_url
         self.send_hint = send_hint
         self.sweep_seconds = sweep_seconds
         self.retry_max_seconds = retry_max_seconds
+        self.backfill_chunk = backfill_chunk
         self.listening = threading.Event()  # set while subscribed to notifications
 
     def run(self, stop: threading.Event) -> None:
@@ -80,6 +108,7 @@ class Dispatcher:
             next_sweep = 0.0
             while not stop.is_set():
                 if time.monotonic() >= next_sweep:
+                    step_backfills(conn, self.backfill_chunk)
                     for vectorizer_id in vectorizers_with_work(conn):
                         self.send_hint(vectorizer_id)
                     prune_batch_stats(conn)

@@ -160,3 +160,21 @@ def test_search_with_rerank_and_calibrate_from_the_shell(
         "SELECT min_similarity FROM rowembed.vectorizer WHERE name = 'cli_rerank'"
     ).fetchone()
     assert f"set to {threshold}" in calibrated.stdout
+
+
+def test_backfill_and_status_from_the_shell(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    conn.execute("CREATE TABLE cli_backfill (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO cli_backfill SELECT i, 'row ' || i FROM generate_series(1, 30) i")
+    create_vectorizer(conn, "cli_backfill", ["body"], model=MODEL, backfill=False)
+    started = rowembed("backfill", "cli_backfill", "--no-wait", database_url=database_url)
+    assert started.returncode == 0, started.stderr
+    assert "started" in started.stdout
+    again = rowembed("backfill", "cli_backfill", "--no-wait", database_url=database_url)
+    assert "already running" in again.stdout
+    status = rowembed("status", database_url=database_url)
+    line = next(x for x in status.stdout.splitlines() if x.startswith("cli_backfill"))
+    assert "running: 0 rows scanned" in line
+    cancelled = rowembed("backfill", "cli_backfill", "--cancel", database_url=database_url)
+    assert "cancelled" in cancelled.stdout
