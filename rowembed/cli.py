@@ -251,6 +251,13 @@ def _models(args: argparse.Namespace, settings: Settings) -> Models:
     return WorkerModels(app)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rowembed.bench import main as bench_main
+
+    settings = _settings(args)
+    return bench_main(settings, args.rows, args.model, args.json, args.quick)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rowembed.demo import run_demo
 
@@ -320,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry", help="queue a vectorizer's parked (failed) rows again")
     retry.add_argument("name", help="vectorizer name")
 
+    bench = sub.add_parser("bench", help="throughput, database path, trigger cost, freshness")
+    bench.add_argument("--rows", type=int, default=2000, help="docstrings embedded")
+    bench.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
+    bench.add_argument("--quick", action="store_true", help="fewer samples and rows")
+    bench.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="the whole path on embedded PostgreSQL and Redis")
     demo.add_argument("--rows", type=int, default=2000, help="docstrings to load")
     return parser
@@ -336,6 +349,7 @@ COMMANDS = {
     "calibrate": cmd_calibrate,
     "retry": cmd_retry,
     "demo": cmd_demo,
+    "bench": cmd_bench,
 }
 
 

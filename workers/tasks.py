@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from .celery_app import app
+from .celery_app import EMBED_QUEUE, app
 from .state import worker_state
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
                 lease_seconds=state.settings.lease_seconds,
                 time_budget=state.settings.task_seconds,
                 worker=f"{socket.gethostname()}:{os.getpid()}",
+                # Hand back between batches when other hints wait (another table's
+                # live changes must not wait for this table's backfill).
+                should_stop=_hints_waiting,
             )
     except psycopg.OperationalError as exc:
         # The database is down or restarting; claims die with the session, so
@@ -64,6 +67,15 @@ def rerank(model: str, query: str, passages: list[str], sigmoid: bool = False) -
 def embed_query(model: str, text: str) -> list[float]:
     """The vector of one text; the caller adds the query instruction."""
     return worker_state().encoder(model).encode([text]).vectors[0].tolist()
+
+
+def _hints_waiting() -> bool:
+    try:
+        with app.connection_for_write() as connection:
+            declared = connection.default_channel.queue_declare(queue=EMBED_QUEUE, passive=True)
+            return int(declared.message_count) > 0
+    except Exception:  # the broker is unreachable: keep draining, it is the database's work
+        return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,298 @@
+"""`rowembed bench`: throughput, database path, trigger cost and freshness.
+
+Everything runs in one process against the same servers (embedded unless
+ROWEMBED_DATABASE_URL / ROWEMBED_REDIS_URL are set), so ratios hold on a noisy
+machine. Figures are printed as a table, or as JSON with --json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from rowembed.corpus import stdlib_docstrings
+from rowembed.demo import services
+from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.pgplugin.vectorizers import Vectorizer
+from rowembed.settings import Settings
+from rowembed.workers import database as db
+from rowembed.workers.pipeline import run_batch
+from rowembed.workers.runtime import Encoded
+
+Conn = psycopg.Connection[Any]
+
+
+def _wait(predicate: Any, timeout: float, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark step did not finish within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def _drained(conn: Conn, v: Vectorizer) -> bool:
+    row = conn.execute(
+        "SELECT queued + in_flight = 0 FROM rowembed.status() WHERE id = %s", [v.id]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _table(conn: Conn, name: str, texts: Sequence[str]) -> None:
+    table = sql.Identifier(name)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(table))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(table))
+    with conn.cursor().copy(sql.SQL("COPY {} (id, body) FROM STDIN").format(table)) as copy:
+        for i, text in enumerate(texts):
+            copy.write_row((i, text))
+
+
+@contextlib.contextmanager
+def _worker(database_url: str, redis_url: str, env: dict[str, str]) -> Iterator[None]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", "worker"],
+        env={
+            **os.environ,
+            "ROWEMBED_DATABASE_URL": database_url,
+            "ROWEMBED_REDIS_URL": redis_url,
+            **env,
+        },
+    )
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+class _Precomputed:
+    """Stands in for the model in the database-path measurement: fixed unit vectors."""
+
+    name = "precomputed"
+
+    def __init__(self, dimensions: int) -> None:
+        self.dimensions = dimensions
+        rng = np.random.default_rng(0)
+        pool = rng.normal(size=(1024, dimensions)).astype(np.float32)
+        self.pool = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        vectors = self.pool[np.arange(len(texts)) % len(self.pool)]
+        return Encoded(vectors, 0, len(texts), len(texts))
+
+
+def database_path(conn: Conn, rows: int, dimensions: int, index: bool, batch: int) -> float:
+    """Claim, read and write rows/s for one worker, with precomputed vectors."""
+    name = f"bench_db_{'hnsw' if index else 'noindex'}"
+    _table(conn, name, [f"row {i}" for i in range(rows)])
+    with contextlib.suppress(psycopg.Error):
+        conn.execute("SELECT rowembed.drop_vectorizer(%s)", [name])
+    v = create_vectorizer(conn, name, ["body"], model="bench", dimensions=dimensions)
+    if not index:
+        conn.execute(
+            sql.SQL("DROP INDEX {}").format(
+                sql.Identifier(v.destination_schema, f"{v.destination_table}_embedding_idx")
+            )
+        )
+    statements, encoder = db.QueueStatements(v), _Precomputed(dimensions)
+    started = time.perf_counter()
+    while run_batch(conn, v, statements, encoder, limit=batch, lease_seconds=300).claimed:
+        pass
+    return rows / (time.perf_counter() - started)
+
+
+def trigger_cost(conn: Conn, n: int, rounds: int = 5) -> dict[str, float]:
+    """Microseconds per single-row INSERT and UPDATE, without and with the trigger;
+    rounds alternate between the two tables and the ratio is their median."""
+    tables = {}
+    for label in ("plain", "vectorized"):
+        name = f"bench_writes_{label}"
+        _table(conn, name, [])
+        if label == "vectorized":
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT rowembed.drop_vectorizer(%s)", [name])
+            create_vectorizer(conn, name, ["body"], model="bench", dimensions=8)
+        tables[label] = sql.Identifier(name)
+    per_round = n // rounds
+    timings: dict[str, list[float]] = {}
+    for r in range(rounds):
+        keys = range(r * per_round, (r + 1) * per_round)
+        for label, table in tables.items():
+            for op, statement in (
+                ("insert", sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(table)),
+                ("update", sql.SQL("UPDATE {} SET body = %s WHERE id = %s").format(table)),
+            ):
+                started = time.perf_counter()
+                for i in keys:
+                    conn.execute(statement, [i, f"text {i}"] if op == "insert" else [f"new {i}", i])
+                timings.setdefault(f"{op}_{label}", []).append(
+                    (time.perf_counter() - started) / per_round
+                )
+    figures = {}
+    for op in ("insert", "update"):
+        plain, vectorized = timings[f"{op}_plain"], timings[f"{op}_vectorized"]
+        figures[f"{op}_us"] = statistics.median(plain) * 1e6
+        figures[f"{op}_with_trigger_us"] = statistics.median(vectorized) * 1e6
+        figures[f"{op}_ratio"] = statistics.median(
+            v / p for v, p in zip(vectorized, plain, strict=True)
+        )
+    return figures
+
+
+def freshness(conn: Conn, v: Vectorizer, samples: int, first_id: int) -> dict[str, float]:
+    """Seconds from a committed INSERT to its embedding being in the index."""
+    table = sql.Identifier(v.source_schema, v.source_table)
+    present = sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(v.destination)
+    latencies = []
+    for i in range(first_id, first_id + samples):
+        conn.execute(
+            sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(table),
+            [i, f"freshness probe {i}: a new row"],
+        )
+        committed = time.perf_counter()
+        _wait(lambda i=i: conn.execute(present, [i]).fetchone(), timeout=120, interval=0.005)
+        latencies.append(time.perf_counter() - committed)
+        time.sleep(0.2)
+    latencies.sort()
+    return {
+        "p50_s": statistics.median(latencies),
+        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+def run_bench(settings: Settings, rows: int, model: str, quick: bool) -> dict[str, Any]:
+    from rowembed.workers.runtime import Encoder
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts = [d.qualname + "\n" + d.text for d in stdlib_docstrings(rows)]
+    figures: dict[str, Any] = {
+        "rows": len(texts),
+        "model": model,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    with services(settings) as (database_url, redis_url), connect(database_url) as conn:
+        migrate(conn)
+        encoder = Encoder.load(model, device=settings.device)
+        figures["device"] = str(encoder.device)
+        encoder.encode(texts[:32])  # warm-up
+
+        def forward() -> float:
+            started = time.perf_counter()
+            encoded = encoder.encode(texts)
+            figures["padding_overhead"] = encoded.padded_tokens / encoded.tokens - 1
+            return len(texts) / (time.perf_counter() - started)
+
+        forward_before = forward()
+
+        env = {
+            "ROWEMBED_SWEEP_SECONDS": "0.5",
+            "ROWEMBED_TASK_SECONDS": "5",
+            "ROWEMBED_DEVICE": settings.device,
+        }
+        with _worker(database_url, redis_url, env):
+            _table(conn, "bench_warmup", texts[:16])
+            warm = create_vectorizer(conn, "bench_warmup", ["body"], model=model)
+            _wait(lambda: _drained(conn, warm), timeout=300)
+
+            _table(conn, "bench_e2e", texts)
+            started = time.perf_counter()
+            v = create_vectorizer(conn, "bench_e2e", ["body"], model=model)
+            _wait(lambda: _drained(conn, v), timeout=3600)
+            figures["end_to_end_rows_per_s"] = len(texts) / (time.perf_counter() - started)
+
+            samples = 5 if quick else 20
+            figures["freshness_idle"] = freshness(conn, v, samples, 1_000_000)
+            _table(conn, "bench_backlog", texts * (1 if quick else 2))
+            backlog = create_vectorizer(conn, "bench_backlog", ["body"], model=model)
+            figures["freshness_during_backfill"] = freshness(conn, v, samples, 2_000_000)
+            figures["backlog_left_after_freshness"] = conn.execute(
+                "SELECT queued + in_flight FROM rowembed.status() WHERE id = %s", [backlog.id]
+            ).fetchone()[0]  # type: ignore[index]
+            conn.execute("SELECT rowembed.drop_vectorizer('bench_backlog')")
+
+        # The baseline brackets the end-to-end run: the mean of a run before and after.
+        figures["forward_rows_per_s"] = (forward_before + forward()) / 2
+        figures["end_to_end_ratio"] = (
+            figures["end_to_end_rows_per_s"] / figures["forward_rows_per_s"]
+        )
+        db_rows = 5_000 if quick else 20_000
+        figures["db_path_rows_per_s_no_index"] = database_path(conn, db_rows, 768, False, 1000)
+        figures["db_path_rows_per_s_live_hnsw"] = database_path(
+            conn, 1_000 if quick else 5_000, 768, True, 1000
+        )
+        figures["trigger"] = trigger_cost(conn, 500 if quick else 2000)
+    return figures
+
+
+def print_table(figures: dict[str, Any]) -> None:
+    print(
+        f"rowembed bench: {figures['rows']} rows, {figures['model']} on {figures['device']}"
+        f" ({figures['machine']})"
+    )
+    lines = [
+        (
+            "1. model forward (tokenize + forward)",
+            f"{figures['forward_rows_per_s']:.1f} rows/s",
+            f"padding +{figures['padding_overhead']:.0%}",
+        ),
+        (
+            "2. end to end through a worker",
+            f"{figures['end_to_end_rows_per_s']:.1f} rows/s",
+            f"ratio to (1) {figures['end_to_end_ratio']:.2f}",
+        ),
+        (
+            "3. database path, 768 dims, no index",
+            f"{figures['db_path_rows_per_s_no_index']:.0f} rows/s",
+            "one worker",
+        ),
+        (
+            "   database path, live HNSW index",
+            f"{figures['db_path_rows_per_s_live_hnsw']:.0f} rows/s",
+            "one worker",
+        ),
+        (
+            "4. single-row INSERT, trigger cost",
+            f"{figures['trigger']['insert_ratio']:.2f}x",
+            f"{figures['trigger']['insert_us']:.0f} -> "
+            f"{figures['trigger']['insert_with_trigger_us']:.0f} us",
+        ),
+        (
+            "   single-row UPDATE, trigger cost",
+            f"{figures['trigger']['update_ratio']:.2f}x",
+            f"{figures['trigger']['update_us']:.0f} -> "
+            f"{figures['trigger']['update_with_trigger_us']:.0f} us",
+        ),
+        (
+            "5. freshness, idle",
+            f"p50 {figures['freshness_idle']['p50_s']:.2f} s",
+            f"p99 {figures['freshness_idle']['p99_s']:.2f} s",
+        ),
+        (
+            "   freshness, during a backfill",
+            f"p50 {figures['freshness_during_backfill']['p50_s']:.2f} s",
+            f"p99 {figures['freshness_during_backfill']['p99_s']:.2f} s"
+            f" ({figures['backlog_left_after_freshness']} backlog rows left)",
+        ),
+    ]
+    for label, value, note in lines:
+        print(f"{label:<40} {value:>16}  {note}")
+
+
+def main(settings: Settings, rows: int, model: str, as_json: bool, quick: bool) -> int:
+    figures = run_bench(settings, rows, model, quick)
+    if as_json:
+        print(json.dumps(figures))
+    else:
+        print_table(figures)
+    return 0
