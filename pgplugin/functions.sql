@@ -197,6 +197,21 @@ $body$;
 -- Vectorizers
 -- ---------------------------------------------------------------------------
 
+-- The vectorizer called `name`, or a clear error.
+CREATE OR REPLACE FUNCTION rowembed._vectorizer_named(name text) RETURNS rowembed.vectorizer
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = _vectorizer_named.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rowembed: no vectorizer named %', _vectorizer_named.name;
+    END IF;
+    RETURN v;
+END
+$body$;
+
+
 CREATE OR REPLACE FUNCTION rowembed.create_vectorizer(
     source regclass,
     text_columns name[],
@@ -364,10 +379,7 @@ DECLARE
     v rowembed.vectorizer;
     event text;
 BEGIN
-    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = drop_vectorizer.name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'rowembed: no vectorizer named %', drop_vectorizer.name;
-    END IF;
+    v := rowembed._vectorizer_named(drop_vectorizer.name);
     FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
         IF rowembed._qualified(v.source) IS NOT NULL THEN
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
@@ -463,10 +475,7 @@ LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer;
 BEGIN
-    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = start_backfill.name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'rowembed: no vectorizer named %', start_backfill.name;
-    END IF;
+    v := rowembed._vectorizer_named(start_backfill.name);
     INSERT INTO rowembed.backfill AS b (vectorizer_id, state) VALUES (v.id, 'running')
     ON CONFLICT (vectorizer_id) DO UPDATE
         SET state = 'running', last_key = NULL, scanned = 0, queued = 0,
@@ -488,10 +497,7 @@ DECLARE
     v rowembed.vectorizer;
     dropped bigint;
 BEGIN
-    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = cancel_backfill.name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'rowembed: no vectorizer named %', cancel_backfill.name;
-    END IF;
+    v := rowembed._vectorizer_named(cancel_backfill.name);
     UPDATE rowembed.backfill SET state = 'cancelled', updated_at = now()
     WHERE vectorizer_id = v.id AND state = 'running';
     EXECUTE format('DELETE FROM %s WHERE priority = 1 AND claimed_by IS NULL'
@@ -574,10 +580,7 @@ DECLARE
     v rowembed.vectorizer;
     retried bigint;
 BEGIN
-    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = retry_failed.name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'rowembed: no vectorizer named %', retry_failed.name;
-    END IF;
+    v := rowembed._vectorizer_named(retry_failed.name);
     EXECUTE format('UPDATE %s SET failed_at = NULL, attempts = 0, lease_until = NULL,'
                    ' claimed_by = NULL WHERE failed_at IS NOT NULL',
                    rowembed._qualified(v.queue_table));
@@ -834,10 +837,7 @@ DECLARE
     background float8[];
     old text[];
 BEGIN
-    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = similarity_profile.name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'rowembed: no vectorizer named %', similarity_profile.name;
-    END IF;
+    v := rowembed._vectorizer_named(similarity_profile.name);
     dest := rowembed._qualified(v.destination);
     IF own_rows THEN
         EXECUTE format('SELECT array_agg(%I) FROM (SELECT %I FROM %s ORDER BY random() LIMIT $1) r',

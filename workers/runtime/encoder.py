@@ -6,17 +6,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .batching import padded_tokens, plan_batches
+from .forward import BatchedModel, default_dtype, max_length, pick_device, position_limit
 from .models import Pooling, PoolingConfig, resolve_model_path
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}  # CPU: small batches stay in cache
-DEFAULT_MAX_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -33,35 +32,12 @@ class Encoded:
     padded_tokens: int  # tokens computed, padding included
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-class Encoder:
+class Encoder(BatchedModel):
     """Load once, then `encode(texts)`. Not thread-safe; one per process or GPU."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer: object,
-        pooling: PoolingConfig,
-        max_length: int,
-        device: torch.device,
-        token_budget: int | None = None,
-        max_rows: int = DEFAULT_MAX_ROWS,
-        name: str = "",
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
+    def __init__(self, pooling: PoolingConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.pooling = pooling
-        self.max_length = max_length
-        self.device = device
-        self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET[device.type]
-        self.max_rows = max_rows
-        self.name = name
-        self.pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
 
     @classmethod
     def load(
@@ -79,20 +55,18 @@ class Encoder:
         hf_logging.disable_progress_bar()
         path: Path = resolve_model_path(name)
         torch_device = pick_device(device)
-        if dtype is None:
-            dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
+        dtype = dtype or default_dtype(torch_device)
         config = PoolingConfig.from_model_dir(path)
         if pooling is not None:
             config = PoolingConfig(pooling, config.normalize, config.max_seq_length)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
         model.eval().to(torch_device)
-        limits = [
+        limit = max_length(
             config.max_seq_length,
             getattr(tokenizer, "model_max_length", None),
             position_limit(model.config),
-        ]
-        max_length = min(int(x) for x in limits if x and int(x) < 1_000_000)
+        )
         log.info(
             "loaded %s from %s on %s (%s, %s pooling, max %d tokens)",
             name,
@@ -100,9 +74,17 @@ class Encoder:
             torch_device,
             dtype,
             config.mode,
-            max_length,
+            limit,
         )
-        return cls(model, tokenizer, config, max_length, torch_device, token_budget, name=name)
+        return cls(
+            config,
+            model=model,
+            tokenizer=tokenizer,
+            max_length=limit,
+            device=torch_device,
+            token_budget=token_budget,
+            name=name,
+        )
 
     @property
     def dimensions(self) -> int:
@@ -131,16 +113,9 @@ class Encoder:
         batches = plan_batches(lengths, self.token_budget, self.max_rows)
         out = np.empty((len(ids), self.dimensions), dtype=np.float32)
         for batch in batches:
-            width = lengths[batch[0]]  # longest first
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                input_ids[row, : lengths[index]] = torch.tensor(ids[index])
-                mask[row, : lengths[index]] = 1
-            input_ids = input_ids.to(self.device, non_blocking=True)
-            mask = mask.to(self.device, non_blocking=True)
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            pooled = pool(hidden.float(), mask, self.pooling.mode)
+            inputs = self.inputs(batch, ids, lengths)
+            hidden = self.model(**inputs).last_hidden_state
+            pooled = pool(hidden.float(), inputs["attention_mask"], self.pooling.mode)
             if self.pooling.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             out[batch] = pooled.cpu().numpy()
@@ -158,13 +133,3 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tenso
         return hidden.masked_fill(weights == 0, float("-inf")).max(1).values
     last = mask.sum(1) - 1
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-
-def position_limit(config: object) -> int | None:
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is None:
-        return None
-    # RoBERTa-style models reserve pad_token_id + 1 positions (514 -> 512).
-    if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
-        return int(positions) - int(getattr(config, "pad_token_id", 1)) - 1
-    return int(positions)
