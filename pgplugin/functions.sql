@@ -623,7 +623,10 @@ DECLARE
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
     EXECUTE format('GRANT SELECT ON rowembed.vectorizer TO %I', role);
-    EXECUTE format('GRANT INSERT, DELETE ON rowembed.batch_stats TO %I', role);
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON rowembed.batch_stats TO %I', role);
+    -- The dispatcher (same role) steps backfills.
+    EXECUTE format('GRANT SELECT, UPDATE ON rowembed.backfill TO %I', role);
+    EXECUTE format('GRANT USAGE ON SEQUENCE rowembed.change_seq TO %I', role);
     FOR v IN SELECT * FROM rowembed.vectorizer AS z
              WHERE grant_worker.vectorizer IS NULL OR z.name = grant_worker.vectorizer LOOP
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
