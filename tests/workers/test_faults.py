@@ -310,3 +310,22 @@ def test_a_least_privilege_worker_role_is_enough(stack: Stack, encoder: Encoder)
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 worker_conn.execute(statement)
+
+
+def test_several_workers_share_one_queue_without_duplicated_work(
+    stack: Stack, encoder: Encoder
+) -> None:
+    with connect(stack.pg.url) as conn:
+        docs_table(conn, 400, words=20)
+        for name in ("a", "b", "c"):
+            stack.worker(name, env={"ROWEMBED_BATCH_ROWS": "16"})
+        v = create_vectorizer(conn, "docs", ["body"], model=MODEL)
+        wait_until(lambda: drained(conn, v) and embedded_count(conn, v) == 400, timeout=180)
+        per_worker = conn.execute(
+            "SELECT worker, sum(embedded) FROM rowembed.batch_stats WHERE vectorizer_id = %s"
+            " GROUP BY worker",
+            [v.id],
+        ).fetchall()
+        assert sum(n for _, n in per_worker) == 400  # each row embedded once, by one worker
+        assert len(per_worker) >= 2  # and the work was shared
+        assert_current(conn, v, encoder)
