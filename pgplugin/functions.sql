@@ -415,6 +415,32 @@ LANGUAGE sql STABLE AS $$
       AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
 $$;
 
+-- SQL text: the queue entry is claimed by a worker alive now ($1: live_workers()).
+CREATE OR REPLACE FUNCTION rowembed._held_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'coalesce(lease_until >= now() AND claimed_by = ANY ($1), false)'
+$$;
+
+-- Vectorizers with queued entries no live worker holds: what the dispatcher's
+-- sweep sends hints for (a lost hint is found here). Stops at the first entry.
+CREATE OR REPLACE FUNCTION rowembed.vectorizers_with_work() RETURNS SETOF int
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    live int[] := ARRAY(SELECT rowembed.live_workers());
+    waiting boolean;
+BEGIN
+    FOR v IN SELECT * FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE failed_at IS NULL AND NOT %s)',
+                       rowembed._qualified(v.queue_table), rowembed._held_sql())
+            INTO waiting USING live;
+        IF waiting THEN
+            RETURN NEXT v.id;
+        END IF;
+    END LOOP;
+END
+$body$;
+
 -- Per-vectorizer counts. Exact counts: fine for the queue, slow on huge destinations.
 -- in_flight: claimed by a live worker; queued: the rest, entries backing off included.
 CREATE OR REPLACE FUNCTION rowembed.status()
@@ -435,10 +461,8 @@ BEGIN
             'SELECT count(*) FILTER (WHERE failed_at IS NULL AND NOT held),'
             '       count(*) FILTER (WHERE failed_at IS NULL AND held),'
             '       count(*) FILTER (WHERE failed_at IS NOT NULL)'
-            '  FROM (SELECT failed_at,'
-            '          coalesce(lease_until >= now() AND claimed_by = ANY ($1), false) AS held'
-            '        FROM %s) AS q',
-            rowembed._qualified(v.queue_table))
+            '  FROM (SELECT failed_at, %s AS held FROM %s) AS q',
+            rowembed._held_sql(), rowembed._qualified(v.queue_table))
             INTO queued, in_flight, failed USING live;
         EXECUTE format('SELECT count(*) FROM %s', rowembed._qualified(v.destination)) INTO embedded;
         -- Rows completed per second over the last minute of batches.
@@ -713,8 +737,7 @@ LANGUAGE sql STABLE AS $$
         rowembed._equal(v.pk_columns, 'e', 's'),
         CASE WHEN exclude_row THEN format('AND (%s) IS DISTINCT FROM (%s)',
             rowembed._columns(v.pk_columns, 's'),
-            (SELECT string_agg(format('($4).%I', c), ', ' ORDER BY o)
-               FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)))
+            rowembed._columns(v.pk_columns, '($4)'))
         ELSE '' END)
 $$;
 
@@ -802,8 +825,7 @@ BEGIN
     END IF;
     EXECUTE format('SELECT %I FROM %s WHERE (%s) = (%s)',
         v.embedding_column, rowembed._qualified(v.destination), rowembed._columns(v.pk_columns),
-        (SELECT string_agg(format('($1).%I', c), ', ' ORDER BY o)
-           FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)))
+        rowembed._columns(v.pk_columns, '($1)'))
         INTO query USING item;
     IF query IS NULL THEN
         RETURN;  -- the row has no embedding (yet, or its text is empty)

@@ -54,3 +54,14 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+def waiting_messages(app: Celery, queue: str) -> int:
+    """Messages waiting in `queue`; 0 when it does not exist yet or the broker is
+    unreachable (hints are an optimisation: the database holds the work)."""
+    try:
+        with app.connection_for_write() as connection:
+            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+            return int(declared.message_count)
+    except Exception:
+        return 0

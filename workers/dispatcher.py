@@ -17,6 +17,8 @@ import psycopg
 from kombu.exceptions import OperationalError as KombuOperationalError
 from psycopg import sql
 
+from .celery_app import waiting_messages
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "rowembed"
@@ -24,7 +26,7 @@ CHANNEL = "rowembed"
 
 def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[int]:
     """Vectorizers whose queue holds unclaimed entries (lost hints are found here)."""
-    rows = conn.execute("SELECT id FROM rowembed.status() WHERE queued > 0").fetchall()
+    rows = conn.execute("SELECT rowembed.vectorizers_with_work()").fetchall()
     return [r[0] for r in rows]
 
 
@@ -132,15 +134,6 @@ class CeleryHints:
         self.queue = queue
         self.max_pending = max_pending
 
-    def pending(self) -> int:
-        with self.app.connection_for_write() as conn:
-            declared = conn.default_channel.queue_declare(queue=self.queue, passive=True)
-            return int(declared.message_count)
-
     def __call__(self, vectorizer_id: int) -> None:
-        try:
-            waiting = self.pending()
-        except Exception:  # the queue does not exist yet, before the first message
-            waiting = 0
-        if waiting < self.max_pending:
+        if waiting_messages(self.app, self.queue) < self.max_pending:
             self.app.send_task("rowembed.embed", args=[vectorizer_id], queue=self.queue)

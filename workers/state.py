@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from rowembed.pgplugin import connect
-from rowembed.pgplugin.vectorizers import Vectorizer, get_vectorizer
 from rowembed.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,9 +38,6 @@ class WorkerState:
             self._conn.close()
             self._conn = None
             raise
-
-    def vectorizer(self, conn: psycopg.Connection[Any], vectorizer_id: int) -> Vectorizer:
-        return get_vectorizer(conn, vectorizer_id)
 
     def encoder(self, model: str) -> LazyEncoder:
         if model not in self._encoders:

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from .celery_app import EMBED_QUEUE, app
+from .celery_app import EMBED_QUEUE, app, waiting_messages
 from .state import worker_state
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 @app.task(name="rowembed.embed", bind=True, max_retries=None, ignore_result=True)
 def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
     """Drain vectorizer `vectorizer_id`'s queue for a while; hand the rest on."""
-    from rowembed.pgplugin.vectorizers import VectorizerNotFound
+    from rowembed.pgplugin.vectorizers import VectorizerNotFound, get_vectorizer
 
     from .pipeline import drain
 
@@ -28,7 +28,7 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
     try:
         with state.connection() as conn:
             try:
-                vectorizer = state.vectorizer(conn, vectorizer_id)
+                vectorizer = get_vectorizer(conn, vectorizer_id)
             except VectorizerNotFound:
                 log.info("vectorizer %s no longer exists; hint dropped", vectorizer_id)
                 return {}
@@ -70,12 +70,7 @@ def embed_query(model: str, text: str) -> list[float]:
 
 
 def _hints_waiting() -> bool:
-    try:
-        with app.connection_for_write() as connection:
-            declared = connection.default_channel.queue_declare(queue=EMBED_QUEUE, passive=True)
-            return int(declared.message_count) > 0
-    except Exception:  # the broker is unreachable: keep draining, it is the database's work
-        return False
+    return waiting_messages(app, EMBED_QUEUE) > 0
 
 
 def _first_line(exc: BaseException) -> str:
