@@ -29,7 +29,7 @@ from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.settings import Settings
 from rowembed.workers import database as db
 from rowembed.workers.pipeline import run_batch
-from rowembed.workers.runtime import Encoded
+from rowembed.workers.runtime import Encoded, Tokenized
 
 Conn = psycopg.Connection[Any]
 
@@ -86,6 +86,12 @@ class _Precomputed:
         rng = np.random.default_rng(0)
         pool = rng.normal(size=(1024, dimensions)).astype(np.float32)
         self.pool = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        return Tokenized(list(texts), [[]] * len(texts), [False] * len(texts))
+
+    def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
+        return self.encode(tokenized.texts)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         vectors = self.pool[np.arange(len(texts)) % len(self.pool)]

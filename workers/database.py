@@ -160,6 +160,11 @@ class QueueStatements:
             done_keys=_keys(pk, "done"),
             done_match=_equal(pk, "e", "done"),
         )
+        self.release = sql.SQL("""
+            UPDATE {queue}
+               SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0)
+             WHERE seq = ANY(%(seqs)s) AND claimed_by = %(token)s
+        """).format(queue=v.queue)
         # Failed rows: back off exponentially, park after max_attempts. Only the
         # version that failed: a row changed since then keeps its fresh entry.
         self.fail = sql.SQL("""
@@ -207,6 +212,13 @@ def claim(
     with conn.transaction():
         rows = conn.execute(st.claim, {"limit": limit, "lease": lease, "token": token}).fetchall()
     return [r[0] for r in rows]
+
+
+def release(conn: psycopg.Connection[Any], st: QueueStatements, seqs: list[int]) -> None:
+    """Give back claims this session has not worked on."""
+    if seqs:
+        with conn.transaction():
+            conn.execute(st.release, {"seqs": seqs, "token": worker_token(conn)})
 
 
 def read(conn: psycopg.Connection[Any], st: QueueStatements, seqs: list[int]) -> list[QueuedRow]:

@@ -1,4 +1,4 @@
-"""One batch of work for one vectorizer: claim, read, embed, write.
+"""Batches of work for one vectorizer: claim and read, embed, write.
 
 Knows the database module and the model runtime; knows nothing of Celery.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -17,8 +18,8 @@ from rowembed.pgplugin.vectorizers import Vectorizer
 
 from . import database as db
 from .database import Action, Outcome
-from .runtime import Encoded
-from .runtime.isolate import DimensionMismatch, encode_isolating
+from .runtime import Encoded, Tokenized
+from .runtime.isolate import DimensionMismatch, Isolated, encode_isolating
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ class TextEncoder(Protocol):
 
     @property
     def dimensions(self) -> int: ...
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized: ...
+
+    def encode_tokenized(self, tokenized: Tokenized) -> Encoded: ...
 
     def encode(self, texts: Sequence[str]) -> Encoded: ...
 
@@ -54,6 +59,107 @@ class BatchReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+@dataclass
+class Claimed:
+    """A claimed batch, read and tokenized: ready for the model."""
+
+    seqs: list[int]
+    outcomes: list[Outcome]  # rows that need no model: deleted, emptied, unchanged
+    to_embed: list[db.QueuedRow]
+    tokenized: Tokenized | None  # None when tokenizing failed: the model stage records why
+    started: float
+
+
+def claim(
+    conn: psycopg.Connection[Any],
+    statements: db.QueueStatements,
+    encoder: TextEncoder,
+    *,
+    limit: int,
+    lease_seconds: float,
+) -> Claimed:
+    started = time.monotonic()
+    seqs = db.claim(conn, statements, limit, lease_seconds)
+    outcomes: list[Outcome] = []
+    to_embed = []
+    for row in db.read(conn, statements, seqs) if seqs else ():
+        if not row.present or not row.text.strip():
+            outcomes.append(Outcome(row.seq, Action.DELETE))
+        elif row.stored_hash == row.text_hash:
+            outcomes.append(Outcome(row.seq, Action.KEEP))
+        else:
+            to_embed.append(row)
+    tokenized = None
+    if to_embed:
+        try:
+            tokenized = encoder.tokenize([r.text for r in to_embed])
+        except Exception:
+            log.debug("tokenizing failed; the model stage will record the error", exc_info=True)
+    return Claimed(seqs, outcomes, to_embed, tokenized, started)
+
+
+def embed(claimed: Claimed, vectorizer: Vectorizer, encoder: TextEncoder) -> Isolated:
+    """The model stage: vectors for `claimed.to_embed`, failing inputs isolated."""
+    if not claimed.to_embed:
+        return Isolated()
+    tokenized = claimed.tokenized
+    if tokenized is None:
+        texts = [r.text for r in claimed.to_embed]
+        return encode_isolating(lambda part: _checked(encoder, vectorizer).encode(part), texts)
+    return encode_isolating(
+        lambda part: _checked(encoder, vectorizer).encode_tokenized(tokenized.subset(part)),
+        range(len(claimed.to_embed)),
+    )
+
+
+def write(
+    conn: psycopg.Connection[Any],
+    vectorizer: Vectorizer,
+    statements: db.QueueStatements,
+    claimed: Claimed,
+    result: Isolated,
+    *,
+    worker: str = "",
+) -> BatchReport:
+    """Store the vectors, record failures, log the batch."""
+    to_embed = claimed.to_embed
+    outcomes = claimed.outcomes + [
+        Outcome(to_embed[i].seq, Action.WRITE, to_embed[i].text_hash, vector)
+        for i, vector in result.vectors.items()
+    ]
+    report = BatchReport(
+        claimed=len(claimed.seqs),
+        unchanged=sum(o.action is Action.KEEP for o in claimed.outcomes),
+        embedded=len(result.vectors),
+        failed=len(result.errors),
+        truncated=result.truncated,
+        tokens=result.tokens,
+        padded_tokens=result.padded_tokens,
+    )
+    if result.errors:
+        db.record_failures(
+            conn,
+            statements,
+            {to_embed[i].seq: error for i, error in result.errors.items()},
+            vectorizer.max_attempts,
+        )
+        log.warning(
+            "vectorizer %s: %d of %d rows failed: %s",
+            vectorizer.name,
+            len(result.errors),
+            len(to_embed),
+            next(iter(result.errors.values())),
+        )
+    if outcomes:
+        written = db.write(conn, statements, outcomes)
+        report.written = written.written
+        report.deleted = written.deleted
+        report.superseded = len(outcomes) - written.completed
+    report.seconds = time.monotonic() - claimed.started
+    db.log_batch(conn, statements, {**asdict(report), "worker": worker})
+    return report
+
+
 def run_batch(
     conn: psycopg.Connection[Any],
     vectorizer: Vectorizer,
@@ -64,70 +170,26 @@ def run_batch(
     lease_seconds: float,
     worker: str = "",
 ) -> BatchReport:
-    started = time.monotonic()
-    report = BatchReport()
-    seqs = db.claim(conn, statements, limit, lease_seconds)
-    report.claimed = len(seqs)
-    if not seqs:
-        return report
-    outcomes: list[Outcome] = []
-    to_embed = []
-    for row in db.read(conn, statements, seqs):
-        if not row.present or not row.text.strip():
-            outcomes.append(Outcome(row.seq, Action.DELETE))
-        elif row.stored_hash == row.text_hash:
-            outcomes.append(Outcome(row.seq, Action.KEEP))
-            report.unchanged += 1
-        else:
-            to_embed.append(row)
-    if to_embed:
-        result = encode_isolating(
-            lambda texts: _encode_checked(encoder, vectorizer, texts), [r.text for r in to_embed]
-        )
-        outcomes.extend(
-            Outcome(to_embed[i].seq, Action.WRITE, to_embed[i].text_hash, vector)
-            for i, vector in result.vectors.items()
-        )
-        if result.errors:
-            db.record_failures(
-                conn,
-                statements,
-                {to_embed[i].seq: error for i, error in result.errors.items()},
-                vectorizer.max_attempts,
-            )
-            log.warning(
-                "vectorizer %s: %d of %d rows failed: %s",
-                vectorizer.name,
-                len(result.errors),
-                len(to_embed),
-                next(iter(result.errors.values())),
-            )
-        report.embedded = len(result.vectors)
-        report.failed = len(result.errors)
-        report.truncated = result.truncated
-        report.tokens = result.tokens
-        report.padded_tokens = result.padded_tokens
-    if outcomes:
-        written = db.write(conn, statements, outcomes)
-        report.written = written.written
-        report.deleted = written.deleted
-        report.superseded = len(outcomes) - written.completed
-    report.seconds = time.monotonic() - started
-    db.log_batch(conn, statements, {**asdict(report), "worker": worker})
-    return report
+    """One batch, start to end, on one connection."""
+    claimed = claim(conn, statements, encoder, limit=limit, lease_seconds=lease_seconds)
+    if not claimed.seqs:
+        return BatchReport()
+    result = embed(claimed, vectorizer, encoder)
+    return write(conn, vectorizer, statements, claimed, result, worker=worker)
 
 
-def _encode_checked(encoder: TextEncoder, vectorizer: Vectorizer, texts: Sequence[str]) -> Encoded:
+def _checked(encoder: TextEncoder, vectorizer: Vectorizer) -> TextEncoder:
     if encoder.dimensions != vectorizer.dimensions:
         raise DimensionMismatch(
             f"model {encoder.name} gives {encoder.dimensions} dimensions; vectorizer"
             f" {vectorizer.name!r} stores {vectorizer.dimensions}"
         )
-    return encoder.encode(texts)
+    return encoder
 
 
 def drain(
     conn: psycopg.Connection[Any],
+    reader: psycopg.Connection[Any],
     vectorizer: Vectorizer,
     encoder: TextEncoder,
     *,
@@ -138,22 +200,56 @@ def drain(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[BatchReport, bool]:
     """Run batches until the queue is empty or the time budget is spent.
-    Returns the summed report and whether work may remain."""
+    Returns the summed report and whether work may remain.
+
+    Three stages overlap: a thread claims, reads and tokenizes the next batch on
+    `reader` while the model runs this one, and another writes the previous
+    batch on `conn`. The next batch is claimed only once the decision to go on
+    is made, so stopping never leaves a claim behind.
+    """
     statements = db.QueueStatements(vectorizer)
     total = BatchReport()
     deadline = time.monotonic() + time_budget
-    while True:
-        report = run_batch(
-            conn,
-            vectorizer,
-            statements,
-            encoder,
-            limit=limit,
-            lease_seconds=lease_seconds,
-            worker=worker,
-        )
-        total.add(report)
-        if report.claimed < limit:
-            return total, False
-        if time.monotonic() >= deadline or should_stop():
-            return total, True
+    more = False
+    with (
+        ThreadPoolExecutor(1, "rowembed-claim") as claiming,
+        ThreadPoolExecutor(1, "rowembed-write") as writing,
+    ):
+
+        def claim_next() -> Future[Claimed]:
+            return claiming.submit(
+                claim, reader, statements, encoder, limit=limit, lease_seconds=lease_seconds
+            )
+
+        upcoming: Future[Claimed] | None = claim_next()
+        writes: Future[BatchReport] | None = None
+        try:
+            while upcoming is not None:
+                batch = upcoming.result()
+                more = len(batch.seqs) >= limit
+                go_on = more and time.monotonic() < deadline and not should_stop()
+                upcoming = claim_next() if go_on else None
+                if not batch.seqs:
+                    break
+                result = embed(batch, vectorizer, encoder)
+                if writes is not None:
+                    total.add(writes.result())
+                writes = writing.submit(
+                    write, conn, vectorizer, statements, batch, result, worker=worker
+                )
+            if writes is not None:
+                total.add(writes.result())
+        finally:
+            if upcoming is not None:  # only when something failed
+                _release(reader, statements, upcoming)
+    return total, more
+
+
+def _release(
+    conn: psycopg.Connection[Any], statements: db.QueueStatements, claimed: Future[Claimed]
+) -> None:
+    """Give back a prefetched batch at once, rather than after its lease."""
+    try:
+        db.release(conn, statements, claimed.result().seqs)
+    except Exception:
+        log.warning("could not release a prefetched batch; its lease will expire", exc_info=True)

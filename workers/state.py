@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from rowembed.settings import Settings
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .runtime import Encoded, Encoder, Reranker
+    from .runtime import Encoded, Encoder, Reranker, Tokenized
 
 log = logging.getLogger(__name__)
 
@@ -23,21 +24,28 @@ log = logging.getLogger(__name__)
 class WorkerState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conns: tuple[psycopg.Connection[Any], psycopg.Connection[Any]] | None = None
         self._encoders: dict[str, LazyEncoder] = {}
         self._rerankers: dict[str, Reranker] = {}
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings.require_database(), "rowembed-worker")
+    def connections(self) -> Iterator[tuple[psycopg.Connection[Any], psycopg.Connection[Any]]]:
+        """Two sessions: one writes, one claims and reads the next batch meanwhile."""
+        if self._conns is None or any(c.closed for c in self._conns):
+            self._close()
+            url = self.settings.require_database()
+            self._conns = (connect(url, "rowembed-worker"), connect(url, "rowembed-worker-claim"))
         try:
-            yield self._conn
+            yield self._conns
         except psycopg.OperationalError:
             # The server went away or restarted: reconnect on the next task.
-            self._conn.close()
-            self._conn = None
+            self._close()
             raise
+
+    def _close(self) -> None:
+        for conn in self._conns or ():
+            conn.close()
+        self._conns = None
 
     def encoder(self, model: str) -> LazyEncoder:
         if model not in self._encoders:
@@ -62,19 +70,27 @@ class LazyEncoder:
         self.name = name
         self.settings = settings
         self._loaded: Encoder | None = None
+        self._loading = threading.Lock()
 
     def _encoder(self) -> Encoder:
-        if self._loaded is None:
-            from .runtime import Encoder
+        with self._loading:  # the claim thread and the model stage may both ask first
+            if self._loaded is None:
+                from .runtime import Encoder
 
-            self._loaded = Encoder.load(
-                self.name, device=self.settings.device, token_budget=self.settings.token_budget
-            )
+                self._loaded = Encoder.load(
+                    self.name, device=self.settings.device, token_budget=self.settings.token_budget
+                )
         return self._loaded
 
     @property
     def dimensions(self) -> int:
         return self._encoder().dimensions
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        return self._encoder().tokenize(texts)
+
+    def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
+        return self._encoder().encode_tokenized(tokenized)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         return self._encoder().encode(texts)

@@ -26,7 +26,7 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
 
     state = worker_state()
     try:
-        with state.connection() as conn:
+        with state.connections() as (conn, reader):
             try:
                 vectorizer = get_vectorizer(conn, vectorizer_id)
             except VectorizerNotFound:
@@ -34,6 +34,7 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
                 return {}
             report, more = drain(
                 conn,
+                reader,
                 vectorizer,
                 state.encoder(vectorizer.model),
                 limit=state.settings.batch_rows,

@@ -5,23 +5,24 @@ containing POISON raises, as a real model can on some inputs."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 from rowembed.cli import main
 from rowembed.workers.runtime import encoder as encoder_module
 
 FLAG = Path(os.environ["ROWEMBED_TEST_POISON_FLAG"])
-_real_encode = encoder_module.Encoder.encode
+_real_forward = encoder_module.Encoder.encode_tokenized
 
 
-def _encode(self: encoder_module.Encoder, texts: Sequence[str]) -> encoder_module.Encoded:
-    if FLAG.exists() and any("POISON" in t for t in texts):
+def _forward(
+    self: encoder_module.Encoder, tokenized: encoder_module.Tokenized
+) -> encoder_module.Encoded:
+    if FLAG.exists() and any("POISON" in t for t in tokenized.texts):
         raise RuntimeError("injected fault: the model cannot embed this text")
-    return _real_encode(self, texts)
+    return _real_forward(self, tokenized)
 
 
-encoder_module.Encoder.encode = _encode  # type: ignore[method-assign]
+encoder_module.Encoder.encode_tokenized = _forward  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     raise SystemExit(main())

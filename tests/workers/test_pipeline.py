@@ -15,7 +15,7 @@ from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers import database as db
 from rowembed.workers.database import Action, Outcome
 from rowembed.workers.pipeline import run_batch
-from rowembed.workers.runtime import Encoded, Encoder
+from rowembed.workers.runtime import Encoded, Encoder, Tokenized
 
 from ..conftest import MODEL
 
@@ -32,11 +32,17 @@ class CountingEncoder:
         self.name = encoder.name
         self.dimensions = encoder.dimensions
 
-    def encode(self, texts: Sequence[str]) -> Encoded:
-        self.texts.extend(texts)
-        if self.fail_on and any(self.fail_on in t for t in texts):
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        return self.encoder.tokenize(texts)
+
+    def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
+        self.texts.extend(tokenized.texts)
+        if self.fail_on and any(self.fail_on in t for t in tokenized.texts):
             raise RuntimeError(f"injected failure on {self.fail_on!r}")
-        return self.encoder.encode(texts)
+        return self.encoder.encode_tokenized(tokenized)
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        return self.encode_tokenized(self.tokenize(texts))
 
 
 def setup(conn: Conn, table: str, bodies: dict[int, str | None]) -> Vectorizer:

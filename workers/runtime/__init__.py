@@ -4,7 +4,7 @@ Imports neither Celery nor psycopg; the workers and the CLI wrap it.
 """
 
 from .batching import plan_batches
-from .encoder import Encoded, Encoder
+from .encoder import Encoded, Encoder, Tokenized
 from .models import ModelNotFoundError, PoolingConfig, resolve_model_path
 from .reranker import Reranker, Scored
 
@@ -15,6 +15,7 @@ __all__ = [
     "PoolingConfig",
     "Reranker",
     "Scored",
+    "Tokenized",
     "plan_batches",
     "resolve_model_path",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Tokenized:
+    texts: list[str]
     ids: list[list[int]]
-    truncated: int  # how many inputs were cut at the model's limit
+    cut: list[bool]  # per input: truncation cut it at the model's limit
+
+    @property
+    def truncated(self) -> int:
+        return sum(self.cut)
+
+    def subset(self, indices: Sequence[int]) -> Tokenized:
+        return Tokenized(
+            [self.texts[i] for i in indices],
+            [self.ids[i] for i in indices],
+            [self.cut[i] for i in indices],
+        )
 
 
 @dataclass(frozen=True)
@@ -33,11 +46,14 @@ class Encoded:
 
 
 class Encoder(BatchedModel):
-    """Load once, then `encode(texts)`. Not thread-safe; one per process or GPU."""
+    """Load once, then `encode(texts)`, or `tokenize` in one thread and
+    `encode_tokenized` in another (the worker overlaps them). One per process or GPU."""
 
     def __init__(self, pooling: PoolingConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pooling = pooling
+        # A fast tokenizer's settings are mutated on every call: one caller at a time.
+        self._tokenizing = threading.Lock()
 
     @classmethod
     def load(
@@ -91,16 +107,18 @@ class Encoder(BatchedModel):
         return int(self.model.config.hidden_size)
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        batch = self.tokenizer(  # type: ignore[operator]
-            list(texts),
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
+        texts = list(texts)
+        with self._tokenizing:
+            batch = self.tokenizer(  # type: ignore[operator]
+                texts,
+                truncation=True,
+                max_length=self.max_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
         # The fast tokenizer keeps what truncation cut in `overflowing`.
-        truncated = sum(1 for e in batch.encodings if e.overflowing)
-        return Tokenized(batch["input_ids"], truncated)
+        cut = [bool(e.overflowing) for e in batch.encodings]
+        return Tokenized(texts, batch["input_ids"], cut)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         tokenized = self.tokenize(texts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -29,8 +30,12 @@ class Isolated:
     calls: int = 0
 
 
-def encode_isolating(encode: Callable[[Sequence[str]], Encoded], texts: Sequence[str]) -> Isolated:
-    """Encode `texts`; when a call fails, bisect to find the inputs that fail.
+Item = TypeVar("Item")
+
+
+def encode_isolating(encode: Callable[[list[Item]], Encoded], items: Sequence[Item]) -> Isolated:
+    """Encode `items` (texts, or indices into tokenized inputs); when a call
+    fails, bisect to find the inputs that fail.
 
     One bad input among n costs about 2*log2(n) extra calls; every other input is
     still embedded. A systemic failure is recorded against every input at once.
@@ -40,7 +45,7 @@ def encode_isolating(encode: Callable[[Sequence[str]], Encoded], texts: Sequence
     def attempt(indices: list[int]) -> None:
         result.calls += 1
         try:
-            encoded = encode([texts[i] for i in indices])
+            encoded = encode([items[i] for i in indices])
         except SYSTEMIC as exc:
             raise _Systemic(_describe(exc)) from exc
         except Exception as exc:
@@ -57,9 +62,9 @@ def encode_isolating(encode: Callable[[Sequence[str]], Encoded], texts: Sequence
         result.padded_tokens += encoded.padded_tokens
 
     try:
-        attempt(list(range(len(texts))))
+        attempt(list(range(len(items))))
     except _Systemic as failure:
-        return Isolated(errors=dict.fromkeys(range(len(texts)), str(failure)), calls=result.calls)
+        return Isolated(errors=dict.fromkeys(range(len(items)), str(failure)), calls=result.calls)
     return result
 
 
