@@ -212,6 +212,10 @@ END
 $body$;
 
 
+-- 0002 added options; drop the older signature so no overload remains.
+DROP FUNCTION IF EXISTS rowembed.create_vectorizer(
+    regclass, name[], text, text, int, text, name, text, float8, text, text, int, boolean);
+
 CREATE OR REPLACE FUNCTION rowembed.create_vectorizer(
     source regclass,
     text_columns name[],
@@ -225,7 +229,10 @@ CREATE OR REPLACE FUNCTION rowembed.create_vectorizer(
     query_instruction text DEFAULT NULL,
     rerank_model text DEFAULT 'BAAI/bge-reranker-base',
     max_attempts int DEFAULT 5,
-    backfill boolean DEFAULT true
+    backfill boolean DEFAULT true,
+    storage text DEFAULT 'vector',
+    index_method text DEFAULT 'hnsw',
+    defer_index_above bigint DEFAULT 100000
 ) RETURNS int
 LANGUAGE plpgsql AS $body$
 DECLARE
@@ -290,6 +297,16 @@ BEGIN
             quote_ident(create_vectorizer.embedding_column);
     END IF;
 
+    IF create_vectorizer.storage IS NULL OR create_vectorizer.storage NOT IN ('vector', 'halfvec') THEN
+        RAISE EXCEPTION 'rowembed: storage must be vector or halfvec, not %',
+            coalesce(quote_literal(create_vectorizer.storage), 'NULL');
+    END IF;
+    IF create_vectorizer.index_method IS NULL
+       OR create_vectorizer.index_method NOT IN ('hnsw', 'hnsw_binary', 'none') THEN
+        RAISE EXCEPTION 'rowembed: index_method must be hnsw, hnsw_binary or none, not %',
+            coalesce(quote_literal(create_vectorizer.index_method), 'NULL');
+    END IF;
+
     create_vectorizer.dimensions := coalesce(create_vectorizer.dimensions,
                                              rowembed.model_dimensions(create_vectorizer.model));
     IF create_vectorizer.dimensions IS NULL THEN
@@ -335,17 +352,15 @@ BEGIN
     EXECUTE format('CREATE INDEX ON %s (priority, seq) WHERE failed_at IS NULL', queue);
 
     EXECUTE format(
-        'CREATE TABLE %I.%I (%s, %I vector(%s) NOT NULL, text_hash bytea NOT NULL,'
+        'CREATE TABLE %I.%I (%s, %I %s(%s) NOT NULL, text_hash bytea NOT NULL,'
         ' embedded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
         dest_schema, dest_table, key_defs, create_vectorizer.embedding_column,
-        create_vectorizer.dimensions, keys);
-    EXECUTE format('CREATE INDEX ON %I.%I USING hnsw (%I vector_cosine_ops)',
-                   dest_schema, dest_table, create_vectorizer.embedding_column);
+        create_vectorizer.storage, create_vectorizer.dimensions, keys);
 
     INSERT INTO rowembed.vectorizer (
         id, name, source, pk_columns, pk_types, text_columns, separator, model, dimensions,
         destination, embedding_column, queue_table, min_similarity, query_instruction,
-        rerank_model, max_attempts)
+        rerank_model, max_attempts, storage, index_method, defer_index_above)
     OVERRIDING SYSTEM VALUE
     VALUES (
         new_id,
@@ -358,10 +373,18 @@ BEGIN
                  rowembed.default_min_similarity(create_vectorizer.model)),
         coalesce(create_vectorizer.query_instruction,
                  rowembed.default_query_instruction(create_vectorizer.model)),
-        create_vectorizer.rerank_model, create_vectorizer.max_attempts);
+        create_vectorizer.rerank_model, create_vectorizer.max_attempts,
+        create_vectorizer.storage, create_vectorizer.index_method,
+        create_vectorizer.defer_index_above);
 
     PERFORM rowembed._install_triggers(new_id);
 
+    -- The index now, unless a backfill is about to load more rows than
+    -- defer_index_above: then start_backfill defers it.
+    IF create_vectorizer.index_method <> 'none'
+       AND NOT (create_vectorizer.backfill AND rowembed._defer_for_backlog(new_id)) THEN
+        EXECUTE rowembed._index_sql(new_id, false);
+    END IF;
     IF create_vectorizer.backfill THEN
         -- Small tables are queued here and now; the dispatcher queues the rest of
         -- a large one chunk by chunk.
@@ -441,12 +464,17 @@ BEGIN
 END
 $body$;
 
--- Per-vectorizer counts. Exact counts: fine for the queue, slow on huge destinations.
+-- Per-vectorizer counts: exact for the queue; for destinations of over a million
+-- rows, the planner's estimate (an exact count would read the whole table).
 -- in_flight: claimed by a live worker; queued: the rest, entries backing off included.
+-- 0002 added columns: replace the view and the function (re-created below).
+DROP VIEW IF EXISTS rowembed.vectorizer_status;
+DROP FUNCTION IF EXISTS rowembed.status();
+
 CREATE OR REPLACE FUNCTION rowembed.status()
 RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight bigint,
                failed bigint, embedded bigint, rows_per_second float8, eta_seconds float8,
-               backfill text, id int)
+               backfill text, storage text, index text, id int)
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer;
@@ -464,7 +492,13 @@ BEGIN
             '  FROM (SELECT failed_at, %s AS held FROM %s) AS q',
             rowembed._held_sql(), rowembed._qualified(v.queue_table))
             INTO queued, in_flight, failed USING live;
-        EXECUTE format('SELECT count(*) FROM %s', rowembed._qualified(v.destination)) INTO embedded;
+        embedded := rowembed._row_estimate(v.destination, 1000001);
+        IF embedded <= 1000000 THEN
+            EXECUTE format('SELECT count(*) FROM %s', rowembed._qualified(v.destination))
+                INTO embedded;
+        END IF;
+        storage := format('%s(%s)', v.storage, v.dimensions);
+        index := rowembed._index_status(v);
         -- Rows completed per second over the last minute of batches.
         SELECT sum(st.claimed - st.failed)
                / greatest(1, extract(epoch FROM now() - min(st.finished_at
@@ -488,6 +522,154 @@ $body$;
 CREATE OR REPLACE VIEW rowembed.vectorizer_status AS SELECT * FROM rowembed.status();
 
 -- ---------------------------------------------------------------------------
+-- The vector index: storage and index choices, deferred builds for bulk loads
+-- ---------------------------------------------------------------------------
+
+-- The destination's vector index (HNSW or IVFFlat), if there is one.
+CREATE OR REPLACE FUNCTION rowembed._vector_index(v rowembed.vectorizer) RETURNS regclass
+LANGUAGE sql STABLE AS $$
+    SELECT i.indexrelid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indrelid = v.destination AND a.amname IN ('hnsw', 'ivfflat')
+     ORDER BY i.indisvalid DESC LIMIT 1
+$$;
+
+-- The statement that builds vectorizer `vectorizer_id`'s index (NULL for index_method
+-- none). CONCURRENTLY cannot run inside a function: clients execute that form.
+CREATE OR REPLACE FUNCTION rowembed._index_sql(vectorizer_id int, online boolean)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('CREATE INDEX %s IF NOT EXISTS %I ON %s USING hnsw (%s)',
+        CASE WHEN online THEN 'CONCURRENTLY' ELSE '' END,
+        left(c.relname || '_' || v.embedding_column || '_idx', 63),
+        rowembed._qualified(v.destination),
+        CASE v.index_method
+            WHEN 'hnsw' THEN format('%I %s_cosine_ops', v.embedding_column, v.storage)
+            ELSE format('(binary_quantize(%I)::bit(%s)) bit_hamming_ops',
+                        v.embedding_column, v.dimensions) END)
+      FROM rowembed.vectorizer AS v JOIN pg_class AS c ON c.oid = v.destination
+     WHERE v.id = vectorizer_id AND v.index_method <> 'none'
+$$;
+
+-- An estimate of a table's rows: the planner's, else a count that stops at cap.
+CREATE OR REPLACE FUNCTION rowembed._row_estimate(rel regclass, cap bigint) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    n bigint;
+BEGIN
+    SELECT c.reltuples::bigint INTO n FROM pg_class c WHERE c.oid = rel;
+    IF n < 0 THEN  -- never vacuumed or analyzed
+        EXECUTE format('SELECT count(*) FROM (SELECT FROM %s LIMIT $1) AS r', rel) INTO n USING cap;
+    END IF;
+    RETURN n;
+END
+$body$;
+
+-- Whether a backfill now would load more rows than defer_index_above (the source's
+-- rows less those already embedded, estimated), so the index should wait.
+CREATE OR REPLACE FUNCTION rowembed._defer_for_backlog(vectorizer_id int) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.id = vectorizer_id;
+    RETURN v.index_method <> 'none' AND v.index_state = 'built'
+       AND v.defer_index_above IS NOT NULL
+       AND rowembed._row_estimate(v.source, v.defer_index_above + 1)
+           - rowembed._row_estimate(v.destination, v.defer_index_above + 1) > v.defer_index_above;
+END
+$body$;
+
+-- Drops the vector index until the backlog has drained; the dispatcher (or
+-- `rowembed index NAME --build`) builds it then. Needs the destination's owner.
+CREATE OR REPLACE FUNCTION rowembed.defer_index(name text) RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer := rowembed._vectorizer_named(defer_index.name);
+    idx regclass := rowembed._vector_index(v);
+BEGIN
+    IF v.index_method = 'none' THEN
+        RETURN;
+    END IF;
+    IF idx IS NOT NULL THEN
+        EXECUTE format('DROP INDEX %s', idx);
+    END IF;
+    UPDATE rowembed.vectorizer AS z SET index_state = 'deferred' WHERE z.id = v.id;
+END
+$body$;
+
+-- The CREATE INDEX CONCURRENTLY statement of a deferred index (NULL when the
+-- index is built or there is none). Run it outside a transaction block, then
+-- call rowembed.index_built(name).
+CREATE OR REPLACE FUNCTION rowembed.index_sql(name text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT rowembed._index_sql(v.id, true) FROM rowembed.vectorizer AS v
+     WHERE v.name = index_sql.name AND v.index_state = 'deferred'
+$$;
+
+-- Records that a deferred index is built (true) if a valid one now exists.
+CREATE OR REPLACE FUNCTION rowembed.index_built(name text) RETURNS boolean
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer := rowembed._vectorizer_named(index_built.name);
+    idx regclass := rowembed._vector_index(v);
+BEGIN
+    IF idx IS NULL OR NOT (SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = idx) THEN
+        RETURN false;
+    END IF;
+    UPDATE rowembed.vectorizer AS z SET index_state = 'built' WHERE z.id = v.id;
+    RETURN true;
+END
+$body$;
+
+-- Deferred indexes whose backlog has drained (no backfill running, no backfill
+-- entry left in the queue) and that the current role may build (it owns the
+-- destination) and no other session is building: what the dispatcher builds.
+CREATE OR REPLACE FUNCTION rowembed.indexes_to_build() RETURNS SETOF text
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    backlog boolean;
+BEGIN
+    FOR v IN
+        SELECT z.* FROM rowembed.vectorizer AS z JOIN pg_class AS c ON c.oid = z.destination
+         WHERE z.index_state = 'deferred' AND pg_has_role(c.relowner, 'USAGE')
+           AND NOT EXISTS (SELECT 1 FROM rowembed.backfill AS b
+                            WHERE b.vectorizer_id = z.id AND b.state = 'running')
+           AND z.id NOT IN (SELECT rowembed._building())
+         ORDER BY z.id
+    LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE priority = 1 AND failed_at IS NULL)',
+                       rowembed._qualified(v.queue_table)) INTO backlog;
+        IF NOT backlog THEN
+            RETURN NEXT v.name;
+        END IF;
+    END LOOP;
+END
+$body$;
+
+-- Vectorizers whose index a session is building now: the builder holds the
+-- advisory lock (7499640, vectorizer id) for as long as the build runs.
+CREATE OR REPLACE FUNCTION rowembed._building() RETURNS SETOF int
+LANGUAGE sql STABLE AS $$
+    SELECT l.objid::bigint::int FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.classid = 7499640 AND l.objsubid = 2 AND l.granted
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+$$;
+
+-- How search() reads the index in words, for status().
+CREATE OR REPLACE FUNCTION rowembed._index_status(v rowembed.vectorizer) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN v.index_method = 'none' THEN 'none: exact scans'
+        WHEN v.id IN (SELECT rowembed._building()) THEN v.index_method || ': building'
+        WHEN v.index_state = 'deferred' THEN v.index_method
+             || ': deferred until the backlog drains (searches scan exactly meanwhile)'
+        WHEN rowembed._vector_index(v) IS NULL THEN v.index_method || ': missing'
+        ELSE v.index_method || ': built' END
+$$;
+
+-- ---------------------------------------------------------------------------
 -- Backfills
 -- ---------------------------------------------------------------------------
 
@@ -507,6 +689,14 @@ BEGIN
         WHERE b.state <> 'running';
     IF NOT FOUND THEN
         RETURN 'already running';
+    END IF;
+    IF rowembed._defer_for_backlog(v.id) THEN
+        BEGIN
+            PERFORM rowembed.defer_index(v.name);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE NOTICE 'rowembed: the index of % stays live during this backfill (only'
+                ' the owner of % can drop and rebuild it)', v.name, v.destination;
+        END;
     END IF;
     PERFORM pg_notify('rowembed', v.id::text);
     RETURN 'started';
@@ -715,30 +905,52 @@ LANGUAGE sql STABLE AS $$
                     v.min_similarity)
 $$;
 
+-- The cosine distance of column `col` to the query vector $1, in the column's type.
+CREATE OR REPLACE FUNCTION rowembed._distance_sql(v rowembed.vectorizer, col text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('(%s <=> $1::%s(%s))', col, v.storage, v.dimensions)
+$$;
+
+-- Candidates the binary-quantized index returns per result row, re-scored
+-- exactly: the session's rowembed.rescore_factor, else 4.
+CREATE OR REPLACE FUNCTION rowembed._candidates(v rowembed.vectorizer, k int) RETURNS int
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN v.index_method = 'hnsw_binary'
+        THEN k * greatest(1, coalesce(
+            nullif(current_setting('rowembed.rescore_factor', true), '')::int, 4))
+        ELSE k END
+$$;
+
 -- The query behind search() and similar(). Parameters: $1 query vector, $2 k,
 -- $3 threshold, $4 a row to leave out (similar()), $5 a jsonb filter on the source
--- row (to_jsonb(row) @> filter). The HNSW index answers the inner ORDER BY ... LIMIT,
--- joined to the source so a filter is applied while the index is walked (with
--- pgvector's iterative scan, a selective filter still yields k rows); the
--- threshold filters the result.
+-- row (to_jsonb(row) @> filter), $6 candidates (k, or more for re-scoring). The
+-- index answers the inner ORDER BY ... LIMIT, joined to the source so a filter is
+-- applied while the index is walked (with pgvector's iterative scan, a selective
+-- filter still yields k rows); with a binary-quantized index the inner query
+-- orders by hamming distance and the outer one re-scores exactly. The threshold
+-- filters the result.
 CREATE OR REPLACE FUNCTION rowembed._search_sql(v rowembed.vectorizer, exclude_row boolean)
 RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format(
         'SELECT h.similarity, h.s FROM ('
-        ' SELECT 1 - (e.%1$I <=> $1) AS similarity, s FROM %2$s AS e'
+        ' SELECT 1 - %1$s AS similarity, s FROM %2$s AS e'
         ' JOIN %3$s AS s ON %4$s'
         ' WHERE ($5 IS NULL OR to_jsonb(s) @> $5) %5$s'
-        ' ORDER BY e.%1$I <=> $1 LIMIT $2) AS h'
+        ' ORDER BY %6$s LIMIT $6) AS h'
         ' WHERE h.similarity >= $3'
-        ' ORDER BY h.similarity DESC',
-        v.embedding_column,
+        ' ORDER BY h.similarity DESC LIMIT $2',
+        rowembed._distance_sql(v, format('e.%I', v.embedding_column)),
         rowembed._qualified(v.destination), rowembed._qualified(v.source),
         rowembed._equal(v.pk_columns, 'e', 's'),
         CASE WHEN exclude_row THEN format('AND (%s) IS DISTINCT FROM (%s)',
             rowembed._columns(v.pk_columns, 's'),
             rowembed._columns(v.pk_columns, '($4)'))
-        ELSE '' END)
+        ELSE '' END,
+        CASE WHEN v.index_method = 'hnsw_binary'
+            THEN format('binary_quantize(e.%1$I)::bit(%2$s) <~> binary_quantize($1)::bit(%2$s)',
+                        v.embedding_column, v.dimensions)
+            ELSE rowembed._distance_sql(v, format('e.%I', v.embedding_column)) END)
 $$;
 
 -- pgvector's setting; NULL-safe before the extension's library is loaded in a session.
@@ -797,9 +1009,10 @@ BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'rowembed: k must be at least 1';
     END IF;
-    old := rowembed._search_settings(k, filter IS NOT NULL);
+    old := rowembed._search_settings(rowembed._candidates(v, k), filter IS NOT NULL);
     RETURN QUERY EXECUTE rowembed._search_sql(v, false)
-        USING query, k, rowembed._threshold(v, min_similarity), NULL::text, filter;
+        USING query, k, rowembed._threshold(v, min_similarity), NULL::text, filter,
+              rowembed._candidates(v, k);
     PERFORM rowembed._restore_search_settings(old);
 END
 $body$;
@@ -823,16 +1036,18 @@ BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'rowembed: k must be at least 1';
     END IF;
-    EXECUTE format('SELECT %I FROM %s WHERE (%s) = (%s)',
+    EXECUTE format('SELECT %I::vector FROM %s WHERE (%s) = (%s)',
         v.embedding_column, rowembed._qualified(v.destination), rowembed._columns(v.pk_columns),
         rowembed._columns(v.pk_columns, '($1)'))
         INTO query USING item;
     IF query IS NULL THEN
         RETURN;  -- the row has no embedding (yet, or its text is empty)
     END IF;
-    old := rowembed._search_settings(k, true);  -- leaving the row out is a filter
+    -- Leaving the row out is a filter.
+    old := rowembed._search_settings(rowembed._candidates(v, k), true);
     RETURN QUERY EXECUTE rowembed._search_sql(v, true)
-        USING query, k, rowembed._threshold(v, min_similarity), item, filter;
+        USING query, k, rowembed._threshold(v, min_similarity), item, filter,
+              rowembed._candidates(v, k);
     PERFORM rowembed._restore_search_settings(old);
 END
 $body$;
@@ -865,14 +1080,15 @@ BEGIN
     v := rowembed._vectorizer_named(similarity_profile.name);
     dest := rowembed._qualified(v.destination);
     IF own_rows THEN
-        EXECUTE format('SELECT array_agg(%I) FROM (SELECT %I FROM %s ORDER BY random() LIMIT $1) r',
-                       v.embedding_column, v.embedding_column, dest)
+        EXECUTE format('SELECT array_agg(%I::vector) FROM (SELECT %I FROM %s'
+                       ' ORDER BY random() LIMIT $1) r', v.embedding_column, v.embedding_column, dest)
             INTO queries USING sample;
     END IF;
     old := rowembed._search_settings(k + 1, false);
     FOREACH q IN ARRAY coalesce(queries, '{}') LOOP
-        EXECUTE format('SELECT array_agg(s ORDER BY s DESC) FROM (SELECT 1 - (%1$I <=> $1) AS s'
-                       ' FROM %2$s ORDER BY %1$I <=> $1 LIMIT $2) t', v.embedding_column, dest)
+        EXECUTE format('SELECT array_agg(s ORDER BY s DESC) FROM (SELECT 1 - %1$s AS s'
+                       ' FROM %2$s ORDER BY %1$s LIMIT $2) t',
+                       rowembed._distance_sql(v, quote_ident(v.embedding_column)), dest)
             INTO sims USING q, k + own_rows::int;
         IF own_rows THEN
             sims := sims[2:];  -- the row itself
@@ -881,7 +1097,7 @@ BEGIN
         topk := topk || sims;
     END LOOP;
     PERFORM rowembed._restore_search_settings(old);
-    EXECUTE format('SELECT array_agg(1 - (r.%1$I <=> qv)) FROM unnest($1) AS qv,'
+    EXECUTE format('SELECT array_agg(1 - (r.%1$I::vector <=> qv)) FROM unnest($1) AS qv,'
                    ' (SELECT %1$I FROM %2$s ORDER BY random() LIMIT $2) AS r',
                    v.embedding_column, dest)
         INTO background USING queries, sample;
@@ -908,10 +1124,11 @@ RETURNS SETOF text
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
-    old text[] := rowembed._search_settings(k, filter IS NOT NULL);
+    old text[] := rowembed._search_settings(rowembed._candidates(v, k), filter IS NOT NULL);
 BEGIN
     RETURN QUERY EXECUTE 'EXPLAIN (COSTS OFF) ' || rowembed._search_sql(v, false)
-        USING query, k, rowembed._threshold(v, NULL), NULL::text, filter;
+        USING query, k, rowembed._threshold(v, NULL), NULL::text, filter,
+              rowembed._candidates(v, k);
     PERFORM rowembed._restore_search_settings(old);
 END
 $body$;

@@ -43,8 +43,14 @@ def functions_sql() -> str:
     return resources.files("rowembed.pgplugin").joinpath("functions.sql").read_text("utf-8")
 
 
-def migrate(conn: psycopg.Connection, migrations: list[Migration] | None = None) -> list[str]:
+def migrate(
+    conn: psycopg.Connection,
+    migrations: list[Migration] | None = None,
+    functions: str | None = None,
+) -> list[str]:
     """Bring the database up to date; return the versions applied now.
+    `migrations` and `functions` default to this release's (upgrade tests pass
+    an earlier release's).
 
     Everything happens in one transaction under an advisory lock, so concurrent
     runs wait for each other and a failure leaves the database as it was.
@@ -86,6 +92,6 @@ def migrate(conn: psycopg.Connection, migrations: list[Migration] | None = None)
                 [m.version, m.name, m.checksum],
             )
             applied_now.append(m.version)
-        conn.execute(functions_sql())  # type: ignore[arg-type]
+        conn.execute(functions or functions_sql())  # type: ignore[arg-type]
     register_vector(conn)
     return applied_now

@@ -23,6 +23,9 @@ _OPTIONS = (
     "rerank_model",
     "max_attempts",
     "backfill",
+    "storage",
+    "index_method",
+    "defer_index_above",
 )
 
 
@@ -46,6 +49,9 @@ class Vectorizer:
     query_instruction: str
     rerank_model: str
     max_attempts: int
+    storage: str
+    index_method: str
+    index_state: str
 
     @property
     def source(self) -> sql.Identifier:
@@ -71,7 +77,8 @@ _SELECT = sql.SQL("""
            dn.nspname::text AS destination_schema, dc.relname::text AS destination_table,
            v.embedding_column::text AS embedding_column,
            qn.nspname::text AS queue_schema, qc.relname::text AS queue_table,
-           v.min_similarity, v.query_instruction, v.rerank_model, v.max_attempts
+           v.min_similarity, v.query_instruction, v.rerank_model, v.max_attempts,
+           v.storage, v.index_method, v.index_state
     FROM rowembed.vectorizer v
     JOIN pg_class sc ON sc.oid = v.source JOIN pg_namespace sn ON sn.oid = sc.relnamespace
     JOIN pg_class dc ON dc.oid = v.destination JOIN pg_namespace dn ON dn.oid = dc.relnamespace

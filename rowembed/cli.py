@@ -85,6 +85,8 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
         CeleryHints(app, EMBED_QUEUE, settings.max_pending_hints),
         sweep_seconds=settings.sweep_seconds,
         backfill_chunk=settings.backfill_chunk,
+        index_memory=settings.index_memory,
+        index_workers=settings.index_workers,
     )
     stop = threading.Event()
     try:

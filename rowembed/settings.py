@@ -18,6 +18,9 @@ def _env(*names: str) -> str | None:
     return None
 
 
+_TEXT = {"device", "index_memory"}
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -30,6 +33,8 @@ class Settings:
     sweep_seconds: float = 5.0
     max_pending_hints: int = 8
     backfill_chunk: int = 10_000
+    index_memory: str = "1GB"  # maintenance_work_mem of a deferred index build
+    index_workers: int = 4  # max_parallel_maintenance_workers of that build
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -46,7 +51,7 @@ class Settings:
             try:
                 values[f.name] = (
                     raw
-                    if f.name == "device"
+                    if f.name in _TEXT
                     else (float(raw) if f.name.endswith("seconds") else int(raw))
                 )
             except ValueError:

@@ -118,11 +118,12 @@ class QueueStatements:
             source_match=_equal(pk, "s", "q"),
             dest_match=_equal(pk, "e", "q"),
         )
+        # float4 vectors whatever the column's storage: the INSERT casts to halfvec.
         self.create_stage = sql.SQL("""
-            CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS
-            SELECT 0::bigint AS seq, ''::text AS action, e.text_hash, e.{emb} AS embedding
-              FROM {dest} AS e WITH NO DATA
-        """).format(stage=self.stage, emb=sql.Identifier(v.embedding_column), dest=v.destination)
+            CREATE TEMP TABLE IF NOT EXISTS {stage}
+                (seq bigint, action text, text_hash bytea, embedding vector)
+                ON COMMIT DELETE ROWS
+        """).format(stage=self.stage)
         self.copy_stage = sql.SQL(
             "COPY {stage} (seq, action, text_hash, embedding) FROM STDIN (FORMAT BINARY)"
         ).format(stage=self.stage)

@@ -17,6 +17,8 @@ import psycopg
 from kombu.exceptions import OperationalError as KombuOperationalError
 from psycopg import sql
 
+from rowembed.pgplugin.indexes import build_index
+
 from .celery_app import waiting_messages
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class Dispatcher:
         sweep_seconds: float = 5.0,
         retry_max_seconds: float = 30.0,
         backfill_chunk: int = 10_000,
+        index_memory: str = "1GB",
+        index_workers: int = 4,
     ) -> None:
         self.database_url = database_url
         self.send_hint = send_hint
@@ -76,6 +80,7 @@ class Dispatcher:
         self.retry_max_seconds = retry_max_seconds
         self.backfill_chunk = backfill_chunk
         self.listening = threading.Event()  # set while subscribed to notifications
+        self.indexes = IndexBuilds(database_url, index_memory, index_workers)
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set; reconnects with backoff when PostgreSQL goes away."""
@@ -114,6 +119,7 @@ class Dispatcher:
                     for vectorizer_id in vectorizers_with_work(conn):
                         self.send_hint(vectorizer_id)
                     prune_batch_stats(conn)
+                    self.indexes.start_due(conn)
                     next_sweep = time.monotonic() + self.sweep_seconds
                 woken = set()
                 for note in conn.notifies(timeout=min(1.0, self.sweep_seconds), stop_after=1):
@@ -124,6 +130,48 @@ class Dispatcher:
                 for payload in woken:
                     if payload.isdigit():
                         self.send_hint(int(payload))
+
+
+class IndexBuilds:
+    """Builds deferred indexes whose backlog has drained, one at a time, in a
+    thread with its own session (a build takes minutes; hints must not wait).
+    A failed build is tried again after RETRY_SECONDS."""
+
+    RETRY_SECONDS = 600.0
+
+    def __init__(self, database_url: str, memory: str, parallel_workers: int) -> None:
+        self.database_url = database_url
+        self.memory = memory
+        self.parallel_workers = parallel_workers
+        self.thread: threading.Thread | None = None
+        self.failed_at: dict[str, float] = {}
+
+    def start_due(self, conn: psycopg.Connection[Any]) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return
+        now = time.monotonic()
+        for (name,) in conn.execute("SELECT rowembed.indexes_to_build()").fetchall():
+            if now - self.failed_at.get(name, -self.RETRY_SECONDS) >= self.RETRY_SECONDS:
+                self.thread = threading.Thread(
+                    target=self._build, args=(name,), name="rowembed-index", daemon=True
+                )
+                self.thread.start()
+                return
+
+    def _build(self, name: str) -> None:
+        try:
+            with psycopg.connect(
+                self.database_url, autocommit=True, application_name="rowembed-index"
+            ) as conn:
+                build_index(conn, name, memory=self.memory, parallel_workers=self.parallel_workers)
+            self.failed_at.pop(name, None)
+        except Exception:
+            self.failed_at[name] = time.monotonic()
+            log.exception(
+                "dispatcher: building the index of %s failed; retrying in %.0f s",
+                name,
+                self.RETRY_SECONDS,
+            )
 
 
 class CeleryHints:

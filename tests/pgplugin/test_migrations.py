@@ -93,3 +93,44 @@ def test_every_function_pins_search_path(fresh: psycopg.Connection[Any]) -> None
 def test_migration_files_are_numbered_without_gaps() -> None:
     versions = [int(m.version) for m in load_migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+def test_upgrade_from_0001_keeps_vectorizers_working(fresh: psycopg.Connection[Any]) -> None:
+    """A database set up by the 0001 release (its migration and its functions),
+    with a vectorizer and an embedding, then upgraded to this release."""
+    from pathlib import Path
+
+    import numpy as np
+
+    released = (Path(__file__).parent / "released" / "functions_0001.sql").read_text()
+    first = [m for m in load_migrations() if m.version == "0001"]
+    migrate(fresh, first, functions=released)
+    fresh.execute("CREATE TABLE old_docs (id int PRIMARY KEY, body text)")
+    fresh.execute("INSERT INTO old_docs VALUES (1, 'one'), (2, 'two')")
+    fresh.execute(
+        "SELECT rowembed.create_vectorizer('old_docs', '{body}', model => 'm', dimensions => 3)"
+    )
+    fresh.execute(
+        "INSERT INTO old_docs_embeddings (id, embedding, text_hash) VALUES (1, '[1,0,0]', 'x')"
+    )
+
+    assert migrate(fresh) == [m.version for m in load_migrations()][1:]
+
+    assert fresh.execute(
+        "SELECT storage, index_method, index_state FROM rowembed.vectorizer"
+    ).fetchall() == [("vector", "hnsw", "built")]
+    assert fresh.execute("SELECT index FROM rowembed.vectorizer_status").fetchone() == (
+        "hnsw: built",
+    )
+    hits = fresh.execute(
+        "SELECT (item).id FROM rowembed.search(NULL::old_docs, %s, 5, -1)",
+        [np.array([1, 0, 0], dtype=np.float32)],
+    ).fetchall()
+    assert hits == [(1,)]
+    fresh.execute("DELETE FROM old_docs_embeddings")
+    fresh.execute("UPDATE old_docs SET body = 'three' WHERE id = 2")  # triggers regenerated
+    assert fresh.execute("SELECT count(*) FROM rowembed.queue_1 WHERE id = 2").fetchone() == (1,)
+    # One create_vectorizer remains, with the new options.
+    assert fresh.execute(
+        "SELECT count(*) FROM pg_proc WHERE proname = 'create_vectorizer'"
+    ).fetchone() == (1,)
