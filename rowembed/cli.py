@@ -140,18 +140,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     with connect(_settings(args).require_database()) as conn:
         rows = conn.execute(
             "SELECT name, model, queued, in_flight, failed, embedded, rows_per_second,"
-            " eta_seconds, backfill FROM rowembed.status()"
+            " eta_seconds, backfill, storage, index FROM rowembed.status()"
         ).fetchall()
     print(
         f"{'name':<20} {'model':<38} {'queued':>8} {'in flight':>9} {'failed':>7}"
-        f" {'embedded':>9} {'rows/s':>8} {'eta':>8}  backfill"
+        f" {'embedded':>9} {'rows/s':>8} {'eta':>8}  backfill; storage, index"
     )
-    for name, model, queued, in_flight, failed, embedded, rate, eta, backfill in rows:
+    for name, model, queued, in_flight, failed, embedded, rate, eta, backfill, *index in rows:
         eta_text = "-" if eta is None else f"{eta:.0f}s"
         print(
             f"{name:<20} {model:<38} {queued:>8} {in_flight:>9} {failed:>7} {embedded:>9}"
-            f" {rate:>8.1f} {eta_text:>8}  {backfill or '-'}"
+            f" {rate:>8.1f} {eta_text:>8}  {backfill or '-'}; {', '.join(index)}"
         )
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from rowembed.pgplugin import connect, get_vectorizer
+    from rowembed.pgplugin.indexes import build_index, defer_index
+
+    settings = _settings(args)
+    with connect(settings.require_database()) as conn:
+        vectorizer = get_vectorizer(conn, args.name)
+        if args.defer:
+            defer_index(conn, args.name)
+        elif args.build:
+            seconds = build_index(
+                conn,
+                args.name,
+                memory=settings.index_memory,
+                parallel_workers=settings.index_workers,
+            )
+            if seconds is not None:
+                print(f"index of {args.name} built in {seconds:.1f} s")
+        (index,) = conn.execute(  # type: ignore[misc]
+            "SELECT index FROM rowembed.status() WHERE id = %s", [vectorizer.id]
+        ).fetchone()
+        print(f"{args.name}: {vectorizer.storage}({vectorizer.dimensions}), index {index}")
     return 0
 
 
@@ -311,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--cancel", action="store_true", help="stop a running backfill")
     backfill.add_argument("--no-wait", action="store_true", help="start it and return")
 
+    index = sub.add_parser("index", help="show, defer or build a vectorizer's vector index")
+    index.add_argument("name")
+    what = index.add_mutually_exclusive_group()
+    what.add_argument("--build", action="store_true", help="build a deferred index now")
+    what.add_argument(
+        "--defer", action="store_true", help="drop the index until the backlog drains"
+    )
+
     calibrate = sub.add_parser(
         "calibrate", help="similarity of nearest vs random rows; suggest a threshold"
     )
@@ -348,6 +381,7 @@ COMMANDS = {
     "status": cmd_status,
     "errors": cmd_errors,
     "backfill": cmd_backfill,
+    "index": cmd_index,
     "calibrate": cmd_calibrate,
     "retry": cmd_retry,
     "demo": cmd_demo,

@@ -178,3 +178,22 @@ def test_backfill_and_status_from_the_shell(
     assert "running: 0 rows scanned" in line
     cancelled = rowembed("backfill", "cli_backfill", "--cancel", database_url=database_url)
     assert "cancelled" in cancelled.stdout
+
+
+def test_index_defer_and_build_from_the_shell(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    conn.execute("CREATE TABLE cli_index (id int PRIMARY KEY, body text)")
+    create_vectorizer(conn, "cli_index", ["body"], model=MODEL, storage="halfvec")
+    deferred = rowembed("index", "cli_index", "--defer", database_url=database_url)
+    assert deferred.returncode == 0, deferred.stderr
+    assert "halfvec(384), index hnsw: deferred until the backlog drains" in deferred.stdout
+    status = rowembed("status", database_url=database_url)
+    line = next(x for x in status.stdout.splitlines() if x.startswith("cli_index"))
+    assert line.endswith(
+        "halfvec(384), hnsw: deferred until the backlog drains (searches scan exactly meanwhile)"
+    )
+    built = rowembed("index", "cli_index", "--build", database_url=database_url)
+    assert built.returncode == 0, built.stderr
+    assert "index of cli_index built in" in built.stdout
+    assert built.stdout.strip().endswith("index hnsw: built")

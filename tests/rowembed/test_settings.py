@@ -15,6 +15,8 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROWEMBED_BATCH_ROWS", "64")
     monkeypatch.setenv("ROWEMBED_LEASE_SECONDS", "12.5")
     monkeypatch.setenv("ROWEMBED_DEVICE", "cuda:1")
+    monkeypatch.setenv("ROWEMBED_INDEX_MEMORY", "8GB")
+    monkeypatch.setenv("ROWEMBED_INDEX_WORKERS", "7")
     s = Settings.from_env()
     assert (s.redis_url, s.batch_rows, s.lease_seconds, s.device) == (
         "redis://preferred",
@@ -22,6 +24,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         12.5,
         "cuda:1",
     )
+    assert (s.index_memory, s.index_workers) == ("8GB", 7)
 
 
 def test_bad_numbers_are_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,193 @@
+"""Storage and index choices, measured: write rate with a live index and with the
+index deferred, index build time, size, search latency and recall@10.
+
+    python bench/storage_recall.py [--rows 20000] [--queries 200] [--dimensions 768] [--json]
+
+Vectors are synthetic: unit vectors around 100 cluster centres (as in the design
+brief's database ceilings), queries drawn from the same distribution; recall is
+against exact top-10 by cosine computed in numpy. Rows go through the worker's
+own write path (claim, read, binary COPY into a staging table, guarded write)
+with the model replaced by the precomputed vectors. Uses ROWEMBED_DATABASE_URL,
+else an embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.pgplugin.indexes import build_index
+from rowembed.settings import Settings
+from rowembed.workers import database as db
+from rowembed.workers.pipeline import run_batch
+from rowembed.workers.runtime import Encoded, Tokenized
+
+CHOICES = [("vector", "hnsw"), ("halfvec", "hnsw"), ("vector", "hnsw_binary"),
+           ("halfvec", "hnsw_binary")]  # fmt: skip
+RESCORE_FACTORS = (2, 4, 8)
+LIVE_ROWS = 2000
+
+
+class Lookup:
+    """The model's stand-in: row i's text is "i"; its vector is vectors[i]."""
+
+    name = "precomputed"
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+        self.dimensions = vectors.shape[1]
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        return Tokenized(list(texts), [[]] * len(texts), [False] * len(texts))
+
+    def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
+        return self.encode(tokenized.texts)
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        rows = self.vectors[[int(t) for t in texts]]
+        return Encoded(rows, 0, len(texts), len(texts))
+
+
+def clustered(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarray:
+    x = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.normal(size=(n, centres.shape[1]))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    url = Settings.from_env().database_url
+    if url:
+        yield url
+        return
+    from rowembed.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres()
+    pg.start()
+    try:
+        yield pg.url
+    finally:
+        pg.stop()
+        pg.remove()
+
+
+def measure(
+    conn: psycopg.Connection[Any],
+    storage: str,
+    method: str,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    exact: np.ndarray,
+) -> dict[str, Any]:
+    name = f"bench_{storage}_{method}"
+    with contextlib.suppress(psycopg.Error):
+        conn.execute("SELECT rowembed.drop_vectorizer(%s)", [name])
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(name)))  # fmt: skip
+    v = create_vectorizer(
+        conn, name, ["body"], model="precomputed", dimensions=vectors.shape[1],
+        storage=storage, index_method=method, backfill=False, defer_index_above=None,
+    )  # fmt: skip
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT i, i::text FROM generate_series(0, %s) i").format(
+            sql.Identifier(name)),
+        [len(vectors) - 1],
+    )  # fmt: skip
+    statements, model = db.QueueStatements(v), Lookup(vectors)
+
+    def write(limit: int) -> float:
+        started, done = time.perf_counter(), 0
+        while done < limit:
+            claimed = run_batch(conn, v, statements, model, limit=256, lease_seconds=300).claimed
+            if not claimed:
+                break
+            done += claimed
+        return done / (time.perf_counter() - started)
+
+    live_rate = write(LIVE_ROWS)
+    conn.execute("SELECT rowembed.defer_index(%s)", [name])
+    deferred_rate = write(len(vectors))
+    build_seconds = build_index(conn, name, memory="1GB", parallel_workers=2)
+    assert build_seconds is not None
+    size, index_size = conn.execute(
+        "SELECT pg_table_size(destination), pg_indexes_size(destination)"
+        " FROM rowembed.vectorizer WHERE id = %s",
+        [v.id],
+    ).fetchone()  # type: ignore[misc]
+    search = sql.SQL("SELECT (item).id FROM rowembed.search(NULL::{}, %s, 10, -1)").format(
+        sql.Identifier(name)
+    )
+    result: dict[str, Any] = {
+        "storage": storage,
+        "index": method,
+        "live_index_rows_per_s": live_rate,
+        "deferred_rows_per_s": deferred_rate,
+        "build_seconds": build_seconds,
+        "table_mb": size / 2**20,
+        "index_mb": index_size / 2**20,
+        "search": {},
+    }
+    for factor in RESCORE_FACTORS if method == "hnsw_binary" else (None,):
+        if factor is not None:
+            conn.execute("SELECT set_config('rowembed.rescore_factor', %s, false)", [str(factor)])
+        latencies, recalls = [], []
+        for query, truth in zip(queries, exact, strict=True):
+            started = time.perf_counter()
+            ids = [r[0] for r in conn.execute(search, [query]).fetchall()]
+            latencies.append(time.perf_counter() - started)
+            recalls.append(len(set(ids) & set(truth.tolist())) / len(truth))
+        result["search"][f"rescore x{factor}" if factor else "direct"] = {
+            "recall_at_10": statistics.fmean(recalls),
+            "p50_ms": 1000 * statistics.median(latencies),
+        }
+    conn.execute("RESET rowembed.rescore_factor")
+    conn.execute("SELECT rowembed.drop_vectorizer(%s)", [name])
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--dimensions", type=int, default=768)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(100, args.dimensions))
+    vectors = clustered(rng, args.rows, centres)
+    queries = clustered(rng, args.queries, centres)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    with database() as url, connect(url) as conn:
+        migrate(conn)
+        results = [measure(conn, s, m, vectors, queries, exact) for s, m in CHOICES]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{args.rows} rows x {args.dimensions} dims, {args.queries} queries, recall@10")
+    print(f"{'storage':<8} {'index':<12} {'live rows/s':>11} {'deferred':>9} {'build s':>8}"
+          f" {'table MB':>8} {'index MB':>8}  search")  # fmt: skip
+    for r in results:
+        searches = "; ".join(
+            f"{k}: recall {s['recall_at_10']:.3f}, p50 {s['p50_ms']:.1f} ms"
+            for k, s in r["search"].items()
+        )
+        print(
+            f"{r['storage']:<8} {r['index']:<12} {r['live_index_rows_per_s']:>11.0f}"
+            f" {r['deferred_rows_per_s']:>9.0f} {r['build_seconds']:>8.1f}"
+            f" {r['table_mb']:>8.1f} {r['index_mb']:>8.1f}  {searches}"
+        )
+
+
+if __name__ == "__main__":
+    main()
