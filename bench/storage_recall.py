@@ -1,11 +1,14 @@
 """Storage and index choices, measured: write rate with a live index and with the
 index deferred, index build time, size, search latency and recall@10.
 
-    python bench/storage_recall.py [--rows 20000] [--queries 200] [--dimensions 768] [--json]
+    python bench/storage_recall.py [--rows 20000] [--queries 200] [--dimensions 768]
+                                   [--model NAME] [--json]
 
-Vectors are synthetic: unit vectors around 100 cluster centres (as in the design
-brief's database ceilings), queries drawn from the same distribution; recall is
-against exact top-10 by cosine computed in numpy. Rows go through the worker's
+Vectors are synthetic (unit vectors around 100 cluster centres, as in the design
+brief's database ceilings; queries from the same distribution), or with --model
+real embeddings of standard-library docstrings (queries: other docstrings,
+embedded with the model). Recall is against the exact top-10 by cosine,
+computed in numpy. Rows go through the worker's
 own write path (claim, read, binary COPY into a staging table, guarded write)
 with the model replaced by the precomputed vectors. Uses ROWEMBED_DATABASE_URL,
 else an embedded PostgreSQL.
@@ -34,7 +37,7 @@ from rowembed.workers.runtime import Encoded, Tokenized
 
 CHOICES = [("vector", "hnsw"), ("halfvec", "hnsw"), ("vector", "hnsw_binary"),
            ("halfvec", "hnsw_binary")]  # fmt: skip
-RESCORE_FACTORS = (2, 4, 8)
+RESCORE_FACTORS = (4, 10, 25)
 LIVE_ROWS = 2000
 
 
@@ -61,6 +64,18 @@ class Lookup:
 def clustered(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarray:
     x = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.normal(size=(n, centres.shape[1]))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def embedded(model: str, rows: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
+    import os
+
+    from rowembed.corpus import stdlib_docstrings
+    from rowembed.workers.runtime import Encoder
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts = [d.qualname + "\n" + d.text for d in stdlib_docstrings(rows + queries)]
+    vectors = Encoder.load(model).encode(texts).vectors
+    return vectors[queries:], vectors[:queries]
 
 
 @contextlib.contextmanager
@@ -161,12 +176,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--dimensions", type=int, default=768)
+    parser.add_argument("--model", help="embed docstrings with this model instead")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(100, args.dimensions))
-    vectors = clustered(rng, args.rows, centres)
-    queries = clustered(rng, args.queries, centres)
+    if args.model:
+        vectors, queries = embedded(args.model, args.rows, args.queries)
+        source = f"{args.model} embeddings of docstrings"
+    else:
+        rng = np.random.default_rng(0)
+        centres = rng.normal(size=(100, args.dimensions))
+        vectors = clustered(rng, args.rows, centres)
+        queries = clustered(rng, args.queries, centres)
+        source = "synthetic clustered vectors"
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     with database() as url, connect(url) as conn:
         migrate(conn)
@@ -174,7 +195,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{args.rows} rows x {args.dimensions} dims, {args.queries} queries, recall@10")
+    print(f"{len(vectors)} rows x {vectors.shape[1]} dims ({source}), {len(queries)} queries")
     print(f"{'storage':<8} {'index':<12} {'live rows/s':>11} {'deferred':>9} {'build s':>8}"
           f" {'table MB':>8} {'index MB':>8}  search")  # fmt: skip
     for r in results:

@@ -912,12 +912,12 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Candidates the binary-quantized index returns per result row, re-scored
--- exactly: the session's rowembed.rescore_factor, else 4.
+-- exactly: the session's rowembed.rescore_factor, else 10.
 CREATE OR REPLACE FUNCTION rowembed._candidates(v rowembed.vectorizer, k int) RETURNS int
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN v.index_method = 'hnsw_binary'
         THEN k * greatest(1, coalesce(
-            nullif(current_setting('rowembed.rescore_factor', true), '')::int, 4))
+            nullif(current_setting('rowembed.rescore_factor', true), '')::int, 10))
         ELSE k END
 $$;
 

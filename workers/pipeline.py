@@ -205,7 +205,8 @@ def drain(
     Three stages overlap: a thread claims, reads and tokenizes the next batch on
     `reader` while the model runs this one, and another writes the previous
     batch on `conn`. The next batch is claimed only once the decision to go on
-    is made, so stopping never leaves a claim behind.
+    is made, so stopping never leaves a claim behind; `should_stop` runs at that
+    point, when no claim is in flight, so it may use `reader`.
     """
     statements = db.QueueStatements(vectorizer)
     total = BatchReport()

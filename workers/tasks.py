@@ -41,9 +41,9 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
                 lease_seconds=state.settings.lease_seconds,
                 time_budget=state.settings.task_seconds,
                 worker=f"{socket.gethostname()}:{os.getpid()}",
-                # Hand back between batches when other hints wait (another table's
-                # live changes must not wait for this table's backfill).
-                should_stop=_hints_waiting,
+                # Hand back between batches when another table has work waiting
+                # (its live changes must not wait for this table's backfill).
+                should_stop=lambda: _other_work_waiting(reader, vectorizer_id),
             )
     except psycopg.OperationalError as exc:
         # The database is down or restarting; claims die with the session, so
@@ -70,8 +70,17 @@ def embed_query(model: str, text: str) -> list[float]:
     return worker_state().encoder(model).encode([text]).vectors[0].tolist()
 
 
-def _hints_waiting() -> bool:
-    return waiting_messages(app, EMBED_QUEUE) > 0
+def _other_work_waiting(conn: psycopg.Connection[Any], vectorizer_id: int) -> bool:
+    """Hints wait in the broker, and another vectorizer has work no live worker
+    holds. Hints for this same table (the sweep sends them while its backlog
+    lasts) are no reason to stop: handing back would only cost a round trip."""
+    if waiting_messages(app, EMBED_QUEUE) == 0:
+        return False
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM rowembed.vectorizers_with_work() AS w (id) WHERE w.id <> %s)",
+        [vectorizer_id],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _first_line(exc: BaseException) -> str:

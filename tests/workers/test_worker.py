@@ -9,11 +9,11 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from rowembed.pgplugin import create_vectorizer
+from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers.runtime import Encoder
 
-from ..conftest import MODEL, WorkerProcess, wait_until
+from ..conftest import MODEL, Stack, WorkerProcess, wait_until
 
 Conn = psycopg.Connection[Any]
 
@@ -123,3 +123,38 @@ def test_composite_key_and_quoted_names(
     moved = encoder.encode(["Money -- Stocks rise."]).vectors[0]
     wait_for_vector(conn, v, moved, key, ["zeta", 7])
     wait_until(lambda: embedding_of(conn, v, key, ["zeta", 1]) is None)
+
+
+def test_another_tables_change_does_not_wait_for_a_backfill(stack: Stack) -> None:
+    """One worker drains a 1,500-row backlog with a long task budget. A row
+    inserted into another table meanwhile is embedded while most of the backlog
+    is still queued; and the sweep's repeated hints for the backlog's own table
+    do not make the worker hand back after every batch."""
+    stack.worker("one", env={"ROWEMBED_TASK_SECONDS": "300"})
+    words = " ".join(f"word{i}" for i in range(60))
+    with connect(stack.pg.url) as conn:
+        conn.execute("CREATE TABLE backlog (id int PRIMARY KEY, body text)")
+        conn.execute(
+            "INSERT INTO backlog SELECT i, concat_ws(' ', 'row', i, %s::text)"
+            " FROM generate_series(1, 1500) i",
+            [words],
+        )
+        conn.execute("CREATE TABLE live (id int PRIMARY KEY, body text)")
+        backlog = create_vectorizer(conn, "backlog", ["body"], model=MODEL)
+        live = create_vectorizer(conn, "live", ["body"], model=MODEL)
+
+        def count(v: Vectorizer) -> int:
+            return conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(v.destination)
+            ).fetchone()[0]  # type: ignore[index]
+
+        wait_until(lambda: count(backlog) > 0, timeout=60)
+        conn.execute("INSERT INTO live VALUES (1, 'a fresh change')")
+        wait_until(lambda: count(live) == 1, timeout=60)
+        assert count(backlog) < 1000, "the live change waited for the backlog"
+        wait_until(lambda: count(backlog) == 1500, timeout=300)
+    reports = [
+        line for line in stack.workers[0].log().splitlines() if "vectorizer backlog:" in line
+    ]
+    # One hand-back for the live table, then the rest in the same task.
+    assert len(reports) <= 3, reports
