@@ -444,21 +444,27 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT 'coalesce(lease_until >= now() AND claimed_by = ANY ($1), false)'
 $$;
 
--- Vectorizers with queued entries no live worker holds: what the dispatcher's
--- sweep sends hints for (a lost hint is found here). Stops at the first entry.
-CREATE OR REPLACE FUNCTION rowembed.vectorizers_with_work() RETURNS SETOF int
+-- Vectorizers with queued entries no live worker holds, and whether any of those
+-- is a live change (priority 0) rather than backfill: what the dispatcher's sweep
+-- sends hints for (a lost hint is found here). Reads the first such entry only.
+DROP FUNCTION IF EXISTS rowembed.vectorizers_with_work();  -- 0002 added `changes`
+CREATE OR REPLACE FUNCTION rowembed.vectorizers_with_work()
+RETURNS TABLE (id int, changes boolean)
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer;
     live int[] := ARRAY(SELECT rowembed.live_workers());
-    waiting boolean;
+    first_priority smallint;
 BEGIN
     FOR v IN SELECT * FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE failed_at IS NULL AND NOT %s)',
+        EXECUTE format('SELECT priority FROM %s WHERE failed_at IS NULL AND NOT %s'
+                       ' ORDER BY priority LIMIT 1',
                        rowembed._qualified(v.queue_table), rowembed._held_sql())
-            INTO waiting USING live;
-        IF waiting THEN
-            RETURN NEXT v.id;
+            INTO first_priority USING live;
+        IF first_priority IS NOT NULL THEN
+            id := v.id;
+            changes := first_priority = 0;
+            RETURN NEXT;
         END IF;
     END LOOP;
 END
@@ -698,7 +704,7 @@ BEGIN
                 ' the owner of % can drop and rebuild it)', v.name, v.destination;
         END;
     END IF;
-    PERFORM pg_notify('rowembed', v.id::text);
+    PERFORM pg_notify('rowembed', v.id || ' backfill');
     RETURN 'started';
 END
 $body$;
@@ -781,7 +787,7 @@ BEGIN
            state = CASE WHEN n_scanned < chunk_size THEN 'done' ELSE 'running' END
      WHERE z.vectorizer_id = v.id;
     IF n_queued > 0 THEN
-        PERFORM pg_notify('rowembed', v.id::text);
+        PERFORM pg_notify('rowembed', v.id || ' backfill');  -- no hurry: behind live changes
     END IF;
     RETURN n_queued;
 END

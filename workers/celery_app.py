@@ -11,6 +11,10 @@ from rowembed.settings import Settings
 EMBED_QUEUE = "rowembed.embed"  # hints: a vectorizer has queued rows
 RERANK_QUEUE = "rowembed.rerank"  # interactive: score candidates
 QUERY_QUEUE = "rowembed.query"  # interactive: embed a search query
+# Hints of live changes overtake backfill hints waiting in the broker (Redis
+# serves lower numbers first).
+URGENT = 0
+BACKGROUND = 9
 # `rowembed worker --queues embed,rerank,query`: short names for the queues.
 QUEUES = {"embed": EMBED_QUEUE, "rerank": RERANK_QUEUE, "query": QUERY_QUEUE}
 
@@ -43,7 +47,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         # die with the worker's database session, and the dispatcher re-sends hints.
         task_soft_time_limit=max(60.0, settings.task_seconds * 6),
         task_time_limit=max(90.0, settings.task_seconds * 9),
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options={
+            "visibility_timeout": 3600,
+            "priority_steps": [URGENT, BACKGROUND],
+        },
         # On SIGTERM, finish the running batch (a few seconds) before exiting.
         worker_soft_shutdown_timeout=max(10.0, settings.task_seconds * 2),
         worker_enable_soft_shutdown_on_idle=True,

@@ -19,17 +19,17 @@ from psycopg import sql
 
 from rowembed.pgplugin.indexes import build_index
 
-from .celery_app import waiting_messages
+from .celery_app import BACKGROUND, URGENT, waiting_messages
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "rowembed"
 
 
-def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[int]:
-    """Vectorizers whose queue holds unclaimed entries (lost hints are found here)."""
-    rows = conn.execute("SELECT rowembed.vectorizers_with_work()").fetchall()
-    return [r[0] for r in rows]
+def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:
+    """(id, has live changes) of vectorizers whose queue holds unclaimed entries
+    (lost hints are found here)."""
+    return conn.execute("SELECT id, changes FROM rowembed.vectorizers_with_work()").fetchall()
 
 
 def step_backfills(conn: psycopg.Connection[Any], chunk: int) -> None:
@@ -66,7 +66,7 @@ class Dispatcher:
     def __init__(
         self,
         database_url: str,
-        send_hint: Callable[[int], None],
+        send_hint: Callable[[int, bool], None],  # (vectorizer id, urgent)
         *,
         sweep_seconds: float = 5.0,
         retry_max_seconds: float = 30.0,
@@ -116,20 +116,22 @@ class Dispatcher:
             while not stop.is_set():
                 if time.monotonic() >= next_sweep:
                     step_backfills(conn, self.backfill_chunk)
-                    for vectorizer_id in vectorizers_with_work(conn):
-                        self.send_hint(vectorizer_id)
+                    for vectorizer_id, changes in vectorizers_with_work(conn):
+                        self.send_hint(vectorizer_id, changes)
                     prune_batch_stats(conn)
                     self.indexes.start_due(conn)
                     next_sweep = time.monotonic() + self.sweep_seconds
-                woken = set()
-                for note in conn.notifies(timeout=min(1.0, self.sweep_seconds), stop_after=1):
-                    woken.add(note.payload)
+                woken: dict[int, bool] = {}
+                notes = list(conn.notifies(timeout=min(1.0, self.sweep_seconds), stop_after=1))
                 # Collapse a burst of notifications into one hint per vectorizer.
-                for note in conn.notifies(timeout=0.02):
-                    woken.add(note.payload)
-                for payload in woken:
-                    if payload.isdigit():
-                        self.send_hint(int(payload))
+                notes += conn.notifies(timeout=0.02)
+                for note in notes:
+                    # "N": rows of vectorizer N changed; "N backfill": a backfill queued rows.
+                    key, _, kind = note.payload.partition(" ")
+                    if key.isdigit():
+                        woken[int(key)] = woken.get(int(key), False) or kind != "backfill"
+                for vectorizer_id, urgent in woken.items():
+                    self.send_hint(vectorizer_id, urgent)
 
 
 class IndexBuilds:
@@ -175,13 +177,22 @@ class IndexBuilds:
 
 
 class CeleryHints:
-    """Sends embed hints, unless `max_pending` messages already wait in the queue."""
+    """Sends embed hints: urgent ones (live changes) ahead of the rest. A
+    background hint is held back while `max_pending` messages wait; an urgent
+    one only while eight times as many do, so backfill hints piling up never
+    keep a live change waiting for the sweep."""
 
     def __init__(self, app: Any, queue: str, max_pending: int) -> None:
         self.app = app
         self.queue = queue
         self.max_pending = max_pending
 
-    def __call__(self, vectorizer_id: int) -> None:
-        if waiting_messages(self.app, self.queue) < self.max_pending:
-            self.app.send_task("rowembed.embed", args=[vectorizer_id], queue=self.queue)
+    def __call__(self, vectorizer_id: int, urgent: bool) -> None:
+        limit = self.max_pending * (8 if urgent else 1)
+        if waiting_messages(self.app, self.queue) < limit:
+            self.app.send_task(
+                "rowembed.embed",
+                args=[vectorizer_id],
+                queue=self.queue,
+                priority=URGENT if urgent else BACKGROUND,
+            )

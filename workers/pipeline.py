@@ -199,19 +199,18 @@ def drain(
     worker: str = "",
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[BatchReport, bool]:
-    """Run batches until the queue is empty or the time budget is spent.
-    Returns the summed report and whether work may remain.
+    """Run batches until the queue is empty, the time budget is spent or
+    `should_stop()`. Returns the summed report and whether work may remain.
 
     Three stages overlap: a thread claims, reads and tokenizes the next batch on
     `reader` while the model runs this one, and another writes the previous
-    batch on `conn`. The next batch is claimed only once the decision to go on
-    is made, so stopping never leaves a claim behind; `should_stop` runs at that
-    point, when no claim is in flight, so it may use `reader`.
+    batch on `conn`. `should_stop` is asked after each model pass, once the next
+    claim is complete (so it may use `reader`); stopping then gives that claim
+    back at once, so the rows wait for nobody.
     """
     statements = db.QueueStatements(vectorizer)
     total = BatchReport()
     deadline = time.monotonic() + time_budget
-    more = False
     with (
         ThreadPoolExecutor(1, "rowembed-claim") as claiming,
         ThreadPoolExecutor(1, "rowembed-write") as writing,
@@ -222,26 +221,31 @@ def drain(
                 claim, reader, statements, encoder, limit=limit, lease_seconds=lease_seconds
             )
 
-        upcoming: Future[Claimed] | None = claim_next()
+        upcoming: Future[Claimed] | None = None
         writes: Future[BatchReport] | None = None
         try:
-            while upcoming is not None:
-                batch = upcoming.result()
-                more = len(batch.seqs) >= limit
-                go_on = more and time.monotonic() < deadline and not should_stop()
-                upcoming = claim_next() if go_on else None
-                if not batch.seqs:
-                    break
+            batch = claim(reader, statements, encoder, limit=limit, lease_seconds=lease_seconds)
+            more = len(batch.seqs) >= limit
+            while batch.seqs:
+                if more and time.monotonic() < deadline:
+                    upcoming = claim_next()
                 result = embed(batch, vectorizer, encoder)
                 if writes is not None:
                     total.add(writes.result())
                 writes = writing.submit(
                     write, conn, vectorizer, statements, batch, result, worker=worker
                 )
+                if upcoming is None:
+                    break
+                batch = upcoming.result()
+                if should_stop():
+                    break  # `finally` gives the claimed batch back
+                upcoming = None
+                more = len(batch.seqs) >= limit
             if writes is not None:
                 total.add(writes.result())
         finally:
-            if upcoming is not None:  # only when something failed
+            if upcoming is not None:
                 _release(reader, statements, upcoming)
     return total, more
 
@@ -249,8 +253,8 @@ def drain(
 def _release(
     conn: psycopg.Connection[Any], statements: db.QueueStatements, claimed: Future[Claimed]
 ) -> None:
-    """Give back a prefetched batch at once, rather than after its lease."""
+    """Give back a claimed batch at once, rather than after its lease."""
     try:
         db.release(conn, statements, claimed.result().seqs)
     except Exception:
-        log.warning("could not release a prefetched batch; its lease will expire", exc_info=True)
+        log.warning("could not release a claimed batch; its lease will expire", exc_info=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from .celery_app import EMBED_QUEUE, app, waiting_messages
+from .celery_app import BACKGROUND, EMBED_QUEUE, app, waiting_messages
 from .state import worker_state
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
         log.warning("database unavailable (%s); retrying in %ss", _first_line(exc), delay)
         raise self.retry(countdown=delay) from exc
     if more:
-        self.apply_async((vectorizer_id,))
+        self.apply_async((vectorizer_id,), priority=BACKGROUND)
     if report.claimed:
         log.info("vectorizer %s: %s", vectorizer.name, report)
     return asdict(report)

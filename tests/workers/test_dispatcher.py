@@ -16,31 +16,48 @@ from ..conftest import MODEL, wait_until
 def test_notify_and_sweep_become_hints(
     conn: psycopg.Connection[Any], database_url: str, table: str
 ) -> None:
+    """Live changes give urgent hints, backfills background ones."""
     conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
     v = create_vectorizer(conn, table, ["body"], model=MODEL, backfill=False)
-    hints: list[int] = []
+    hints: list[tuple[int, bool]] = []  # this test's; other tests' tables share the database
     stop = threading.Event()
-    dispatcher = Dispatcher(database_url, hints.append, sweep_seconds=3600)
+    dispatcher = Dispatcher(
+        database_url,
+        lambda *hint: hints.append(hint) if hint[0] == v.id else None,
+        sweep_seconds=3600,
+    )
     thread = threading.Thread(target=dispatcher.run, args=(stop,))
     thread.start()
     try:
         wait_until(dispatcher.listening.is_set, timeout=10)
-        assert v.id not in hints  # the start-up sweep found its queue empty
+        assert not hints  # the start-up sweep found the queue empty
         conn.execute(f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b')")
-        wait_until(lambda: v.id in hints, timeout=10)
+        wait_until(lambda: (v.id, True) in hints, timeout=10)
+        conn.execute(f"DELETE FROM rowembed.queue_{v.id}")
+        conn.execute("SELECT rowembed.start_backfill(%s)", [table])
+        wait_until(lambda: (v.id, False) in hints, timeout=10)
+        conn.execute("SELECT rowembed.backfill_step(%s, 10)", [v.id])
     finally:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
 
-    # Notifications are lost while no dispatcher listens: the start-up sweep finds the work.
-    conn.execute(f"INSERT INTO {table} VALUES (3, 'c')")
+    # Notifications are lost while no dispatcher listens: the start-up sweep finds
+    # the work, and says whether live changes are among it.
     hints.clear()
-    stop = threading.Event()
-    thread = threading.Thread(target=dispatcher.run, args=(stop,))
+    thread = threading.Thread(target=dispatcher.run, args=(stop := threading.Event(),))
     thread.start()
     try:
-        wait_until(lambda: v.id in hints, timeout=10)
+        wait_until(lambda: hints == [(v.id, False)], timeout=10)  # backfill rows only
+    finally:
+        stop.set()
+        thread.join(10)
+    conn.execute(f"INSERT INTO {table} VALUES (3, 'c')")
+    hints.clear()
+    thread = threading.Thread(target=dispatcher.run, args=(stop := threading.Event(),))
+    thread.start()
+    try:
+        wait_until(lambda: hints == [(v.id, True)], timeout=10)
     finally:
         stop.set()
         thread.join(10)
