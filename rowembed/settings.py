@@ -18,7 +18,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-_TEXT = {"device", "index_memory"}
+_TEXT = {"device", "attention", "index_memory"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     device: str = "auto"
+    attention: str = "auto"  # auto: flash_attention_2 on CUDA when installed, else sdpa
     batch_rows: int = 256
     token_budget: int | None = None  # None: 2048 on CPU, 65536 on CUDA
     lease_seconds: float = 300.0

@@ -57,7 +57,10 @@ class WorkerState:
             from .runtime import Reranker
 
             self._rerankers[model] = Reranker.load(
-                model, device=self.settings.device, token_budget=self.settings.token_budget
+                model,
+                device=self.settings.device,
+                token_budget=self.settings.token_budget,
+                attention=self.settings.attention,
             )
         return self._rerankers[model]
 
@@ -78,7 +81,10 @@ class LazyEncoder:
                 from .runtime import Encoder
 
                 self._loaded = Encoder.load(
-                    self.name, device=self.settings.device, token_budget=self.settings.token_budget
+                    self.name,
+                    device=self.settings.device,
+                    token_budget=self.settings.token_budget,
+                    attention=self.settings.attention,
                 )
         return self._loaded
 

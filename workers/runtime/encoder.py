@@ -13,7 +13,14 @@ import numpy as np
 import torch
 
 from .batching import padded_tokens, plan_batches
-from .forward import BatchedModel, default_dtype, max_length, pick_device, position_limit
+from .forward import (
+    BatchedModel,
+    attention_for,
+    default_dtype,
+    max_length,
+    pick_device,
+    position_limit,
+)
 from .models import Pooling, PoolingConfig, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,7 @@ class Encoder(BatchedModel):
         token_budget: int | None = None,
         pooling: Pooling | None = None,
         dtype: torch.dtype | None = None,
+        attention: str = "auto",
     ) -> Encoder:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -76,7 +84,8 @@ class Encoder(BatchedModel):
         if pooling is not None:
             config = PoolingConfig(pooling, config.normalize, config.max_seq_length)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        attention = attention_for(attention, torch_device)
+        model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation=attention)
         model.eval().to(torch_device)
         limit = max_length(
             config.max_seq_length,
@@ -84,11 +93,12 @@ class Encoder(BatchedModel):
             position_limit(model.config),
         )
         log.info(
-            "loaded %s from %s on %s (%s, %s pooling, max %d tokens)",
+            "loaded %s from %s on %s (%s, %s attention, %s pooling, max %d tokens)",
             name,
             path,
             torch_device,
             dtype,
+            attention,
             config.mode,
             limit,
         )

@@ -3,6 +3,7 @@ and right-padded input tensors for one length-sorted, token-budget batch."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,18 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def attention_for(requested: str, device: torch.device) -> str:
+    """The attention kernel to load a model with. `auto`: flash attention on CUDA
+    when the flash_attn package is installed (padded positions are dropped before
+    attention: varlen kernels), else PyTorch's SDPA (length-sorted batches keep
+    its padding small: see batch_stats.padded_tokens)."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

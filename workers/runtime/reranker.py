@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from .batching import padded_tokens, plan_batches
-from .forward import BatchedModel, default_dtype, max_length, pick_device, position_limit
+from .forward import (
+    BatchedModel,
+    attention_for,
+    default_dtype,
+    max_length,
+    pick_device,
+    position_limit,
+)
 from .models import resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,7 @@ class Reranker(BatchedModel):
         device: str = "auto",
         token_budget: int | None = None,
         dtype: torch.dtype | None = None,
+        attention: str = "auto",
     ) -> Reranker:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -45,8 +53,9 @@ class Reranker(BatchedModel):
         torch_device = pick_device(device)
         dtype = dtype or default_dtype(torch_device)
         tokenizer = AutoTokenizer.from_pretrained(path)
+        attention = attention_for(attention, torch_device)
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa"
+            path, dtype=dtype, attn_implementation=attention
         )
         if model.config.num_labels != 1:
             raise ValueError(f"{name} has {model.config.num_labels} labels; a reranker has one")
@@ -54,7 +63,14 @@ class Reranker(BatchedModel):
         limit = max_length(
             getattr(tokenizer, "model_max_length", None), position_limit(model.config)
         )
-        log.info("loaded reranker %s on %s (%s, max %d tokens)", name, torch_device, dtype, limit)
+        log.info(
+            "loaded reranker %s on %s (%s, %s attention, max %d tokens)",
+            name,
+            torch_device,
+            dtype,
+            attention,
+            limit,
+        )
         return cls(
             model=model,
             tokenizer=tokenizer,

@@ -118,3 +118,11 @@ def test_missing_model_gives_a_clear_error(tmp_path: Path) -> None:
         resolve_model_path("no-such-org/no-such-model", allow_download=False)
     with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         resolve_model_path(str(tmp_path))
+
+
+def test_the_attention_kernel_is_chosen_and_does_not_change_vectors(encoder: Encoder) -> None:
+    eager = Encoder.load(MODEL, device="cpu", attention="eager")
+    assert eager.model.config._attn_implementation == "eager"
+    assert encoder.model.config._attn_implementation == "sdpa"  # auto, on CPU
+    texts = TEXTS["short"] + TEXTS["long"]
+    assert np.abs(eager.encode(texts).vectors - encoder.encode(texts).vectors).max() < 1e-5
