@@ -37,7 +37,7 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
                 reader,
                 vectorizer,
                 state.encoder(vectorizer.model),
-                limit=state.settings.batch_rows,
+                limit=state.batch_rows(),
                 lease_seconds=state.settings.lease_seconds,
                 time_budget=state.settings.task_seconds,
                 worker=f"{socket.gethostname()}:{os.getpid()}",

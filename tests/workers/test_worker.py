@@ -130,7 +130,7 @@ def test_another_tables_change_does_not_wait_for_a_backfill(stack: Stack) -> Non
     inserted into another table meanwhile is embedded while most of the backlog
     is still queued; and the sweep's repeated hints for the backlog's own table
     do not make the worker hand back after every batch."""
-    stack.worker("one", env={"ROWEMBED_TASK_SECONDS": "300"})
+    stack.worker("one", env={"ROWEMBED_TASK_SECONDS": "300", "ROWEMBED_BATCH_ROWS": "128"})
     words = " ".join(f"word{i}" for i in range(60))
     with connect(stack.pg.url) as conn:
         conn.execute("CREATE TABLE backlog (id int PRIMARY KEY, body text)")
@@ -156,5 +156,5 @@ def test_another_tables_change_does_not_wait_for_a_backfill(stack: Stack) -> Non
     reports = [
         line for line in stack.workers[0].log().splitlines() if "vectorizer backlog:" in line
     ]
-    # One hand-back for the live table, then the rest in the same task.
+    # One hand-back for the live table, then the rest in the same task (12 batches).
     assert len(reports) <= 3, reports
