@@ -444,10 +444,26 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT 'coalesce(lease_until >= now() AND claimed_by = ANY ($1), false)'
 $$;
 
--- Vectorizers with queued entries no live worker holds, and whether any of those
--- is a live change (priority 0) rather than backfill: what the dispatcher's sweep
+-- SQL text: the queue entry may be claimed now ($1: live_workers()): never
+-- claimed, or its lease or back-off is over, or its worker is gone. The same
+-- test as the worker's claim (workers/database.py).
+CREATE OR REPLACE FUNCTION rowembed._claimable_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'failed_at IS NULL AND (lease_until IS NULL OR lease_until < now()'
+           ' OR (claimed_by IS NOT NULL AND claimed_by <> ALL ($1)))'
+$$;
+
+-- Vectorizers with entries a worker may claim now, and whether any of those is a
+-- live change (priority 0) rather than backfill: what the dispatcher's sweep
 -- sends hints for (a lost hint is found here). Reads the first such entry only.
-DROP FUNCTION IF EXISTS rowembed.vectorizers_with_work();  -- 0002 added `changes`
+DO $drop$
+BEGIN  -- 0002 added `changes`; drop the old form only (keeps grants on the new one)
+    IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('rowembed.vectorizers_with_work()')
+               AND prorettype = 'int4'::regtype) THEN
+        DROP FUNCTION rowembed.vectorizers_with_work();
+    END IF;
+END
+$drop$;
 CREATE OR REPLACE FUNCTION rowembed.vectorizers_with_work()
 RETURNS TABLE (id int, changes boolean)
 LANGUAGE plpgsql STABLE AS $body$
@@ -457,9 +473,8 @@ DECLARE
     first_priority smallint;
 BEGIN
     FOR v IN SELECT * FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
-        EXECUTE format('SELECT priority FROM %s WHERE failed_at IS NULL AND NOT %s'
-                       ' ORDER BY priority LIMIT 1',
-                       rowembed._qualified(v.queue_table), rowembed._held_sql())
+        EXECUTE format('SELECT priority FROM %s WHERE %s ORDER BY priority LIMIT 1',
+                       rowembed._qualified(v.queue_table), rowembed._claimable_sql())
             INTO first_priority USING live;
         IF first_priority IS NOT NULL THEN
             id := v.id;
@@ -473,9 +488,16 @@ $body$;
 -- Per-vectorizer counts: exact for the queue; for destinations of over a million
 -- rows, the planner's estimate (an exact count would read the whole table).
 -- in_flight: claimed by a live worker; queued: the rest, entries backing off included.
--- 0002 added columns: replace the view and the function (re-created below).
-DROP VIEW IF EXISTS rowembed.vectorizer_status;
-DROP FUNCTION IF EXISTS rowembed.status();
+-- 0002 added columns: replace the view and the function of the older form only.
+DO $drop$
+BEGIN
+    IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('rowembed.status()')
+               AND NOT 'storage' = ANY (proargnames)) THEN
+        DROP VIEW IF EXISTS rowembed.vectorizer_status;
+        DROP FUNCTION rowembed.status();
+    END IF;
+END
+$drop$;
 
 CREATE OR REPLACE FUNCTION rowembed.status()
 RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight bigint,
@@ -531,12 +553,12 @@ CREATE OR REPLACE VIEW rowembed.vectorizer_status AS SELECT * FROM rowembed.stat
 -- The vector index: storage and index choices, deferred builds for bulk loads
 -- ---------------------------------------------------------------------------
 
--- The destination's vector index (HNSW or IVFFlat), if there is one.
+-- The destination's HNSW index (rowembed's), if there is one.
 CREATE OR REPLACE FUNCTION rowembed._vector_index(v rowembed.vectorizer) RETURNS regclass
 LANGUAGE sql STABLE AS $$
     SELECT i.indexrelid::regclass
       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
-     WHERE i.indrelid = v.destination AND a.amname IN ('hnsw', 'ivfflat')
+     WHERE i.indrelid = v.destination AND a.amname = 'hnsw'
      ORDER BY i.indisvalid DESC LIMIT 1
 $$;
 
@@ -593,12 +615,21 @@ LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_named(defer_index.name);
     idx regclass := rowembed._vector_index(v);
+    old_timeout text := current_setting('lock_timeout');
 BEGIN
     IF v.index_method = 'none' THEN
         RETURN;
     END IF;
+    IF v.id IN (SELECT rowembed._building()) THEN
+        RAISE EXCEPTION 'rowembed: the index of % is being built now', v.name
+            USING HINT = 'Try again once status() says it is built.';
+    END IF;
     IF idx IS NOT NULL THEN
+        -- DROP INDEX waits for every search on the table, and queues every new one
+        -- behind it: give up after a few seconds rather than stall them.
+        PERFORM set_config('lock_timeout', '5s', true);
         EXECUTE format('DROP INDEX %s', idx);
+        PERFORM set_config('lock_timeout', old_timeout, true);
     END IF;
     UPDATE rowembed.vectorizer AS z SET index_state = 'deferred' WHERE z.id = v.id;
 END
@@ -699,9 +730,9 @@ BEGIN
     IF rowembed._defer_for_backlog(v.id) THEN
         BEGIN
             PERFORM rowembed.defer_index(v.name);
-        EXCEPTION WHEN insufficient_privilege THEN
-            RAISE NOTICE 'rowembed: the index of % stays live during this backfill (only'
-                ' the owner of % can drop and rebuild it)', v.name, v.destination;
+        EXCEPTION WHEN insufficient_privilege OR lock_not_available THEN
+            RAISE NOTICE 'rowembed: the index of % stays live during this backfill (%)',
+                v.name, SQLERRM;
         END;
     END IF;
     PERFORM pg_notify('rowembed', v.id || ' backfill');
@@ -953,7 +984,7 @@ LANGUAGE sql STABLE AS $$
             rowembed._columns(v.pk_columns, 's'),
             rowembed._columns(v.pk_columns, '($4)'))
         ELSE '' END,
-        CASE WHEN v.index_method = 'hnsw_binary'
+        CASE WHEN v.index_method = 'hnsw_binary' AND v.index_state = 'built'
             THEN format('binary_quantize(e.%1$I)::bit(%2$s) <~> binary_quantize($1)::bit(%2$s)',
                         v.embedding_column, v.dimensions)
             ELSE rowembed._distance_sql(v, format('e.%I', v.embedding_column)) END)

@@ -49,7 +49,14 @@ def build_index(
         )
         log.info("building the index of %s: %s", name, statement)
         started = time.monotonic()
-        conn.execute(statement)
+        try:
+            conn.execute(statement)
+        except psycopg.Error:
+            # A failed concurrent build leaves an invalid index that every write
+            # still maintains: exactly the cost deferring avoids. Drop it now.
+            if not conn.broken:
+                _drop_invalid(conn, vectorizer_id)
+            raise
         seconds = time.monotonic() - started
         done = conn.execute("SELECT rowembed.index_built(%s)", [name]).fetchone()
         if not (done and done[0]):
@@ -57,9 +64,10 @@ def build_index(
         log.info("built the index of %s in %.1f s", name, seconds)
         return seconds
     finally:
-        conn.execute("RESET maintenance_work_mem")
-        conn.execute("RESET max_parallel_maintenance_workers")
-        conn.execute("SELECT pg_advisory_unlock(%s, %s)", [BUILDING_KEY, vectorizer_id])
+        if not conn.broken:  # else the settings and the lock went with the session
+            conn.execute("RESET maintenance_work_mem")
+            conn.execute("RESET max_parallel_maintenance_workers")
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", [BUILDING_KEY, vectorizer_id])
 
 
 def _drop_invalid(conn: psycopg.Connection[Any], vectorizer_id: int) -> None:

@@ -221,8 +221,10 @@ def drain(
                 claim, reader, statements, encoder, limit=limit, lease_seconds=lease_seconds
             )
 
+        # What this session holds and has not written: given back if we stop or fail.
+        batch: Claimed | None = None  # claimed, not yet handed to the writer
         upcoming: Future[Claimed] | None = None
-        writes: Future[BatchReport] | None = None
+        writes: tuple[Future[BatchReport], Claimed] | None = None
         try:
             batch = claim(reader, statements, encoder, limit=limit, lease_seconds=lease_seconds)
             more = len(batch.seqs) >= limit
@@ -231,30 +233,51 @@ def drain(
                     upcoming = claim_next()
                 result = embed(batch, vectorizer, encoder)
                 if writes is not None:
-                    total.add(writes.result())
-                writes = writing.submit(
-                    write, conn, vectorizer, statements, batch, result, worker=worker
+                    total.add(writes[0].result())
+                writes = (
+                    writing.submit(
+                        write, conn, vectorizer, statements, batch, result, worker=worker
+                    ),
+                    batch,
                 )
+                batch = None
                 if upcoming is None:
                     break
-                batch = upcoming.result()
+                batch, upcoming = upcoming.result(), None
+                if not batch.seqs:
+                    more = False
+                    break
                 if should_stop():
-                    break  # `finally` gives the claimed batch back
-                upcoming = None
+                    break
                 more = len(batch.seqs) >= limit
             if writes is not None:
-                total.add(writes.result())
+                total.add(writes[0].result())
+                writes = None
         finally:
-            if upcoming is not None:
-                _release(reader, statements, upcoming)
+            _give_back(reader, statements, batch, upcoming, writes)
     return total, more
 
 
-def _release(
-    conn: psycopg.Connection[Any], statements: db.QueueStatements, claimed: Future[Claimed]
+def _give_back(
+    conn: psycopg.Connection[Any],
+    statements: db.QueueStatements,
+    batch: Claimed | None,
+    upcoming: Future[Claimed] | None,
+    writes: tuple[Future[BatchReport], Claimed] | None,
 ) -> None:
-    """Give back a claimed batch at once, rather than after its lease."""
+    """Release claims at once rather than after their lease: a batch claimed but
+    not embedded (stopping), and, when something failed, the batches in flight."""
+    if conn.broken:  # the session, and with it every claim, is gone already
+        return
+    unwritten = [batch] if batch is not None else []
     try:
-        db.release(conn, statements, claimed.result().seqs)
+        if upcoming is not None:
+            unwritten.append(upcoming.result())
+        if writes is not None:
+            try:
+                writes[0].result()
+            except Exception:
+                unwritten.append(writes[1])
+        db.release(conn, statements, [seq for b in unwritten for seq in b.seqs])
     except Exception:
-        log.warning("could not release a claimed batch; its lease will expire", exc_info=True)
+        log.warning("could not release claimed rows; their lease will expire", exc_info=True)

@@ -40,7 +40,12 @@ class WorkerState:
         if self._conns is None or any(c.closed for c in self._conns):
             self._close()
             url = self.settings.require_database()
-            self._conns = (connect(url, "rowembed-worker"), connect(url, "rowembed-worker-claim"))
+            writer = connect(url, "rowembed-worker")
+            try:
+                self._conns = (writer, connect(url, "rowembed-worker-claim"))
+            except BaseException:
+                writer.close()
+                raise
         try:
             yield self._conns
         except psycopg.OperationalError:

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from .celery_app import BACKGROUND, EMBED_QUEUE, app, waiting_messages
+from .celery_app import BACKGROUND, EMBED_QUEUE, URGENT, app, waiting_messages
 from .state import worker_state
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
                 # (its live changes must not wait for this table's backfill).
                 should_stop=lambda: _other_work_waiting(reader, vectorizer_id),
             )
+            urgent = more and _changes_waiting(conn, vectorizer_id)
     except psycopg.OperationalError as exc:
         # The database is down or restarting; claims die with the session, so
         # nothing is lost. Back off and try again (the sweep would re-send too).
@@ -52,7 +53,7 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
         log.warning("database unavailable (%s); retrying in %ss", _first_line(exc), delay)
         raise self.retry(countdown=delay) from exc
     if more:
-        self.apply_async((vectorizer_id,), priority=BACKGROUND)
+        self.apply_async((vectorizer_id,), priority=URGENT if urgent else BACKGROUND)
     if report.claimed:
         log.info("vectorizer %s: %s", vectorizer.name, report)
     return asdict(report)
@@ -71,14 +72,26 @@ def embed_query(model: str, text: str) -> list[float]:
 
 
 def _other_work_waiting(conn: psycopg.Connection[Any], vectorizer_id: int) -> bool:
-    """Hints wait in the broker, and another vectorizer has work no live worker
-    holds. Hints for this same table (the sweep sends them while its backlog
-    lasts) are no reason to stop: handing back would only cost a round trip."""
+    """Hints wait in the broker, and another table has live changes a worker may
+    claim. Hints for this same table (the sweep sends them while its backlog
+    lasts) are no reason to stop, nor is another table's backfill: each would
+    cost a hand-back per batch (another table's backlog gets its turn when this
+    task's time budget is spent)."""
     if waiting_messages(app, EMBED_QUEUE) == 0:
         return False
     row = conn.execute(
-        "SELECT EXISTS (SELECT FROM rowembed.vectorizers_with_work() AS w (id) WHERE w.id <> %s)",
+        "SELECT EXISTS (SELECT FROM rowembed.vectorizers_with_work() AS w"
+        " WHERE w.id <> %s AND w.changes)",
         [vectorizer_id],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _changes_waiting(conn: psycopg.Connection[Any], vectorizer_id: int) -> bool:
+    """Whether what this task leaves behind includes live changes (then its
+    follow-up hint is urgent too)."""
+    row = conn.execute(
+        "SELECT changes FROM rowembed.vectorizers_with_work() WHERE id = %s", [vectorizer_id]
     ).fetchone()
     return bool(row and row[0])
 

@@ -117,6 +117,8 @@ def test_one_session_builds_a_deferred_index(conn: Conn, database_url: str, tabl
         assert index_status(conn, v) == "hnsw: building"
         assert build_index(conn, table, memory="64MB", parallel_workers=0) is None
         assert vector_index(conn, v) is None
+        with pytest.raises(psycopg.errors.RaiseException, match="is being built now"):
+            conn.execute("SELECT rowembed.defer_index(%s)", [table])
     seconds = build_index(conn, table, memory="64MB", parallel_workers=2)
     assert seconds is not None and vector_index(conn, v) is not None
     assert build_index(conn, table, memory="64MB", parallel_workers=2) is None  # nothing to do
@@ -202,6 +204,15 @@ def test_storage_and_index_choices_search_alike(
         assert abs(similarity - float(stored[key] @ query)) < 2e-3
     if index is not None:
         assert f"Index Scan using {index}" in plan, plan
+        # Deferred, the index is not used and the search is exact.
+        conn.execute("SELECT rowembed.defer_index(%s)", [table])
+        hits = conn.execute(
+            sql.SQL("SELECT (item).id FROM rowembed.search(NULL::{}, %s, 5, -1)").format(
+                sql.Identifier(table)
+            ),
+            [query],
+        ).fetchall()
+        assert [h[0] for h in hits] == exact
 
 
 def test_bad_choices_are_named(conn: Conn, table: str) -> None:

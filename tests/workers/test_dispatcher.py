@@ -63,6 +63,26 @@ def test_notify_and_sweep_become_hints(
         thread.join(10)
 
 
+def test_rows_backing_off_are_not_work_yet(conn: psycopg.Connection[Any], table: str) -> None:
+    conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
+    v = create_vectorizer(conn, table, ["body"], model=MODEL, backfill=False)
+    conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+
+    def work() -> list[tuple[int, bool]]:
+        rows = conn.execute("SELECT id, changes FROM rowembed.vectorizers_with_work()")
+        return [r for r in rows.fetchall() if r[0] == v.id]
+
+    assert work() == [(v.id, True)]
+    # What a failed attempt leaves: no claim, a back-off in lease_until.
+    conn.execute(
+        f"UPDATE rowembed.queue_{v.id} SET attempts = 1, last_error = 'x',"
+        " lease_until = now() + interval '1 hour'"
+    )
+    assert work() == []
+    conn.execute(f"UPDATE rowembed.queue_{v.id} SET lease_until = now() - interval '1 second'")
+    assert work() == [(v.id, True)]
+
+
 def test_unreachable_database_is_retried_until_stopped() -> None:
     stop = threading.Event()
     dispatcher = Dispatcher(

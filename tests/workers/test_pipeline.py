@@ -10,11 +10,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rowembed.pgplugin import create_vectorizer
+from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers import database as db
 from rowembed.workers.database import Action, Outcome
-from rowembed.workers.pipeline import run_batch
+from rowembed.workers.pipeline import drain, run_batch
 from rowembed.workers.runtime import Encoded, Encoder, Tokenized
 
 from ..conftest import MODEL
@@ -239,3 +239,32 @@ def test_a_missing_model_is_recorded_on_the_rows(conn: Conn, table: str) -> None
     assert report.failed == 1
     error = conn.execute(sql.SQL("SELECT last_error FROM {}").format(v.queue)).fetchone()
     assert error is not None and error[0].startswith("ModelNotFoundError: model")
+
+
+def test_drain_gives_claims_back_when_it_stops_or_fails(
+    conn: Conn, database_url: str, table: str, encoder: Encoder
+) -> None:
+    v = setup(conn, table, {i: f"text number {i}" for i in range(1, 31)})
+    held = sql.SQL("SELECT count(*) FROM {} WHERE claimed_by IS NOT NULL OR attempts > 0").format(
+        v.queue
+    )
+
+    def fail() -> bool:
+        raise RuntimeError("the broker went away")
+
+    with connect(database_url) as reader:
+        report, more = drain(
+            conn, reader, v, encoder, limit=10, lease_seconds=300, time_budget=60,
+            should_stop=lambda: True,
+        )  # fmt: skip
+        # The first batch is written; the one claimed meanwhile is given back untouched.
+        assert (report.written, more) == (10, True)
+        assert len(queued(conn, v)) == 20 and conn.execute(held).fetchone() == (0,)
+
+        with pytest.raises(RuntimeError, match="broker went away"):
+            drain(conn, reader, v, encoder, limit=10, lease_seconds=300, time_budget=60,
+                  should_stop=fail)  # fmt: skip
+        assert len(queued(conn, v)) == 10 and conn.execute(held).fetchone() == (0,)
+
+        report, more = drain(conn, reader, v, encoder, limit=10, lease_seconds=300, time_budget=60)
+    assert (report.written, more) == (10, False) and queued(conn, v) == []

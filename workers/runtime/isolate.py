@@ -56,7 +56,11 @@ def encode_isolating(encode: Callable[[list[Item]], Encoded], items: Sequence[It
             attempt(indices[:middle])
             attempt(indices[middle:])
             return
-        result.vectors.update(zip(indices, encoded.vectors, strict=True))
+        for index, vector in zip(indices, encoded.vectors, strict=True):
+            if np.isfinite(vector).all():
+                result.vectors[index] = vector
+            else:  # fp16 overflow, or a broken model: storing it would fail the whole write
+                result.errors[index] = "ValueError: the model returned non-finite values"
         result.truncated += encoded.truncated
         result.tokens += encoded.tokens
         result.padded_tokens += encoded.padded_tokens

@@ -59,3 +59,13 @@ def test_every_input_bad(n: int) -> None:
     texts = [f"x{i}" for i in range(n)]
     result = encode_isolating(scripted(set(texts), []), texts)
     assert sorted(result.errors) == list(range(n))
+
+
+def test_non_finite_vectors_are_errors_of_their_input() -> None:
+    def encode(texts: Sequence[str]) -> Encoded:
+        vectors = np.array([[np.nan if t == "bad" else 1.0, 0.0] for t in texts], np.float32)
+        return Encoded(vectors, truncated=0, tokens=len(texts), padded_tokens=len(texts))
+
+    result = encode_isolating(encode, ["a", "bad", "c"])
+    assert sorted(result.vectors) == [0, 2]
+    assert result.errors == {1: "ValueError: the model returned non-finite values"}
