@@ -16,4 +16,6 @@ ALTER TABLE rowembed.vectorizer
     -- built: the index exists (or index_method is none); deferred: waiting for
     -- the backlog to drain, then the dispatcher (or `rowembed index`) builds it.
     ADD COLUMN index_state text NOT NULL DEFAULT 'built'
-        CHECK (index_state IN ('built', 'deferred'));
+        CHECK (index_state IN ('built', 'deferred')),
+    -- Why the last build of a deferred index failed (shown by status()).
+    ADD COLUMN index_error text;

@@ -654,14 +654,23 @@ BEGIN
     IF idx IS NULL OR NOT (SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = idx) THEN
         RETURN false;
     END IF;
-    UPDATE rowembed.vectorizer AS z SET index_state = 'built' WHERE z.id = v.id;
+    UPDATE rowembed.vectorizer AS z SET index_state = 'built', index_error = NULL
+     WHERE z.id = v.id;
     RETURN true;
 END
 $body$;
 
+-- Records why building a deferred index failed, for status().
+CREATE OR REPLACE FUNCTION rowembed.index_failed(name text, error text) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE rowembed.vectorizer AS z SET index_error = left(index_failed.error, 500)
+     WHERE z.name = index_failed.name AND z.index_state = 'deferred'
+$$;
+
 -- Deferred indexes whose backlog has drained (no backfill running, no backfill
 -- entry left in the queue) and that the current role may build (it owns the
--- destination) and no other session is building: what the dispatcher builds.
+-- destination and may record the result in rowembed.vectorizer) and no other
+-- session is building: what the dispatcher builds.
 CREATE OR REPLACE FUNCTION rowembed.indexes_to_build() RETURNS SETOF text
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
@@ -671,6 +680,7 @@ BEGIN
     FOR v IN
         SELECT z.* FROM rowembed.vectorizer AS z JOIN pg_class AS c ON c.oid = z.destination
          WHERE z.index_state = 'deferred' AND pg_has_role(c.relowner, 'USAGE')
+           AND has_table_privilege('rowembed.vectorizer', 'UPDATE')
            AND NOT EXISTS (SELECT 1 FROM rowembed.backfill AS b
                             WHERE b.vectorizer_id = z.id AND b.state = 'running')
            AND z.id NOT IN (SELECT rowembed._building())
@@ -700,6 +710,8 @@ LANGUAGE sql STABLE AS $$
     SELECT CASE
         WHEN v.index_method = 'none' THEN 'none: exact scans'
         WHEN v.id IN (SELECT rowembed._building()) THEN v.index_method || ': building'
+        WHEN v.index_state = 'deferred' AND v.index_error IS NOT NULL THEN v.index_method
+             || ': deferred; the last build failed: ' || v.index_error
         WHEN v.index_state = 'deferred' THEN v.index_method
              || ': deferred until the backlog drains (searches scan exactly meanwhile)'
         WHEN rowembed._vector_index(v) IS NULL THEN v.index_method || ': missing'

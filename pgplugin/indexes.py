@@ -41,33 +41,48 @@ def build_index(
     if not (locked and locked[0]):
         return None
     try:
-        _drop_invalid(conn, vectorizer_id)
-        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory])
-        conn.execute(
-            "SELECT set_config('max_parallel_maintenance_workers', %s, false)",
-            [str(parallel_workers)],
-        )
-        log.info("building the index of %s: %s", name, statement)
-        started = time.monotonic()
-        try:
-            conn.execute(statement)
-        except psycopg.Error:
-            # A failed concurrent build leaves an invalid index that every write
-            # still maintains: exactly the cost deferring avoids. Drop it now.
-            if not conn.broken:
-                _drop_invalid(conn, vectorizer_id)
-            raise
-        seconds = time.monotonic() - started
-        done = conn.execute("SELECT rowembed.index_built(%s)", [name]).fetchone()
-        if not (done and done[0]):
-            raise RuntimeError(f"the index of {name} was not valid after CREATE INDEX")
-        log.info("built the index of %s in %.1f s", name, seconds)
-        return seconds
+        return _build(conn, name, vectorizer_id, statement, memory, parallel_workers)
+    except Exception as exc:
+        if not conn.broken:
+            conn.execute("SELECT rowembed.index_failed(%s, %s)", [name, str(exc).strip()])
+        raise
     finally:
         if not conn.broken:  # else the settings and the lock went with the session
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", [BUILDING_KEY, vectorizer_id])
+
+
+def _build(
+    conn: psycopg.Connection[Any],
+    name: str,
+    vectorizer_id: int,
+    statement: str,
+    memory: str,
+    parallel_workers: int,
+) -> float:
+    _drop_invalid(conn, vectorizer_id)
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory])
+    conn.execute(
+        "SELECT set_config('max_parallel_maintenance_workers', %s, false)",
+        [str(parallel_workers)],
+    )
+    log.info("building the index of %s: %s", name, statement)
+    started = time.monotonic()
+    try:
+        conn.execute(statement)
+    except psycopg.Error:
+        # A failed concurrent build leaves an invalid index that every write
+        # still maintains: exactly the cost deferring avoids. Drop it now.
+        if not conn.broken:
+            _drop_invalid(conn, vectorizer_id)
+        raise
+    seconds = time.monotonic() - started
+    done = conn.execute("SELECT rowembed.index_built(%s)", [name]).fetchone()
+    if not (done and done[0]):
+        raise RuntimeError(f"the index of {name} was not valid after CREATE INDEX")
+    log.info("built the index of %s in %.1f s", name, seconds)
+    return seconds
 
 
 def _drop_invalid(conn: psycopg.Connection[Any], vectorizer_id: int) -> None:

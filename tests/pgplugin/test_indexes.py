@@ -119,8 +119,12 @@ def test_one_session_builds_a_deferred_index(conn: Conn, database_url: str, tabl
         assert vector_index(conn, v) is None
         with pytest.raises(psycopg.errors.RaiseException, match="is being built now"):
             conn.execute("SELECT rowembed.defer_index(%s)", [table])
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        build_index(conn, table, memory="a lot", parallel_workers=2)
+    assert index_status(conn, v).startswith("hnsw: deferred; the last build failed: invalid")
     seconds = build_index(conn, table, memory="64MB", parallel_workers=2)
     assert seconds is not None and vector_index(conn, v) is not None
+    assert index_status(conn, v) == "hnsw: built"
     assert build_index(conn, table, memory="64MB", parallel_workers=2) is None  # nothing to do
 
 
@@ -139,6 +143,19 @@ def test_only_the_owner_defers_or_builds(conn: Conn, table: str) -> None:
     assert conn.execute(
         "SELECT index_state FROM rowembed.vectorizer WHERE id = %s", [v.id]
     ).fetchone() == ("deferred",)
+
+    # Owning the destination is not enough: the build must be recorded too.
+    conn.execute(sql.SQL("ALTER TABLE {} OWNER TO rowembed_not_owner").format(v.destination))
+    with conn.transaction():
+        conn.execute("SET LOCAL ROLE rowembed_not_owner")
+        assert table not in to_build(conn)
+    conn.execute("GRANT UPDATE ON rowembed.vectorizer TO rowembed_not_owner")
+    with conn.transaction():
+        conn.execute("SET LOCAL ROLE rowembed_not_owner")
+        assert table in to_build(conn)
+    conn.execute(sql.SQL("ALTER TABLE {} OWNER TO CURRENT_USER").format(v.destination))
+    conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA rowembed FROM rowembed_not_owner")
+    conn.execute("REVOKE ALL ON SCHEMA rowembed FROM rowembed_not_owner")
 
 
 STORAGE = [
