@@ -379,17 +379,16 @@ BEGIN
 
     PERFORM rowembed._install_triggers(new_id);
 
-    -- The index now, unless a backfill is about to load more rows than
-    -- defer_index_above: then start_backfill defers it.
-    IF create_vectorizer.index_method <> 'none'
-       AND NOT (create_vectorizer.backfill AND rowembed._defer_for_backlog(new_id)) THEN
-        EXECUTE rowembed._index_sql(new_id, false);
-    END IF;
     IF create_vectorizer.backfill THEN
-        -- Small tables are queued here and now; the dispatcher queues the rest of
-        -- a large one chunk by chunk.
+        -- start_backfill defers the index when it would load more rows than
+        -- defer_index_above. Small tables are queued here and now; the
+        -- dispatcher queues the rest of a large one chunk by chunk.
         PERFORM rowembed.start_backfill(coalesce(create_vectorizer.name, src_table));
         PERFORM rowembed.backfill_step(new_id, 10000);
+    END IF;
+    IF create_vectorizer.index_method <> 'none'
+       AND (SELECT z.index_state FROM rowembed.vectorizer AS z WHERE z.id = new_id) = 'built' THEN
+        EXECUTE rowembed._index_sql(new_id, false);
     END IF;
     RETURN new_id;
 END
@@ -1053,15 +1052,15 @@ RETURNS TABLE (similarity float8, item anyelement)
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
+    candidates int := rowembed._candidates(v, k);
     old text[];
 BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'rowembed: k must be at least 1';
     END IF;
-    old := rowembed._search_settings(rowembed._candidates(v, k), filter IS NOT NULL);
+    old := rowembed._search_settings(candidates, filter IS NOT NULL);
     RETURN QUERY EXECUTE rowembed._search_sql(v, false)
-        USING query, k, rowembed._threshold(v, min_similarity), NULL::text, filter,
-              rowembed._candidates(v, k);
+        USING query, k, rowembed._threshold(v, min_similarity), NULL::text, filter, candidates;
     PERFORM rowembed._restore_search_settings(old);
 END
 $body$;
@@ -1079,6 +1078,7 @@ RETURNS TABLE (similarity float8, similar_item anyelement)
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(item), vectorizer);
+    candidates int := rowembed._candidates(v, k);
     old text[];
     query vector;
 BEGIN
@@ -1093,10 +1093,9 @@ BEGIN
         RETURN;  -- the row has no embedding (yet, or its text is empty)
     END IF;
     -- Leaving the row out is a filter.
-    old := rowembed._search_settings(rowembed._candidates(v, k), true);
+    old := rowembed._search_settings(candidates, true);
     RETURN QUERY EXECUTE rowembed._search_sql(v, true)
-        USING query, k, rowembed._threshold(v, min_similarity), item, filter,
-              rowembed._candidates(v, k);
+        USING query, k, rowembed._threshold(v, min_similarity), item, filter, candidates;
     PERFORM rowembed._restore_search_settings(old);
 END
 $body$;
@@ -1173,11 +1172,11 @@ RETURNS SETOF text
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
-    old text[] := rowembed._search_settings(rowembed._candidates(v, k), filter IS NOT NULL);
+    candidates int := rowembed._candidates(v, k);
+    old text[] := rowembed._search_settings(candidates, filter IS NOT NULL);
 BEGIN
     RETURN QUERY EXECUTE 'EXPLAIN (COSTS OFF) ' || rowembed._search_sql(v, false)
-        USING query, k, rowembed._threshold(v, NULL), NULL::text, filter,
-              rowembed._candidates(v, k);
+        USING query, k, rowembed._threshold(v, NULL), NULL::text, filter, candidates;
     PERFORM rowembed._restore_search_settings(old);
 END
 $body$;
