@@ -21,44 +21,24 @@ import contextlib
 import json
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg import sql
 
+from rowembed.bench import Precomputed
 from rowembed.pgplugin import connect, create_vectorizer, migrate
 from rowembed.pgplugin.indexes import build_index
 from rowembed.settings import Settings
 from rowembed.workers import database as db
 from rowembed.workers.pipeline import run_batch
-from rowembed.workers.runtime import Encoded, Tokenized
 
 CHOICES = [("vector", "hnsw"), ("halfvec", "hnsw"), ("vector", "hnsw_binary"),
            ("halfvec", "hnsw_binary")]  # fmt: skip
 RESCORE_FACTORS = (4, 10, 25)
 LIVE_ROWS = 2000
-
-
-class Lookup:
-    """The model's stand-in: row i's text is "i"; its vector is vectors[i]."""
-
-    name = "precomputed"
-
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.vectors = vectors
-        self.dimensions = vectors.shape[1]
-
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        return Tokenized(list(texts), [[]] * len(texts), [False] * len(texts))
-
-    def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
-        return self.encode(tokenized.texts)
-
-    def encode(self, texts: Sequence[str]) -> Encoded:
-        rows = self.vectors[[int(t) for t in texts]]
-        return Encoded(rows, 0, len(texts), len(texts))
 
 
 def clustered(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarray:
@@ -118,7 +98,7 @@ def measure(
             sql.Identifier(name)),
         [len(vectors) - 1],
     )  # fmt: skip
-    statements, model = db.QueueStatements(v), Lookup(vectors)
+    statements, model = db.QueueStatements(v), Precomputed(vectors)
 
     def write(limit: int) -> float:
         started, done = time.perf_counter(), 0

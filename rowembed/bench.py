@@ -76,16 +76,15 @@ def _worker(database_url: str, redis_url: str, env: dict[str, str]) -> Iterator[
         process.wait(60)
 
 
-class _Precomputed:
-    """Stands in for the model in the database-path measurement: fixed unit vectors."""
+class Precomputed:
+    """Stands in for the model when the database path is measured: the text of
+    row i is "i", and its vector is vectors[i % len(vectors)]."""
 
     name = "precomputed"
 
-    def __init__(self, dimensions: int) -> None:
-        self.dimensions = dimensions
-        rng = np.random.default_rng(0)
-        pool = rng.normal(size=(1024, dimensions)).astype(np.float32)
-        self.pool = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+        self.dimensions = vectors.shape[1]
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         return Tokenized(list(texts), [[]] * len(texts), [False] * len(texts))
@@ -94,8 +93,8 @@ class _Precomputed:
         return self.encode(tokenized.texts)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
-        vectors = self.pool[np.arange(len(texts)) % len(self.pool)]
-        return Encoded(vectors, 0, len(texts), len(texts))
+        rows = self.vectors[[int(t) % len(self.vectors) for t in texts]]
+        return Encoded(rows, 0, len(texts), len(texts))
 
 
 def database_path(
@@ -105,7 +104,9 @@ def database_path(
     sessions) with precomputed vectors, rows/s; with the index deferred as a
     large backfill defers it, also the time to build it afterwards."""
     name = f"bench_db_{'deferred' if deferred else 'live'}"
-    _table(conn, name, [f"row {i}" for i in range(rows)])
+    pool = np.random.default_rng(0).normal(size=(1024, dimensions)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    _table(conn, name, [str(i) for i in range(rows)])
     with contextlib.suppress(psycopg.Error):
         conn.execute("SELECT rowembed.drop_vectorizer(%s)", [name])
     v = create_vectorizer(
@@ -125,7 +126,7 @@ def database_path(
             conn,
             reader,
             v,
-            _Precomputed(dimensions),
+            Precomputed(pool),
             limit=1000,
             lease_seconds=300,
             time_budget=3600,

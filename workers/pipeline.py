@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import psycopg
@@ -211,26 +212,23 @@ def drain(
     statements = db.QueueStatements(vectorizer)
     total = BatchReport()
     deadline = time.monotonic() + time_budget
+    claim_batch = partial(
+        claim, reader, statements, encoder, limit=limit, lease_seconds=lease_seconds
+    )
     with (
         ThreadPoolExecutor(1, "rowembed-claim") as claiming,
         ThreadPoolExecutor(1, "rowembed-write") as writing,
     ):
-
-        def claim_next() -> Future[Claimed]:
-            return claiming.submit(
-                claim, reader, statements, encoder, limit=limit, lease_seconds=lease_seconds
-            )
-
         # What this session holds and has not written: given back if we stop or fail.
         batch: Claimed | None = None  # claimed, not yet handed to the writer
         upcoming: Future[Claimed] | None = None
         writes: tuple[Future[BatchReport], Claimed] | None = None
         try:
-            batch = claim(reader, statements, encoder, limit=limit, lease_seconds=lease_seconds)
+            batch = claim_batch()
             more = len(batch.seqs) >= limit
             while batch.seqs:
                 if more and time.monotonic() < deadline:
-                    upcoming = claim_next()
+                    upcoming = claiming.submit(claim_batch)
                 result = embed(batch, vectorizer, encoder)
                 if writes is not None:
                     total.add(writes[0].result())
