@@ -28,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from rowembed.bench import _drained, _table, _wait, _worker
-from rowembed.demo import services
-from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.dev.bench import drained, wait_for, worker_process
+from rowembed.dev.demo import services
+from rowembed.dev.sample_tables import create_text_table
+from rowembed.pgplugin import connect, create_vectorizer, get_vectorizer, migrate
+from rowembed.pgplugin.status import padding_overhead, status
 from rowembed.settings import Settings
 from rowembed.workers.runtime import Encoder, resolve_model_path
 
@@ -118,39 +120,31 @@ def main() -> None:
             connect(database_url) as conn,
         ):
             migrate(conn)
-            with _worker(database_url, redis_url, env):
-                _table(conn, "gpu_warmup", texts[:64])
+            with worker_process(database_url, redis_url, env):
+                create_text_table(conn, "gpu_warmup", texts[:64])
                 warm = create_vectorizer(
                     conn, "gpu_warmup", ["body"], model=model_dir, dimensions=768
                 )
-                _wait(lambda: _drained(conn, warm), timeout=600, interval=0.1)
-                _table(conn, "gpu_e2e", texts)
+                wait_for(lambda: drained(conn, warm), timeout=600, interval=0.1)
+                create_text_table(conn, "gpu_e2e", texts)
                 started = time.perf_counter()
                 v = create_vectorizer(
                     conn, "gpu_e2e", ["body"], model=model_dir, dimensions=768,
                     defer_index_above=0,
                 )  # fmt: skip
-                _wait(lambda: _drained(conn, v), timeout=3600, interval=0.1)
+                wait_for(lambda: drained(conn, v), timeout=3600, interval=0.1)
                 seconds = time.perf_counter() - started
                 # The worker's dispatcher builds the deferred index once the backlog drains.
-                built = "SELECT index_state = 'built' FROM rowembed.vectorizer WHERE id = %s"
-                _wait(lambda: conn.execute(built, [v.id]).fetchone() == (True,), timeout=3600)
+                wait_for(lambda: get_vectorizer(conn, v.id).index_state == "built", timeout=3600)
                 figures["index_built_after_s"] = time.perf_counter() - started - seconds
-            (written,) = conn.execute(  # type: ignore[misc]
-                "SELECT count(*) FROM gpu_e2e_embeddings"
-            ).fetchone()
+            written = status(conn, v.name)[0].embedded
             if written != args.rows:
                 raise RuntimeError(f"{written} of {args.rows} rows embedded")
             figures["end_to_end_rows_per_s"] = args.rows / seconds
             figures["end_to_end_ratio"] = (
                 figures["end_to_end_rows_per_s"] / figures["forward_rows_per_s"]
             )
-            (padding,) = conn.execute(  # type: ignore[misc]
-                "SELECT sum(padded_tokens)::float8 / sum(tokens) - 1 FROM rowembed.batch_stats"
-                " WHERE vectorizer_id = %s",
-                [v.id],
-            ).fetchone()
-            figures["worker_padding_overhead"] = padding
+            figures["worker_padding_overhead"] = padding_overhead(conn, v.id)
     if args.json:
         print(json.dumps(figures))
     else:

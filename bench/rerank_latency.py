@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from rowembed.corpus import stdlib_docstrings
+    from rowembed.dev.corpus import stdlib_docstrings
     from rowembed.workers.runtime import Reranker
 
     with tempfile.TemporaryDirectory() as tmp:

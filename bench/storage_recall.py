@@ -26,13 +26,15 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
-from rowembed.bench import Precomputed
-from rowembed.pgplugin import connect, create_vectorizer, migrate
-from rowembed.pgplugin.indexes import build_index
+from rowembed.dev.bench import Precomputed, drop_if_exists
+from rowembed.dev.sample_tables import create_text_table, drop_table, insert_texts
+from rowembed.pgplugin import connect, create_vectorizer, drop_vectorizer, migrate
+from rowembed.pgplugin.indexes import build_index, defer_index
+from rowembed.pgplugin.queue import Queue
+from rowembed.pgplugin.search import search_vector, set_rescore_factor
+from rowembed.pgplugin.status import destination_size
 from rowembed.settings import Settings
-from rowembed.workers import database as db
 from rowembed.workers.pipeline import run_batch
 
 CHOICES = [("vector", "hnsw"), ("halfvec", "hnsw"), ("vector", "hnsw_binary"),
@@ -49,7 +51,7 @@ def clustered(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarr
 def embedded(model: str, rows: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
     import os
 
-    from rowembed.corpus import stdlib_docstrings
+    from rowembed.dev.corpus import stdlib_docstrings
     from rowembed.workers.runtime import Encoder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,7 +66,7 @@ def database() -> Iterator[str]:
     if url:
         yield url
         return
-    from rowembed.embedded import EmbeddedPostgres
+    from rowembed.dev.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres()
     pg.start()
@@ -84,44 +86,30 @@ def measure(
     exact: np.ndarray,
 ) -> dict[str, Any]:
     name = f"bench_{storage}_{method}"
-    with contextlib.suppress(psycopg.Error):
-        conn.execute("SELECT rowembed.drop_vectorizer(%s)", [name])
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
-        sql.Identifier(name)))  # fmt: skip
+    drop_if_exists(conn, name)
+    create_text_table(conn, name, [])
     v = create_vectorizer(
         conn, name, ["body"], model="precomputed", dimensions=vectors.shape[1],
         storage=storage, index_method=method, backfill=False, defer_index_above=None,
     )  # fmt: skip
-    conn.execute(
-        sql.SQL("INSERT INTO {} SELECT i, i::text FROM generate_series(0, %s) i").format(
-            sql.Identifier(name)),
-        [len(vectors) - 1],
-    )  # fmt: skip
-    statements, model = db.QueueStatements(v), Precomputed(vectors)
+    insert_texts(conn, name, [str(i) for i in range(len(vectors))])
+    queue, model = Queue(v), Precomputed(vectors)
 
     def write(limit: int) -> float:
         started, done = time.perf_counter(), 0
         while done < limit:
-            claimed = run_batch(conn, v, statements, model, limit=256, lease_seconds=300).claimed
+            claimed = run_batch(conn, queue, model, limit=256, lease_seconds=300).claimed
             if not claimed:
                 break
             done += claimed
         return done / (time.perf_counter() - started)
 
     live_rate = write(LIVE_ROWS)
-    conn.execute("SELECT rowembed.defer_index(%s)", [name])
+    defer_index(conn, name)
     deferred_rate = write(len(vectors))
     build_seconds = build_index(conn, name, memory="1GB", parallel_workers=2)
     assert build_seconds is not None
-    size, index_size = conn.execute(
-        "SELECT pg_table_size(destination), pg_indexes_size(destination)"
-        " FROM rowembed.vectorizer WHERE id = %s",
-        [v.id],
-    ).fetchone()  # type: ignore[misc]
-    search = sql.SQL("SELECT (item).id FROM rowembed.search(NULL::{}, %s, 10, -1)").format(
-        sql.Identifier(name)
-    )
+    size, index_size = destination_size(conn, name)
     result: dict[str, Any] = {
         "storage": storage,
         "index": method,
@@ -134,20 +122,20 @@ def measure(
     }
     for factor in RESCORE_FACTORS if method == "hnsw_binary" else (None,):
         if factor is not None:
-            conn.execute("SELECT set_config('rowembed.rescore_factor', %s, false)", [str(factor)])
+            set_rescore_factor(conn, factor)
         latencies, recalls = [], []
         for query, truth in zip(queries, exact, strict=True):
             started = time.perf_counter()
-            ids = [r[0] for r in conn.execute(search, [query]).fetchall()]
+            ids = [h.row["id"] for h in search_vector(conn, v, query, k=10, min_similarity=-1)]
             latencies.append(time.perf_counter() - started)
             recalls.append(len(set(ids) & set(truth.tolist())) / len(truth))
         result["search"][f"rescore x{factor}" if factor else "direct"] = {
             "recall_at_10": statistics.fmean(recalls),
             "p50_ms": 1000 * statistics.median(latencies),
         }
-    conn.execute("RESET rowembed.rescore_factor")
-    conn.execute("SELECT rowembed.drop_vectorizer(%s)", [name])
-    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+    set_rescore_factor(conn, None)
+    drop_vectorizer(conn, name)
+    drop_table(conn, name)
     return result
 
 

@@ -1,1 +1,2 @@
-"""Ordered SQL migrations for rowembed's tables (NNNN_name.sql). Never edited once released."""
+"""Ordered SQL migrations (`rowembed.migrations`, from the folder migrations/):
+each runs once. Which change goes here: pgplugin/sql/README.md."""

@@ -1,4 +1,16 @@
-"""The PostgreSQL side of rowembed: migrations, SQL functions and vectorizers."""
+"""The PostgreSQL side of rowembed (`rowembed.pgplugin`, from the folder pgplugin/).
+
+sql/ holds the idempotent SQL functions, re-applied by every `rowembed migrate`
+after the numbered migrations of migrations/ (`rowembed.migrations`); see
+sql/README.md for which change goes where. The Python modules here are the only
+place Python speaks rowembed's SQL: each wraps a group of SQL functions with
+typed calls that bind arguments by name (`_call.py`).
+
+- migrations.py: the runner.            - vectorizers.py: the catalog; create, drop.
+- queue.py: a worker's claims and writes. - backfill.py: queueing existing rows.
+- indexes.py: deferred index builds.    - search.py: search and calibration.
+- status.py: status, errors, sizes.     - wakeups.py: the NOTIFY channel.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +28,7 @@ from .vectorizers import (
     drop_vectorizer,
     get_vectorizer,
     list_vectorizers,
+    set_min_similarity,
 )
 
 
@@ -38,4 +51,5 @@ __all__ = [
     "get_vectorizer",
     "list_vectorizers",
     "migrate",
+    "set_min_similarity",
 ]

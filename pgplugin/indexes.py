@@ -1,7 +1,7 @@
 """Building a vectorizer's deferred vector index.
 
-A backfill of many rows writes faster without the HNSW index (the design brief:
-about 11,000 rows/s against 375), so `rowembed.start_backfill` drops it and the
+A backfill of many rows writes faster without the HNSW index (bench/RESULTS.md:
+thousands of rows/s against a few hundred), so `rowembed.start_backfill` drops it and the
 index is built once the backlog has drained: CREATE INDEX CONCURRENTLY (writes
 go on meanwhile), with parallel maintenance workers and enough memory to keep
 the graph in memory. SQL decides what to build (`rowembed.indexes_to_build()`,
@@ -18,10 +18,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-log = logging.getLogger(__name__)
+from ._call import call, scalar
 
-# advisory lock (BUILDING_KEY, vectorizer id) held while a session builds; see rowembed._building().
-BUILDING_KEY = 7499640
+log = logging.getLogger(__name__)
 
 
 def build_index(
@@ -29,28 +28,24 @@ def build_index(
 ) -> float | None:
     """Build `name`'s deferred index on `conn` (autocommit). Returns the seconds
     it took, or None when there was nothing to build or another session builds it."""
-    row = conn.execute(
-        "SELECT id, rowembed.index_sql(name) FROM rowembed.vectorizer WHERE name = %s", [name]
-    ).fetchone()
-    if row is None or row[1] is None:
+    row = conn.execute("SELECT id FROM rowembed.vectorizer WHERE name = %s", [name]).fetchone()
+    statement = scalar(conn, "index_sql", name=name)
+    if row is None or statement is None:
         return None
-    vectorizer_id, statement = row
-    locked = conn.execute(
-        "SELECT pg_try_advisory_lock(%s, %s)", [BUILDING_KEY, vectorizer_id]
-    ).fetchone()
-    if not (locked and locked[0]):
+    (vectorizer_id,) = row
+    if not scalar(conn, "lock_index_build", vectorizer_id=vectorizer_id):
         return None
     try:
         return _build(conn, name, vectorizer_id, statement, memory, parallel_workers)
     except Exception as exc:
         if not conn.broken:
-            conn.execute("SELECT rowembed.index_failed(%s, %s)", [name, str(exc).strip()])
+            call(conn, "index_failed", name=name, error=str(exc).strip())
         raise
     finally:
         if not conn.broken:  # else the settings and the lock went with the session
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", [BUILDING_KEY, vectorizer_id])
+            call(conn, "unlock_index_build", vectorizer_id=vectorizer_id)
 
 
 def _build(
@@ -78,8 +73,7 @@ def _build(
             _drop_invalid(conn, vectorizer_id)
         raise
     seconds = time.monotonic() - started
-    done = conn.execute("SELECT rowembed.index_built(%s)", [name]).fetchone()
-    if not (done and done[0]):
+    if not scalar(conn, "index_built", name=name):
         raise RuntimeError(f"the index of {name} was not valid after CREATE INDEX")
     log.info("built the index of %s in %.1f s", name, seconds)
     return seconds
@@ -104,4 +98,10 @@ def _drop_invalid(conn: psycopg.Connection[Any], vectorizer_id: int) -> None:
 
 
 def defer_index(conn: psycopg.Connection[Any], name: str) -> None:
-    conn.execute("SELECT rowembed.defer_index(%s)", [name])
+    """Drop the index until the backlog drains (the dispatcher builds it then)."""
+    call(conn, "defer_index", name=name)
+
+
+def indexes_to_build(conn: psycopg.Connection[Any]) -> list[str]:
+    """Names of the deferred indexes this role may build now."""
+    return [name for (name,) in call(conn, "indexes_to_build").fetchall()]

@@ -1,4 +1,5 @@
-"""Applies migrations/ and then the idempotent functions.sql, once, under a lock."""
+"""Applies migrations/ (each once), then the idempotent files of sql/ (every
+time), then the model families, in one transaction under a lock."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from importlib import resources
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
+
+from rowembed.families import FAMILIES
 
 # pg_advisory_xact_lock key: b"rowembed" as a big-endian bigint.
 _LOCK_KEY = int.from_bytes(b"rowembed", "big")
@@ -40,7 +44,36 @@ def load_migrations() -> list[Migration]:
 
 
 def functions_sql() -> str:
-    return resources.files("rowembed.pgplugin").joinpath("functions.sql").read_text("utf-8")
+    """The idempotent files of sql/, in order, as one script."""
+    folder = resources.files("rowembed.pgplugin").joinpath("sql")
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    return "\n".join(f.read_text("utf-8") for f in files)
+
+
+def _write_model_families(conn: psycopg.Connection) -> None:
+    """rowembed.model_family from rowembed.families, their one source."""
+    conn.execute("DELETE FROM rowembed.model_family")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO rowembed.model_family (name, pattern, rank, dimensions,"
+            " query_instruction, passage_instruction, pooling, min_similarity, padding_side,"
+            " max_tokens) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    f.name,
+                    f.pattern,
+                    rank,
+                    Jsonb(f.dimensions),
+                    f.query_instruction,
+                    f.passage_instruction,
+                    f.pooling,
+                    f.min_similarity,
+                    f.padding_side,
+                    f.max_tokens,
+                )
+                for rank, f in enumerate(FAMILIES)
+            ],
+        )
 
 
 def migrate(
@@ -49,8 +82,8 @@ def migrate(
     functions: str | None = None,
 ) -> list[str]:
     """Bring the database up to date; return the versions applied now.
-    `migrations` and `functions` default to this release's (upgrade tests pass
-    an earlier release's).
+    `migrations` and `functions` (the idempotent script) default to this
+    release's (upgrade tests pass an earlier release's).
 
     Everything happens in one transaction under an advisory lock, so concurrent
     runs wait for each other and a failure leaves the database as it was.
@@ -92,6 +125,8 @@ def migrate(
                 [m.version, m.name, m.checksum],
             )
             applied_now.append(m.version)
+        if conn.execute("SELECT to_regclass('rowembed.model_family')").fetchone() != (None,):
+            _write_model_families(conn)
         conn.execute(functions or functions_sql())  # type: ignore[arg-type]
     register_vector(conn)
     return applied_now

@@ -10,6 +10,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
+from ._call import Cast, call, scalar
+
 # The SQL function's optional arguments, passed by name when given.
 _OPTIONS = (
     "name",
@@ -109,15 +111,15 @@ def create_vectorizer(
     unknown = set(options) - set(_OPTIONS)
     if unknown:
         raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
-    args = [sql.SQL("source => %s::regclass"), sql.SQL("text_columns => %s::name[]")]
-    params: list[Any] = [source, list(text_columns)]
-    for key in _OPTIONS:
-        if options.get(key) is not None:
-            args.append(sql.SQL("{} => %s").format(sql.Identifier(key)))
-            params.append(options[key])
-    query = sql.SQL("SELECT rowembed.create_vectorizer({})").format(sql.SQL(", ").join(args))
+    given = {key: options[key] for key in _OPTIONS if options.get(key) is not None}
     with conn.transaction():
-        (new_id,) = conn.execute(query, params).fetchone()  # type: ignore[misc]
+        new_id = scalar(
+            conn,
+            "create_vectorizer",
+            source=Cast(source, "regclass"),
+            text_columns=Cast(list(text_columns), "name[]"),
+            **given,
+        )
     return get_vectorizer(conn, new_id)
 
 
@@ -125,4 +127,18 @@ def drop_vectorizer(
     conn: psycopg.Connection[Any], name: str, *, drop_destination: bool = True
 ) -> None:
     with conn.transaction():
-        conn.execute("SELECT rowembed.drop_vectorizer(%s, %s)", [name, drop_destination])
+        call(conn, "drop_vectorizer", name=name, drop_destination=drop_destination)
+
+
+def set_min_similarity(conn: psycopg.Connection[Any], name: str, min_similarity: float) -> None:
+    call(conn, "set_min_similarity", name=name, min_similarity=float(min_similarity))
+
+
+def has_embedding(conn: psycopg.Connection[Any], v: Vectorizer, key: dict[str, Any]) -> bool:
+    """Whether the row with primary key `key` ({column: value}) has an embedding."""
+    match = sql.SQL(" AND ").join(
+        sql.SQL("{} = %s").format(sql.Identifier(c)) for c in v.pk_columns
+    )
+    query = sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(v.destination, match)
+    row = conn.execute(query, [key[c] for c in v.pk_columns]).fetchone()
+    return bool(row and row[0])

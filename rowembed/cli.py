@@ -17,7 +17,7 @@ import psycopg
 from rowembed.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from rowembed.search import Models
+    from rowembed._search import Models
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -97,8 +97,8 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from rowembed._search import search
     from rowembed.pgplugin import connect, get_vectorizer
-    from rowembed.search import search
 
     settings = _settings(args)
     models = _models(args, settings)
@@ -136,21 +136,20 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from rowembed.pgplugin import connect
+    from rowembed.pgplugin.status import status
 
     with connect(_settings(args).require_database()) as conn:
-        rows = conn.execute(
-            "SELECT name, model, queued, in_flight, failed, embedded, rows_per_second,"
-            " eta_seconds, backfill, storage, index FROM rowembed.status()"
-        ).fetchall()
+        rows = status(conn)
     print(
         f"{'name':<20} {'model':<38} {'queued':>8} {'in flight':>9} {'failed':>7}"
         f" {'embedded':>9} {'rows/s':>8} {'eta':>8}  backfill; storage, index"
     )
-    for name, model, queued, in_flight, failed, embedded, rate, eta, backfill, *index in rows:
-        eta_text = "-" if eta is None else f"{eta:.0f}s"
+    for r in rows:
+        eta_text = "-" if r.eta_seconds is None else f"{r.eta_seconds:.0f}s"
         print(
-            f"{name:<20} {model:<38} {queued:>8} {in_flight:>9} {failed:>7} {embedded:>9}"
-            f" {rate:>8.1f} {eta_text:>8}  {backfill or '-'}; {', '.join(index)}"
+            f"{r.name:<20} {r.model:<38} {r.queued:>8} {r.in_flight:>9} {r.failed:>7}"
+            f" {r.embedded:>9} {r.rows_per_second:>8.1f} {eta_text:>8}"
+            f"  {r.backfill or '-'}; {r.storage}, {r.index}"
         )
     return 0
 
@@ -158,10 +157,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from rowembed.pgplugin import connect, get_vectorizer
     from rowembed.pgplugin.indexes import build_index, defer_index
+    from rowembed.pgplugin.status import status
 
     settings = _settings(args)
     with connect(settings.require_database()) as conn:
-        vectorizer = get_vectorizer(conn, args.name)
+        get_vectorizer(conn, args.name)  # a clear error if there is none
         if args.defer:
             defer_index(conn, args.name)
         elif args.build:
@@ -173,10 +173,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             )
             if seconds is not None:
                 print(f"index of {args.name} built in {seconds:.1f} s")
-        (index,) = conn.execute(  # type: ignore[misc]
-            "SELECT index FROM rowembed.status() WHERE id = %s", [vectorizer.id]
-        ).fetchone()
-        print(f"{args.name}: {vectorizer.storage}({vectorizer.dimensions}), index {index}")
+        (current,) = status(conn, args.name)
+        print(f"{args.name}: {current.storage}, index {current.index}")
     return 0
 
 
@@ -186,58 +184,58 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from rowembed.pgplugin import connect, get_vectorizer
+    from rowembed.pgplugin.backfill import cancel_backfill, start_backfill
+    from rowembed.pgplugin.status import status
 
     with connect(_settings(args).require_database()) as conn:
-        vectorizer = get_vectorizer(conn, args.name)
+        get_vectorizer(conn, args.name)  # a clear error if there is none
         if args.cancel:
-            (dropped,) = conn.execute("SELECT rowembed.cancel_backfill(%s)", [args.name]).fetchone()  # type: ignore[misc]
+            dropped = cancel_backfill(conn, args.name)
             print(f"backfill of {args.name} cancelled; {dropped} queued rows dropped")
             return 0
-        (outcome,) = conn.execute("SELECT rowembed.start_backfill(%s)", [args.name]).fetchone()  # type: ignore[misc]
+        outcome = start_backfill(conn, args.name)
         print(f"backfill of {args.name}: {outcome} (the dispatcher queues it chunk by chunk)")
         if args.no_wait:
             return 0
-        status = (
-            "SELECT queued + in_flight, embedded, backfill FROM rowembed.status() WHERE id = %s"
-        )
         with tqdm(unit="rows", desc=args.name, dynamic_ncols=True) as bar:
             while True:
-                pending, embedded, backfill = conn.execute(status, [vectorizer.id]).fetchone()  # type: ignore[misc]
-                bar.total = embedded + pending
-                bar.update(embedded - bar.n)
-                bar.set_postfix_str(backfill or "")
-                if pending == 0 and backfill and not backfill.startswith("running"):
+                (now,) = status(conn, args.name)
+                bar.total = now.embedded + now.pending
+                bar.update(now.embedded - bar.n)
+                bar.set_postfix_str(now.backfill or "")
+                if now.pending == 0 and now.backfill and not now.backfill.startswith("running"):
                     return 0
                 time.sleep(1)
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
     from rowembed.pgplugin import connect
+    from rowembed.pgplugin.status import errors
 
     with connect(_settings(args).require_database()) as conn:
-        rows = conn.execute(
-            "SELECT vectorizer, key, attempts, parked, last_error FROM rowembed.errors()"
-            " WHERE %(name)s::text IS NULL OR vectorizer = %(name)s",
-            {"name": args.name},
-        ).fetchall()
-    for vectorizer, key, attempts, parked, error in rows:
-        state = "parked" if parked else "retrying"
-        print(f"{vectorizer}  {json.dumps(key)}  {state} after {attempts} attempts: {error}")
+        rows = errors(conn, args.name)
+    for e in rows:
+        state = "parked" if e.parked else "retrying"
+        print(
+            f"{e.vectorizer}  {json.dumps(e.key)}  {state} after {e.attempts} attempts:"
+            f" {e.last_error}"
+        )
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from rowembed.pgplugin import connect
+    from rowembed.pgplugin.queue import retry_failed
 
     with connect(_settings(args).require_database()) as conn:
-        (count,) = conn.execute("SELECT rowembed.retry_failed(%s)", [args.name]).fetchone()  # type: ignore[misc]
+        count = retry_failed(conn, args.name)
     print(f"{count} failed rows queued again")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from rowembed.calibrate import similarity_profile, suggest_min_similarity
-    from rowembed.pgplugin import connect, get_vectorizer
+    from rowembed.pgplugin import connect, get_vectorizer, set_min_similarity
+    from rowembed.pgplugin.search import similarity_profile, suggest_min_similarity
 
     settings = _settings(args)
     with connect(settings.require_database()) as conn:
@@ -246,7 +244,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.query:
             models = _models(args, settings)
             queries = [
-                models.embed_query(vectorizer.model, vectorizer.query_instruction + text)
+                models.encode_query(vectorizer.model, vectorizer.query_instruction + text)
                 for text in args.query
             ]
         profile = similarity_profile(conn, args.name, queries, sample=args.sample, k=args.k)
@@ -263,13 +261,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             " (above 99% of random pairs)"
         )
         if args.apply:
-            conn.execute("SELECT rowembed.set_min_similarity(%s, %s)", [args.name, suggested])
+            set_min_similarity(conn, args.name, suggested)
             print(f"min_similarity of {args.name} set to {suggested}")
     return 0
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> Models:
-    from rowembed.search import LocalModels, WorkerModels
+    from rowembed._search import LocalModels, WorkerModels
 
     if args.local or not settings.redis_url:
         return LocalModels(settings.device)
@@ -279,14 +277,14 @@ def _models(args: argparse.Namespace, settings: Settings) -> Models:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rowembed.bench import main as bench_main
+    from rowembed.dev.bench import main as bench_main
 
     settings = _settings(args)
     return bench_main(settings, args.rows, args.model, args.json, args.quick)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rowembed.demo import run_demo
+    from rowembed.dev.demo import run_demo
 
     return run_demo(rows=args.rows, settings=_settings(args))
 

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from rowembed.embedded import EmbeddedPostgres, EmbeddedRedis
+from rowembed.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from rowembed.pgplugin import connect, migrate
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"

@@ -1,6 +1,7 @@
-"""The Celery application. Messages on Redis are only hints ("vectorizer N has
-work"); the queue tables in PostgreSQL hold the work itself, so a lost message
-delays work and loses none."""
+"""The Celery application (`rowembed.workers.celery_app:app`). Messages on Redis
+are only hints ("vectorizer N has work"); the queue tables in PostgreSQL hold
+the work itself, so a lost message delays work and loses none. Importing this
+module builds the app from the environment: `import rowembed` does not."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from rowembed.settings import Settings
 EMBED_QUEUE = "rowembed.embed"  # hints: a vectorizer has queued rows
 RERANK_QUEUE = "rowembed.rerank"  # interactive: score candidates
 QUERY_QUEUE = "rowembed.query"  # interactive: embed a search query
-# Hints of live changes overtake backfill hints waiting in the broker (Redis
-# serves lower numbers first).
-URGENT = 0
-BACKGROUND = 9
+# Message priorities of embed hints (Redis serves lower numbers first); which
+# hint gets which is the policy's (policy.hint_priority).
+HINT_URGENT = 0
+HINT_BACKGROUND = 9
 # `rowembed worker --queues embed,rerank,query`: short names for the queues.
 QUEUES = {"embed": EMBED_QUEUE, "rerank": RERANK_QUEUE, "query": QUERY_QUEUE}
 
@@ -49,7 +50,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_time_limit=max(90.0, settings.task_seconds * 9),
         broker_transport_options={
             "visibility_timeout": 3600,
-            "priority_steps": [URGENT, BACKGROUND],
+            "priority_steps": [HINT_URGENT, HINT_BACKGROUND],
         },
         # On SIGTERM, finish the running batch (a few seconds) before exiting.
         worker_soft_shutdown_timeout=max(10.0, settings.task_seconds * 2),

@@ -15,51 +15,15 @@ from typing import Any
 
 import psycopg
 from kombu.exceptions import OperationalError as KombuOperationalError
-from psycopg import sql
 
-from rowembed.pgplugin.indexes import build_index
+from rowembed.pgplugin import wakeups
+from rowembed.pgplugin.backfill import top_up_backfills
+from rowembed.pgplugin.indexes import build_index, indexes_to_build
+from rowembed.pgplugin.queue import prune_batch_stats, vectorizers_with_work
 
-from .celery_app import BACKGROUND, URGENT, waiting_messages
+from . import policy
 
 log = logging.getLogger(__name__)
-
-CHANNEL = "rowembed"
-
-
-def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:
-    """(id, has live changes) of vectorizers whose queue holds unclaimed entries
-    (lost hints are found here)."""
-    return conn.execute("SELECT id, changes FROM rowembed.vectorizers_with_work()").fetchall()
-
-
-def step_backfills(conn: psycopg.Connection[Any], chunk: int) -> None:
-    """Top up each running backfill's queued backlog to about three chunks (a few
-    chunk-sized transactions per sweep): the queue stays short, and live changes,
-    queued at a higher priority, stay first."""
-    running = conn.execute(
-        "SELECT b.vectorizer_id, n.nspname, c.relname FROM rowembed.backfill b"
-        " JOIN rowembed.vectorizer v ON v.id = b.vectorizer_id"
-        " JOIN pg_class c ON c.oid = v.queue_table JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE b.state = 'running'"
-    ).fetchall()
-    for vectorizer_id, queue_schema, queue_table in running:
-        backlog = sql.SQL(
-            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE priority = 1 LIMIT %s) AS q"
-        ).format(sql.Identifier(queue_schema, queue_table))
-        for _ in range(10):
-            (queued,) = conn.execute(backlog, [3 * chunk]).fetchone()  # type: ignore[misc]
-            if queued >= 3 * chunk:
-                break
-            conn.execute("SELECT rowembed.backfill_step(%s, %s)", [vectorizer_id, chunk])
-            state = conn.execute(
-                "SELECT state FROM rowembed.backfill WHERE vectorizer_id = %s", [vectorizer_id]
-            ).fetchone()
-            if state != ("running",):
-                break
-
-
-def prune_batch_stats(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("DELETE FROM rowembed.batch_stats WHERE finished_at < now() - interval '1 day'")
 
 
 class Dispatcher:
@@ -109,28 +73,22 @@ class Dispatcher:
         with psycopg.connect(
             self.database_url, autocommit=True, application_name="rowembed-dispatcher"
         ) as conn:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            wakeups.listen(conn)
             log.info("dispatcher: listening")
             self.listening.set()
             next_sweep = 0.0
             while not stop.is_set():
                 if time.monotonic() >= next_sweep:
-                    step_backfills(conn, self.backfill_chunk)
+                    top_up_backfills(conn, self.backfill_chunk)
                     for vectorizer_id, changes in vectorizers_with_work(conn):
                         self.send_hint(vectorizer_id, changes)
                     prune_batch_stats(conn)
                     self.indexes.start_due(conn)
                     next_sweep = time.monotonic() + self.sweep_seconds
-                woken: dict[int, bool] = {}
                 notes = list(conn.notifies(timeout=min(1.0, self.sweep_seconds), stop_after=1))
                 # Collapse a burst of notifications into one hint per vectorizer.
                 notes += conn.notifies(timeout=0.02)
-                for note in notes:
-                    # "N": rows of vectorizer N changed; "N backfill": a backfill queued rows.
-                    key, _, kind = note.payload.partition(" ")
-                    if key.isdigit():
-                        woken[int(key)] = woken.get(int(key), False) or kind != "backfill"
-                for vectorizer_id, urgent in woken.items():
+                for vectorizer_id, urgent in wakeups.woken(notes).items():
                     self.send_hint(vectorizer_id, urgent)
 
 
@@ -152,7 +110,7 @@ class IndexBuilds:
         if self.thread is not None and self.thread.is_alive():
             return
         now = time.monotonic()
-        for (name,) in conn.execute("SELECT rowembed.indexes_to_build()").fetchall():
+        for name in indexes_to_build(conn):
             if now - self.failed_at.get(name, -self.RETRY_SECONDS) >= self.RETRY_SECONDS:
                 self.thread = threading.Thread(
                     target=self._build, args=(name,), name="rowembed-index", daemon=True
@@ -177,10 +135,8 @@ class IndexBuilds:
 
 
 class CeleryHints:
-    """Sends embed hints: urgent ones (live changes) ahead of the rest. A
-    background hint is held back while `max_pending` messages wait; an urgent
-    one only while eight times as many do, so backfill hints piling up never
-    keep a live change waiting for the sweep."""
+    """Sends embed hints, urgent ones (live changes) ahead of the rest, unless
+    too many wait already (policy.may_send_hint)."""
 
     def __init__(self, app: Any, queue: str, max_pending: int) -> None:
         self.app = app
@@ -188,11 +144,10 @@ class CeleryHints:
         self.max_pending = max_pending
 
     def __call__(self, vectorizer_id: int, urgent: bool) -> None:
-        limit = self.max_pending * (8 if urgent else 1)
-        if waiting_messages(self.app, self.queue) < limit:
+        if policy.may_send_hint(self.app, self.queue, self.max_pending, urgent):
             self.app.send_task(
                 "rowembed.embed",
                 args=[vectorizer_id],
                 queue=self.queue,
-                priority=URGENT if urgent else BACKGROUND,
+                priority=policy.hint_priority(urgent),
             )

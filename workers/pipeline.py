@@ -1,6 +1,8 @@
-"""Batches of work for one vectorizer: claim and read, embed, write.
+"""Batches of work for one vectorizer, in three stages: take (claim, read,
+tokenize), embed, store; and `drain`, which overlaps them.
 
-Knows the database module and the model runtime; knows nothing of Celery.
+Knows the queue (rowembed.pgplugin.queue) and the model runtime; knows nothing
+of Celery.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from typing import Any, Protocol
 
 import psycopg
 
+from rowembed.pgplugin.queue import Action, Outcome, Queue, QueuedRow
 from rowembed.pgplugin.vectorizers import Vectorizer
 
-from . import database as db
-from .database import Action, Outcome
 from .runtime import Encoded, Tokenized
 from .runtime.isolate import DimensionMismatch, Isolated, encode_isolating
 
@@ -66,46 +67,50 @@ class Claimed:
 
     seqs: list[int]
     outcomes: list[Outcome]  # rows that need no model: deleted, emptied, unchanged
-    to_embed: list[db.QueuedRow]
+    to_embed: list[QueuedRow]
     tokenized: Tokenized | None  # None when tokenizing failed: the model stage records why
     started: float
 
 
-def claim(
+def take_batch(
     conn: psycopg.Connection[Any],
-    statements: db.QueueStatements,
+    queue: Queue,
     encoder: TextEncoder,
     *,
     limit: int,
     lease_seconds: float,
 ) -> Claimed:
+    """The take stage: claim up to `limit` entries, read their rows, tokenize
+    the texts that need the model."""
     started = time.monotonic()
-    seqs = db.claim(conn, statements, limit, lease_seconds)
+    seqs = queue.claim(conn, limit, lease_seconds)
     outcomes: list[Outcome] = []
     to_embed = []
-    for row in db.read(conn, statements, seqs) if seqs else ():
-        if not row.present or not row.text.strip():
-            outcomes.append(Outcome(row.seq, Action.DELETE))
-        elif row.stored_hash == row.text_hash:
-            outcomes.append(Outcome(row.seq, Action.KEEP))
-        else:
+    for row in queue.read(conn, seqs) if seqs else ():
+        if row.action is None:
             to_embed.append(row)
+        else:
+            outcomes.append(Outcome(row.seq, row.action))
     tokenized = None
     if to_embed:
         try:
-            tokenized = encoder.tokenize([r.text for r in to_embed])
+            tokenized = encoder.tokenize(_texts(to_embed))
         except Exception:
             log.debug("tokenizing failed; the model stage will record the error", exc_info=True)
     return Claimed(seqs, outcomes, to_embed, tokenized, started)
 
 
-def embed(claimed: Claimed, vectorizer: Vectorizer, encoder: TextEncoder) -> Isolated:
-    """The model stage: vectors for `claimed.to_embed`, failing inputs isolated."""
+def _texts(rows: Sequence[QueuedRow]) -> list[str]:
+    return [r.text or "" for r in rows]  # rows to embed have text (QueuedRow.action)
+
+
+def embed_batch(claimed: Claimed, vectorizer: Vectorizer, encoder: TextEncoder) -> Isolated:
+    """The embed stage: vectors for `claimed.to_embed`, failing inputs isolated."""
     if not claimed.to_embed:
         return Isolated()
     tokenized = claimed.tokenized
     if tokenized is None:
-        texts = [r.text for r in claimed.to_embed]
+        texts = _texts(claimed.to_embed)
         return encode_isolating(lambda part: _checked(encoder, vectorizer).encode(part), texts)
     return encode_isolating(
         lambda part: _checked(encoder, vectorizer).encode_tokenized(tokenized.subset(part)),
@@ -113,16 +118,16 @@ def embed(claimed: Claimed, vectorizer: Vectorizer, encoder: TextEncoder) -> Iso
     )
 
 
-def write(
+def store_batch(
     conn: psycopg.Connection[Any],
-    vectorizer: Vectorizer,
-    statements: db.QueueStatements,
+    queue: Queue,
     claimed: Claimed,
     result: Isolated,
     *,
     worker: str = "",
 ) -> BatchReport:
-    """Store the vectors, record failures, log the batch."""
+    """The store stage: write the vectors, record failures, log the batch."""
+    vectorizer = queue.vectorizer
     to_embed = claimed.to_embed
     outcomes = claimed.outcomes + [
         Outcome(to_embed[i].seq, Action.WRITE, to_embed[i].text_hash, vector)
@@ -138,12 +143,7 @@ def write(
         padded_tokens=result.padded_tokens,
     )
     if result.errors:
-        db.record_failures(
-            conn,
-            statements,
-            {to_embed[i].seq: error for i, error in result.errors.items()},
-            vectorizer.max_attempts,
-        )
+        queue.record_failures(conn, {to_embed[i].seq: error for i, error in result.errors.items()})
         log.warning(
             "vectorizer %s: %d of %d rows failed: %s",
             vectorizer.name,
@@ -152,19 +152,18 @@ def write(
             next(iter(result.errors.values())),
         )
     if outcomes:
-        written = db.write(conn, statements, outcomes)
+        written = queue.write(conn, outcomes)
         report.written = written.written
         report.deleted = written.deleted
         report.superseded = len(outcomes) - written.completed
     report.seconds = time.monotonic() - claimed.started
-    db.log_batch(conn, statements, {**asdict(report), "worker": worker})
+    queue.log_batch(conn, {**asdict(report), "worker": worker})
     return report
 
 
 def run_batch(
     conn: psycopg.Connection[Any],
-    vectorizer: Vectorizer,
-    statements: db.QueueStatements,
+    queue: Queue,
     encoder: TextEncoder,
     *,
     limit: int,
@@ -172,11 +171,11 @@ def run_batch(
     worker: str = "",
 ) -> BatchReport:
     """One batch, start to end, on one connection."""
-    claimed = claim(conn, statements, encoder, limit=limit, lease_seconds=lease_seconds)
+    claimed = take_batch(conn, queue, encoder, limit=limit, lease_seconds=lease_seconds)
     if not claimed.seqs:
         return BatchReport()
-    result = embed(claimed, vectorizer, encoder)
-    return write(conn, vectorizer, statements, claimed, result, worker=worker)
+    result = embed_batch(claimed, queue.vectorizer, encoder)
+    return store_batch(conn, queue, claimed, result, worker=worker)
 
 
 def _checked(encoder: TextEncoder, vectorizer: Vectorizer) -> TextEncoder:
@@ -209,11 +208,11 @@ def drain(
     claim is complete (so it may use `reader`); stopping then gives that claim
     back at once, so the rows wait for nobody.
     """
-    statements = db.QueueStatements(vectorizer)
+    queue = Queue(vectorizer)
     total = BatchReport()
     deadline = time.monotonic() + time_budget
     claim_batch = partial(
-        claim, reader, statements, encoder, limit=limit, lease_seconds=lease_seconds
+        take_batch, reader, queue, encoder, limit=limit, lease_seconds=lease_seconds
     )
     with (
         ThreadPoolExecutor(1, "rowembed-claim") as claiming,
@@ -229,13 +228,11 @@ def drain(
             while batch.seqs:
                 if more and time.monotonic() < deadline:
                     upcoming = claiming.submit(claim_batch)
-                result = embed(batch, vectorizer, encoder)
+                result = embed_batch(batch, vectorizer, encoder)
                 if writes is not None:
                     total.add(writes[0].result())
                 writes = (
-                    writing.submit(
-                        write, conn, vectorizer, statements, batch, result, worker=worker
-                    ),
+                    writing.submit(store_batch, conn, queue, batch, result, worker=worker),
                     batch,
                 )
                 batch = None
@@ -252,13 +249,13 @@ def drain(
                 total.add(writes[0].result())
                 writes = None
         finally:
-            _give_back(reader, statements, batch, upcoming, writes)
+            _give_back(reader, queue, batch, upcoming, writes)
     return total, more
 
 
 def _give_back(
     conn: psycopg.Connection[Any],
-    statements: db.QueueStatements,
+    queue: Queue,
     batch: Claimed | None,
     upcoming: Future[Claimed] | None,
     writes: tuple[Future[BatchReport], Claimed] | None,
@@ -276,6 +273,6 @@ def _give_back(
                 writes[0].result()
             except Exception:
                 unwritten.append(writes[1])
-        db.release(conn, statements, [seq for b in unwritten for seq in b.seqs])
+        queue.release(conn, [seq for b in unwritten for seq in b.seqs])
     except Exception:
         log.warning("could not release claimed rows; their lease will expire", exc_info=True)

@@ -20,12 +20,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Queue entries claimed per batch. The claim is the window sorted by length:
-# larger claims pad less (CPU: +7.7% padded tokens at 256 rows, +4.2% at 512)
-# and a GPU needs thousands of rows to fill its 64k-token passes; smaller ones
-# hand back sooner to another table's live changes.
-DEFAULT_BATCH_ROWS = {"cpu": 512, "cuda": 4096}
-
 
 class WorkerState:
     def __init__(self, settings: Settings) -> None:
@@ -57,13 +51,6 @@ class WorkerState:
         for conn in self._conns or ():
             conn.close()
         self._conns = None
-
-    def batch_rows(self) -> int:
-        if self.settings.batch_rows:
-            return self.settings.batch_rows
-        from .runtime.forward import pick_device
-
-        return DEFAULT_BATCH_ROWS[pick_device(self.settings.device).type]
 
     def encoder(self, model: str) -> LazyEncoder:
         if model not in self._encoders:

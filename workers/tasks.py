@@ -1,5 +1,7 @@
-"""Celery tasks: thin wrappers around the pipeline. Heavy imports (torch) happen
-inside the task, after the pool has forked, so CUDA initialises in the child."""
+"""Celery tasks: thin wrappers around the pipeline and the models. The names on
+the wire (`rowembed.embed`, ...) stay as they are; the functions say they are
+tasks. Heavy imports (torch) happen inside the task, after the pool has forked,
+so CUDA initialises in the child."""
 
 from __future__ import annotations
 
@@ -11,15 +13,16 @@ from typing import Any
 
 import psycopg
 
-from .celery_app import BACKGROUND, EMBED_QUEUE, URGENT, app, waiting_messages
+from . import policy
+from .celery_app import app
 from .state import worker_state
 
 log = logging.getLogger(__name__)
 
 
 @app.task(name="rowembed.embed", bind=True, max_retries=None, ignore_result=True)
-def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
-    """Drain vectorizer `vectorizer_id`'s queue for a while; hand the rest on."""
+def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
+    """A hint: drain vectorizer `vectorizer_id`'s queue for a while; hand the rest on."""
     from rowembed.pgplugin.vectorizers import VectorizerNotFound, get_vectorizer
 
     from .pipeline import drain
@@ -37,15 +40,14 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
                 reader,
                 vectorizer,
                 state.encoder(vectorizer.model),
-                limit=state.batch_rows(),
+                limit=policy.claim_rows(state.settings),
                 lease_seconds=state.settings.lease_seconds,
                 time_budget=state.settings.task_seconds,
                 worker=f"{socket.gethostname()}:{os.getpid()}",
-                # Hand back between batches when another table has work waiting
-                # (its live changes must not wait for this table's backfill).
-                should_stop=lambda: _other_work_waiting(reader, vectorizer_id),
+                # Between batches: another table's live changes must not wait.
+                should_stop=lambda: policy.should_hand_back(app, reader, vectorizer_id),
             )
-            urgent = more and _changes_waiting(conn, vectorizer_id)
+            urgent = more and policy.follow_up_is_urgent(conn, vectorizer_id)
     except psycopg.OperationalError as exc:
         # The database is down or restarting; claims die with the session, so
         # nothing is lost. Back off and try again (the sweep would re-send too).
@@ -53,47 +55,22 @@ def embed(self: Any, vectorizer_id: int) -> dict[str, Any]:
         log.warning("database unavailable (%s); retrying in %ss", _first_line(exc), delay)
         raise self.retry(countdown=delay) from exc
     if more:
-        self.apply_async((vectorizer_id,), priority=URGENT if urgent else BACKGROUND)
+        self.apply_async((vectorizer_id,), priority=policy.hint_priority(urgent))
     if report.claimed:
         log.info("vectorizer %s: %s", vectorizer.name, report)
     return asdict(report)
 
 
 @app.task(name="rowembed.rerank")
-def rerank(model: str, query: str, passages: list[str], sigmoid: bool = False) -> list[float]:
+def rerank_task(model: str, query: str, passages: list[str], sigmoid: bool = False) -> list[float]:
     """Cross-encoder scores of (query, passage) pairs, in the passages' order."""
     return worker_state().reranker(model).score(query, passages, sigmoid=sigmoid).scores.tolist()
 
 
 @app.task(name="rowembed.embed_query")
-def embed_query(model: str, text: str) -> list[float]:
+def embed_query_task(model: str, text: str) -> list[float]:
     """The vector of one text; the caller adds the query instruction."""
     return worker_state().encoder(model).encode([text]).vectors[0].tolist()
-
-
-def _other_work_waiting(conn: psycopg.Connection[Any], vectorizer_id: int) -> bool:
-    """Hints wait in the broker, and another table has live changes a worker may
-    claim. Hints for this same table (the sweep sends them while its backlog
-    lasts) are no reason to stop, nor is another table's backfill: each would
-    cost a hand-back per batch (another table's backlog gets its turn when this
-    task's time budget is spent)."""
-    if waiting_messages(app, EMBED_QUEUE) == 0:
-        return False
-    row = conn.execute(
-        "SELECT EXISTS (SELECT FROM rowembed.vectorizers_with_work() AS w"
-        " WHERE w.id <> %s AND w.changes)",
-        [vectorizer_id],
-    ).fetchone()
-    return bool(row and row[0])
-
-
-def _changes_waiting(conn: psycopg.Connection[Any], vectorizer_id: int) -> bool:
-    """Whether what this task leaves behind includes live changes (then its
-    follow-up hint is urgent too)."""
-    row = conn.execute(
-        "SELECT changes FROM rowembed.vectorizers_with_work() WHERE id = %s", [vectorizer_id]
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def _first_line(exc: BaseException) -> str:

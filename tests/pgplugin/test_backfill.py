@@ -8,9 +8,9 @@ import psycopg
 from psycopg import sql
 
 from rowembed.pgplugin import create_vectorizer
+from rowembed.pgplugin.backfill import top_up_backfills
+from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
-from rowembed.workers import database as db
-from rowembed.workers.dispatcher import step_backfills
 from rowembed.workers.pipeline import run_batch
 from rowembed.workers.runtime import Encoder
 
@@ -62,7 +62,7 @@ def test_a_backfill_killed_halfway_resumes_where_it_stopped(conn: Conn, table: s
         assert step(conn, v, 10) == 10
     assert backfill_row(conn, v) == ("running", 40, 40, {"id": 39})
     # The stepping process dies here; any dispatcher later carries on from the cursor.
-    step_backfills(conn, chunk=100)
+    top_up_backfills(conn, chunk=100)
     assert backfill_row(conn, v)[:3] == ("done", 95, 95)
     assert queued_keys(conn, v) == list(range(95))  # each row once
 
@@ -73,7 +73,7 @@ def test_rows_already_embedded_are_skipped_and_stale_ones_found(
     v = make(conn, table, 30)
     conn.execute("SELECT rowembed.start_backfill(%s)", [v.name])
     step(conn, v, 100)
-    while run_batch(conn, v, db.QueueStatements(v), encoder, limit=64, lease_seconds=60).claimed:
+    while run_batch(conn, Queue(v), encoder, limit=64, lease_seconds=60).claimed:
         pass
     # Texts changed behind rowembed's back (triggers off): their embeddings are stale.
     t = sql.Identifier(table)
@@ -112,9 +112,9 @@ def test_live_changes_during_a_backfill_come_first(conn: Conn, table: str) -> No
     t = sql.Identifier(table)
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1000, 'fresh row')").format(t))
     conn.execute(sql.SQL("UPDATE {} SET body = 'fresh edit' WHERE id = 42").format(t))
-    statements = db.QueueStatements(v)
-    seqs = db.claim(conn, statements, 2, 60)
-    claimed = {r.text for r in db.read(conn, statements, seqs)}
+    queue = Queue(v)
+    seqs = queue.claim(conn, 2, 60)
+    claimed = {r.text for r in queue.read(conn, seqs)}
     assert claimed == {"fresh row", "fresh edit"}
 
 

@@ -11,9 +11,9 @@ import pytest
 from psycopg import sql
 
 from rowembed.pgplugin import create_vectorizer
-from rowembed.pgplugin.indexes import BUILDING_KEY, build_index
+from rowembed.pgplugin.indexes import build_index
+from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
-from rowembed.workers import database as db
 from rowembed.workers.dispatcher import Dispatcher
 from rowembed.workers.pipeline import run_batch
 from rowembed.workers.runtime import Encoder
@@ -37,7 +37,7 @@ def make_table(conn: Conn, table: str, rows: int) -> None:
 
 
 def drain(conn: Conn, v: Vectorizer, encoder: Any) -> None:
-    while run_batch(conn, v, db.QueueStatements(v), encoder, limit=64, lease_seconds=60).claimed:
+    while run_batch(conn, Queue(v), encoder, limit=64, lease_seconds=60).claimed:
         pass
 
 
@@ -112,7 +112,7 @@ def test_one_session_builds_a_deferred_index(conn: Conn, database_url: str, tabl
     conn.execute("SELECT rowembed.defer_index(%s)", [table])
     assert vector_index(conn, v) is None
     with psycopg.connect(database_url, autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(%s, %s)", [BUILDING_KEY, v.id])
+        other.execute("SELECT rowembed.lock_index_build(%s)", [v.id])  # another builder
         assert table not in to_build(conn)
         assert index_status(conn, v) == "hnsw: building"
         assert build_index(conn, table, memory="64MB", parallel_workers=0) is None

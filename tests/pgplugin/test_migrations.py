@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from rowembed.embedded import EmbeddedPostgres
+from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import connect
 from rowembed.pgplugin.migrations import MigrationError, load_migrations, migrate
 

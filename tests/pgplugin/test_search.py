@@ -9,11 +9,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rowembed.corpus import stdlib_docstrings
+from rowembed import embed_query, search_vector
+from rowembed.dev.corpus import stdlib_docstrings
 from rowembed.pgplugin import create_vectorizer
+from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
-from rowembed.search import embed_query, search_vector
-from rowembed.workers import database as db
 from rowembed.workers.pipeline import run_batch
 from rowembed.workers.runtime import Encoder
 
@@ -42,9 +42,7 @@ def corpus(database_url: str, encoder: Encoder) -> tuple[Vectorizer, dict[int, n
             for i, d in enumerate(docs):
                 copy.write_row((i, d.module, d.text, "even" if i % 2 == 0 else "odd"))
         v = create_vectorizer(conn, "search_docs", ["module", "doc"], model=MODEL)
-        while run_batch(
-            conn, v, db.QueueStatements(v), encoder, limit=64, lease_seconds=60
-        ).claimed:
+        while run_batch(conn, Queue(v), encoder, limit=64, lease_seconds=60).claimed:
             pass
         rows = conn.execute("SELECT id, embedding FROM search_docs_embeddings").fetchall()
     return v, {key: vec.to_numpy() for key, vec in rows}
@@ -250,7 +248,7 @@ def test_a_selective_filter_still_returns_k_rows(conn: Conn, large: Vectorizer) 
 def test_similarity_profile_separates_neighbours_from_random_rows(
     conn: Conn, corpus: Any, encoder: Encoder
 ) -> None:
-    from rowembed.calibrate import similarity_profile, suggest_min_similarity
+    from rowembed.pgplugin.search import similarity_profile, suggest_min_similarity
 
     v, _ = corpus
     own = similarity_profile(conn, v.name, sample=60, k=5)

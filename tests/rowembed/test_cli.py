@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from rowembed.pgplugin import create_vectorizer
-from rowembed.workers import database as db
+from rowembed.pgplugin.queue import Queue
 from rowembed.workers.pipeline import run_batch
 from rowembed.workers.runtime import Encoder
 
@@ -46,7 +46,7 @@ def test_search_from_the_shell(
         " (2, 'Quarterly revenue grew by ten percent.'), (3, 'Bake the bread at 220 degrees.')"
     )
     v = create_vectorizer(conn, "cli_docs", ["body"], model=MODEL)
-    run_batch(conn, v, db.QueueStatements(v), encoder, limit=10, lease_seconds=60)
+    run_batch(conn, Queue(v), encoder, limit=10, lease_seconds=60)
     result = rowembed(
         "search",
         "cli_docs",
@@ -111,7 +111,7 @@ def test_search_with_rerank_and_calibrate_from_the_shell(
     v = create_vectorizer(
         conn, "cli_rerank", ["body"], model=MODEL, rerank_model=str(cross_encoder_dir)
     )
-    run_batch(conn, v, db.QueueStatements(v), encoder, limit=10, lease_seconds=60)
+    run_batch(conn, Queue(v), encoder, limit=10, lease_seconds=60)
     result = rowembed(
         "search",
         "cli_rerank",

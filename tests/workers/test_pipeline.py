@@ -11,9 +11,8 @@ import pytest
 from psycopg import sql
 
 from rowembed.pgplugin import connect, create_vectorizer
+from rowembed.pgplugin.queue import Action, Outcome, Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
-from rowembed.workers import database as db
-from rowembed.workers.database import Action, Outcome
 from rowembed.workers.pipeline import drain, run_batch
 from rowembed.workers.runtime import Encoded, Encoder, Tokenized
 
@@ -54,7 +53,7 @@ def setup(conn: Conn, table: str, bodies: dict[int, str | None]) -> Vectorizer:
 
 
 def run(conn: Conn, v: Vectorizer, encoder: Any) -> Any:
-    return run_batch(conn, v, db.QueueStatements(v), encoder, limit=100, lease_seconds=60)
+    return run_batch(conn, Queue(v), encoder, limit=100, lease_seconds=60)
 
 
 def stored(conn: Conn, v: Vectorizer) -> dict[int, np.ndarray]:
@@ -84,9 +83,9 @@ def test_a_vector_of_an_older_text_is_never_written(
     conn: Conn, table: str, encoder: Encoder
 ) -> None:
     v = setup(conn, table, {1: "old text about cats"})
-    statements = db.QueueStatements(v)
-    seqs = db.claim(conn, statements, 10, 60)
-    rows = db.read(conn, statements, seqs)
+    queue = Queue(v)
+    seqs = queue.claim(conn, 10, 60)
+    rows = queue.read(conn, seqs)
     vectors = encoder.encode([r.text for r in rows]).vectors
     # The row changes while the model runs.
     conn.execute(
@@ -94,9 +93,7 @@ def test_a_vector_of_an_older_text_is_never_written(
             sql.Identifier(table)
         )
     )
-    result = db.write(
-        conn, statements, [Outcome(rows[0].seq, Action.WRITE, rows[0].text_hash, vectors[0])]
-    )
+    result = queue.write(conn, [Outcome(rows[0].seq, Action.WRITE, rows[0].text_hash, vectors[0])])
     assert (result.completed, result.written) == (0, 0)
     assert stored(conn, v) == {}
     assert queued(conn, v) == [1]
@@ -110,11 +107,11 @@ def test_a_row_deleted_while_embedding_leaves_no_orphan(
     conn: Conn, table: str, encoder: Encoder
 ) -> None:
     v = setup(conn, table, {1: "short lived"})
-    statements = db.QueueStatements(v)
-    rows = db.read(conn, statements, db.claim(conn, statements, 10, 60))
+    queue = Queue(v)
+    rows = queue.read(conn, queue.claim(conn, 10, 60))
     vector = encoder.encode([rows[0].text]).vectors[0]
     conn.execute(sql.SQL("DELETE FROM {} WHERE id = 1").format(sql.Identifier(table)))
-    db.write(conn, statements, [Outcome(rows[0].seq, Action.WRITE, rows[0].text_hash, vector)])
+    queue.write(conn, [Outcome(rows[0].seq, Action.WRITE, rows[0].text_hash, vector)])
     assert stored(conn, v) == {}
     assert queued(conn, v) == []
 
@@ -220,12 +217,12 @@ def test_a_model_of_the_wrong_size_fails_clearly(conn: Conn, table: str, encoder
 @pytest.mark.parametrize("limit", [1, 2])
 def test_claims_do_not_overlap(conn: Conn, database_url: str, table: str, limit: int) -> None:
     v = setup(conn, table, {i: f"text {i}" for i in range(1, 6)})
-    statements = db.QueueStatements(v)
+    queue = Queue(v)
     from rowembed.pgplugin import connect
 
     with connect(database_url) as other:
-        first = db.claim(conn, statements, limit, 60)
-        second = db.claim(other, statements, limit, 60)
+        first = queue.claim(conn, limit, 60)
+        second = queue.claim(other, limit, 60)
     assert len(first) == len(second) == limit
     assert not set(first) & set(second)
 

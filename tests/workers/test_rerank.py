@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rowembed import WorkerModels, search
 from rowembed.pgplugin import connect, create_vectorizer
-from rowembed.search import WorkerModels, row_text, search
 from rowembed.settings import Settings
 from rowembed.workers.celery_app import make_app
 from rowembed.workers.runtime import Encoder, Reranker
@@ -69,11 +69,13 @@ def test_rerank_is_served_while_the_embed_queue_is_busy(
         assert seconds < 30
 
         # The query vector is the model's, with the vectorizer's instruction.
-        vector = models.embed_query(v.model, "where do cats nap")
+        vector = models.encode_query(v.model, "where do cats nap")
         assert np.abs(vector - encoder.encode(["where do cats nap"]).vectors[0]).max() < 1e-5
         # The order is the cross-encoder's, with its scores.
         reranker = Reranker.load(str(cross_encoder_dir), device="cpu")
-        scores = reranker.score("where do cats nap", [row_text(v, h.row) for h in hits]).scores
+        # The reranker read each row's embedded text (one text column here).
+        assert [h.text for h in hits] == [h.row["body"] for h in hits]
+        scores = reranker.score("where do cats nap", [h.row["body"] for h in hits]).scores
         assert [h.rerank_score for h in hits] == sorted(
             (h.rerank_score for h in hits), reverse=True
         )

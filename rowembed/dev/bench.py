@@ -20,13 +20,20 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
-from rowembed.corpus import stdlib_docstrings
-from rowembed.demo import services
-from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.dev.corpus import stdlib_docstrings
+from rowembed.dev.demo import services
+from rowembed.dev.sample_tables import (
+    create_text_table,
+    insert_statement,
+    update_statement,
+)
+from rowembed.pgplugin import connect, create_vectorizer, drop_vectorizer, migrate
+from rowembed.pgplugin.backfill import step_backfill
 from rowembed.pgplugin.indexes import build_index
-from rowembed.pgplugin.vectorizers import Vectorizer
+from rowembed.pgplugin.queue import Queue
+from rowembed.pgplugin.status import status
+from rowembed.pgplugin.vectorizers import Vectorizer, has_embedding
 from rowembed.settings import Settings
 from rowembed.workers.pipeline import drain
 from rowembed.workers.runtime import Encoded, Tokenized
@@ -34,7 +41,8 @@ from rowembed.workers.runtime import Encoded, Tokenized
 Conn = psycopg.Connection[Any]
 
 
-def _wait(predicate: Any, timeout: float, interval: float = 0.02) -> None:
+def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> None:
+    """Poll `predicate` until it is true; RuntimeError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -42,24 +50,19 @@ def _wait(predicate: Any, timeout: float, interval: float = 0.02) -> None:
         time.sleep(interval)
 
 
-def _drained(conn: Conn, v: Vectorizer) -> bool:
-    # Cheap on purpose: polled every few milliseconds beside the worker it measures.
-    query = sql.SQL("SELECT NOT EXISTS (SELECT FROM {} WHERE failed_at IS NULL)").format(v.queue)
-    row = conn.execute(query).fetchone()
-    return bool(row and row[0])
+def drained(conn: Conn, v: Vectorizer) -> bool:
+    """Whether `v`'s queue is empty (but for parked rows): cheap, for polling."""
+    return Queue(v).is_drained(conn)
 
 
-def _table(conn: Conn, name: str, texts: Sequence[str]) -> None:
-    table = sql.Identifier(name)
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(table))
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(table))
-    with conn.cursor().copy(sql.SQL("COPY {} (id, body) FROM STDIN").format(table)) as copy:
-        for i, text in enumerate(texts):
-            copy.write_row((i, text))
+def drop_if_exists(conn: Conn, name: str) -> None:
+    with contextlib.suppress(psycopg.Error):
+        drop_vectorizer(conn, name)
 
 
 @contextlib.contextmanager
-def _worker(database_url: str, redis_url: str, env: dict[str, str]) -> Iterator[None]:
+def worker_process(database_url: str, redis_url: str, env: dict[str, str]) -> Iterator[None]:
+    """`rowembed worker` (and its dispatcher) for the length of the block."""
     process = subprocess.Popen(
         [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", "worker"],
         env={
@@ -106,9 +109,8 @@ def database_path(
     name = f"bench_db_{'deferred' if deferred else 'live'}"
     pool = np.random.default_rng(0).normal(size=(1024, dimensions)).astype(np.float32)
     pool /= np.linalg.norm(pool, axis=1, keepdims=True)
-    _table(conn, name, [str(i) for i in range(rows)])
-    with contextlib.suppress(psycopg.Error):
-        conn.execute("SELECT rowembed.drop_vectorizer(%s)", [name])
+    drop_if_exists(conn, name)
+    create_text_table(conn, name, [str(i) for i in range(rows)])
     v = create_vectorizer(
         conn,
         name,
@@ -117,7 +119,7 @@ def database_path(
         dimensions=dimensions,
         defer_index_above=0 if deferred else None,
     )
-    while conn.execute("SELECT rowembed.backfill_step(%s, 10000)", [v.id]).fetchone() != (0,):
+    while step_backfill(conn, v.id, 10_000):
         pass  # queue every row first, as the dispatcher would
     assert v.index_state == ("deferred" if deferred else "built")
     with connect(database_url) as reader:
@@ -149,20 +151,19 @@ def trigger_cost(conn: Conn, n: int, rounds: int = 5) -> dict[str, float]:
     tables = {}
     for label in ("plain", "vectorized"):
         name = f"bench_writes_{label}"
-        _table(conn, name, [])
+        drop_if_exists(conn, name)
+        create_text_table(conn, name, [])
         if label == "vectorized":
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT rowembed.drop_vectorizer(%s)", [name])
             create_vectorizer(conn, name, ["body"], model="bench", dimensions=8)
-        tables[label] = sql.Identifier(name)
+        tables[label] = name
     per_round = n // rounds
     timings: dict[str, list[float]] = {}
     for r in range(rounds):
         keys = range(r * per_round, (r + 1) * per_round)
         for label, table in tables.items():
             for op, statement in (
-                ("insert", sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(table)),
-                ("update", sql.SQL("UPDATE {} SET body = %s WHERE id = %s").format(table)),
+                ("insert", insert_statement("public", table)),
+                ("update", update_statement("public", table)),
             ):
                 started = time.perf_counter()
                 for i in keys:
@@ -183,16 +184,12 @@ def trigger_cost(conn: Conn, n: int, rounds: int = 5) -> dict[str, float]:
 
 def freshness(conn: Conn, v: Vectorizer, samples: int, first_id: int) -> dict[str, float]:
     """Seconds from a committed INSERT to its embedding being in the index."""
-    table = sql.Identifier(v.source_schema, v.source_table)
-    present = sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(v.destination)
+    insert = insert_statement(v.source_schema, v.source_table)
     latencies = []
     for i in range(first_id, first_id + samples):
-        conn.execute(
-            sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(table),
-            [i, f"freshness probe {i}: a new row"],
-        )
+        conn.execute(insert, [i, f"freshness probe {i}: a new row"])
         committed = time.perf_counter()
-        _wait(lambda i=i: conn.execute(present, [i]).fetchone(), timeout=120, interval=0.005)
+        wait_for(lambda i=i: has_embedding(conn, v, {"id": i}), timeout=120, interval=0.005)
         latencies.append(time.perf_counter() - committed)
         time.sleep(0.2)
     latencies.sort()
@@ -231,26 +228,25 @@ def run_bench(settings: Settings, rows: int, model: str, quick: bool) -> dict[st
             "ROWEMBED_TASK_SECONDS": "5",
             "ROWEMBED_DEVICE": settings.device,
         }
-        with _worker(database_url, redis_url, env):
-            _table(conn, "bench_warmup", texts[:16])
+        with worker_process(database_url, redis_url, env):
+            create_text_table(conn, "bench_warmup", texts[:16])
             warm = create_vectorizer(conn, "bench_warmup", ["body"], model=model)
-            _wait(lambda: _drained(conn, warm), timeout=300)
+            wait_for(lambda: drained(conn, warm), timeout=300)
 
-            _table(conn, "bench_e2e", texts)
+            create_text_table(conn, "bench_e2e", texts)
             started = time.perf_counter()
             v = create_vectorizer(conn, "bench_e2e", ["body"], model=model)
-            _wait(lambda: _drained(conn, v), timeout=3600)
+            wait_for(lambda: drained(conn, v), timeout=3600)
             figures["end_to_end_rows_per_s"] = len(texts) / (time.perf_counter() - started)
 
             samples = 5 if quick else 20
             figures["freshness_idle"] = freshness(conn, v, samples, 1_000_000)
-            _table(conn, "bench_backlog", texts * (1 if quick else 2))
+            create_text_table(conn, "bench_backlog", texts * (1 if quick else 2))
             backlog = create_vectorizer(conn, "bench_backlog", ["body"], model=model)
             figures["freshness_during_backfill"] = freshness(conn, v, samples, 2_000_000)
-            figures["backlog_left_after_freshness"] = conn.execute(
-                "SELECT queued + in_flight FROM rowembed.status() WHERE id = %s", [backlog.id]
-            ).fetchone()[0]  # type: ignore[index]
-            conn.execute("SELECT rowembed.drop_vectorizer('bench_backlog')")
+            (left,) = status(conn, backlog.name)
+            figures["backlog_left_after_freshness"] = left.pending
+            drop_vectorizer(conn, backlog.name)
 
         # The baseline brackets the end-to-end run: the mean of a run before and after.
         figures["forward_rows_per_s"] = (forward_before + forward()) / 2

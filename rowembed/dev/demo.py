@@ -12,11 +12,19 @@ from typing import Any
 
 import psycopg
 
-from rowembed.corpus import stdlib_docstrings
-from rowembed.embedded import EmbeddedPostgres, EmbeddedRedis
+from rowembed._search import embed_query
+from rowembed.dev.corpus import stdlib_docstrings
+from rowembed.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from rowembed.dev.sample_tables import (
+    create_docstring_table,
+    delete_row,
+    first_row_except,
+    set_column,
+)
 from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.pgplugin.search import search_vector
+from rowembed.pgplugin.status import status
 from rowembed.pgplugin.vectorizers import Vectorizer
-from rowembed.search import embed_query, search_vector
 from rowembed.settings import Settings
 
 PREFERRED_MODEL = "BAAI/bge-base-en-v1.5"
@@ -68,15 +76,7 @@ def services(settings: Settings) -> Iterator[tuple[str, str]]:
 
 def load_corpus(conn: psycopg.Connection[Any], rows: int) -> int:
     docs = stdlib_docstrings(rows)
-    with conn.transaction():
-        conn.execute("DROP TABLE IF EXISTS stdlib_docs CASCADE")
-        conn.execute(
-            "CREATE TABLE stdlib_docs (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-            " module text NOT NULL, qualname text NOT NULL, docstring text NOT NULL)"
-        )
-        with conn.cursor().copy("COPY stdlib_docs (module, qualname, docstring) FROM STDIN") as cp:
-            for d in docs:
-                cp.write_row((d.module, d.qualname, d.text))
+    create_docstring_table(conn, "stdlib_docs", docs)
     return len(docs)
 
 
@@ -86,14 +86,11 @@ def wait_for_backfill(conn: psycopg.Connection[Any], v: Vectorizer, total: int) 
     started = last_progress = time.monotonic()
     with tqdm(total=total, unit="rows", desc="embedding", mininterval=0.5) as bar:
         while True:
-            (embedded, pending) = conn.execute(
-                "SELECT embedded, queued + in_flight FROM rowembed.status() WHERE name = %s",
-                [v.name],
-            ).fetchone()  # type: ignore[misc]
-            if embedded != bar.n:
-                bar.update(embedded - bar.n)
+            (now,) = status(conn, v.name)
+            if now.embedded != bar.n:
+                bar.update(now.embedded - bar.n)
                 last_progress = time.monotonic()
-            if pending == 0:
+            if now.pending == 0:
                 return time.monotonic() - started
             if time.monotonic() - last_progress > 120:
                 raise RuntimeError("no progress for 120 s: the worker is not embedding")
@@ -155,17 +152,15 @@ def _walkthrough(conn: psycopg.Connection[Any], model: str, total: int) -> int:
         "Knead the dough, let it rise overnight in a cool place,"
         " then bake the sourdough loaf in a very hot oven until the crust is dark."
     )
-    target = conn.execute(
-        "SELECT id, qualname FROM stdlib_docs WHERE qualname NOT IN (%s) ORDER BY id LIMIT 1",
-        [first_hits[0].row["qualname"] if first_hits else ""],
-    ).fetchone()
-    assert target is not None
+    target = first_row_except(
+        conn, "stdlib_docs", "qualname", first_hits[0].row["qualname"] if first_hits else ""
+    )
     print(
         f"\nUPDATE stdlib_docs SET docstring = '{new_text[:40]}...' WHERE id = {target[0]}"
         f"  ({target[1]})"
     )
     changed = time.monotonic()
-    conn.execute("UPDATE stdlib_docs SET docstring = %s WHERE id = %s", [new_text, target[0]])
+    set_column(conn, "stdlib_docs", "docstring", new_text, target[0])
     query = embed_query(encoder, v, "how do I bake bread")
     while True:
         hits = search_vector(conn, v, query, k=3)
@@ -182,7 +177,7 @@ def _walkthrough(conn: psycopg.Connection[Any], model: str, total: int) -> int:
         gone = first_hits[0].row
         print(f"\nDELETE FROM stdlib_docs WHERE id = {gone['id']}  ({gone['qualname']})")
         deleted = time.monotonic()
-        conn.execute("DELETE FROM stdlib_docs WHERE id = %s", [gone["id"]])
+        delete_row(conn, "stdlib_docs", gone["id"])
         hits = search_vector(conn, v, embed_query(encoder, v, QUERIES[0]), k=3)
         print(
             f"search: {QUERIES[0]!r}  (reflected after {time.monotonic() - deleted:.2f}s:"

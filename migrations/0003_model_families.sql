@@ -1,0 +1,38 @@
+-- rowembed 0003: model families in the catalog, and the drops of function forms
+-- that the idempotent files (pgplugin/sql/) no longer create. Released
+-- migrations are never edited.
+
+-- What rowembed knows of a family of models (dimensions, instructions, pooling,
+-- a starting threshold, limits): create_vectorizer's defaults. `rowembed migrate`
+-- rewrites the rows from rowembed/families.py, the one place they are written.
+CREATE TABLE rowembed.model_family (
+    name                text PRIMARY KEY,
+    pattern             text NOT NULL,  -- case-insensitive regex on the model's name
+    rank                int NOT NULL UNIQUE,  -- the first family that matches wins
+    dimensions          jsonb NOT NULL DEFAULT '{}',  -- {"bge-base-en-v1.5": 768, ...}
+    query_instruction   text NOT NULL DEFAULT '',
+    passage_instruction text NOT NULL DEFAULT '',
+    pooling             text,
+    min_similarity      float8 NOT NULL CHECK (min_similarity BETWEEN -1 AND 1),
+    padding_side        text NOT NULL DEFAULT 'right' CHECK (padding_side IN ('right', 'left')),
+    max_tokens          int
+);
+
+-- 0002 added options to create_vectorizer: the older signature goes.
+DROP FUNCTION IF EXISTS rowembed.create_vectorizer(
+    regclass, name[], text, text, int, text, name, text, float8, text, text, int, boolean);
+
+-- 0002 added the `changes` column to vectorizers_with_work() and columns to status().
+DO $drop$
+BEGIN
+    IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('rowembed.vectorizers_with_work()')
+               AND prorettype = 'int4'::regtype) THEN
+        DROP FUNCTION rowembed.vectorizers_with_work();
+    END IF;
+    IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('rowembed.status()')
+               AND NOT 'storage' = ANY (proargnames)) THEN
+        DROP VIEW IF EXISTS rowembed.vectorizer_status;
+        DROP FUNCTION rowembed.status();
+    END IF;
+END
+$drop$;

@@ -1,0 +1,44 @@
+"""Backfills: queueing a vectorizer's existing rows, chunk by chunk, behind live changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from ._call import scalar
+
+
+def start_backfill(conn: psycopg.Connection[Any], name: str) -> str:
+    """'started', or 'already running'."""
+    return str(scalar(conn, "start_backfill", name=name))
+
+
+def cancel_backfill(conn: psycopg.Connection[Any], name: str) -> int:
+    """Stops it; returns the queued backfill rows dropped."""
+    return int(scalar(conn, "cancel_backfill", name=name))
+
+
+def step_backfill(conn: psycopg.Connection[Any], vectorizer_id: int, chunk: int) -> int:
+    """Queue the next chunk of a running backfill; returns the rows queued."""
+    return int(scalar(conn, "backfill_step", vectorizer_id=vectorizer_id, chunk_size=chunk))
+
+
+def top_up_backfills(conn: psycopg.Connection[Any], chunk: int) -> None:
+    """Top up each running backfill's queued backlog to about three chunks (a few
+    chunk-sized transactions per call): the queue stays short, and live changes,
+    queued at a higher priority, stay first."""
+    running = conn.execute(
+        "SELECT vectorizer_id FROM rowembed.backfill WHERE state = 'running'"
+    ).fetchall()
+    for (vectorizer_id,) in running:
+        for _ in range(10):
+            backlog = scalar(conn, "backfill_backlog", vectorizer_id=vectorizer_id, cap=3 * chunk)
+            if backlog >= 3 * chunk:
+                break
+            step_backfill(conn, vectorizer_id, chunk)
+            state = conn.execute(
+                "SELECT state FROM rowembed.backfill WHERE vectorizer_id = %s", [vectorizer_id]
+            ).fetchone()
+            if state != ("running",):
+                break

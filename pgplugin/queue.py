@@ -1,0 +1,236 @@
+"""A worker's side of a vectorizer's queue: claim entries, read their text, write vectors.
+
+The rules of the queue (what is claimable, priorities, lock keys, back-off, the
+embedded text of a row) are SQL functions in sql/030-queue.sql; this module
+calls them, and owns the one statement that writes vectors.
+
+Correctness rests on the queue entry's `seq`: every change of a source row gives
+its entry a new value from rowembed.change_seq. A worker claims entries (a
+lease, committed at once), reads the rows' text in a later statement, and in
+the write transaction completes only the entries whose `seq` is still the one
+it claimed. A change that lands in between gives the entry a new `seq`, so the
+older vector is never written and the entry stays queued for the new text.
+Locks: the queue row before the embedding row, as the triggers do; the worker
+skips queue rows another transaction holds, so it never waits on the
+application's transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from ._call import Cast, call, scalar
+from .vectorizers import Vectorizer
+
+
+class Action(str, Enum):
+    WRITE = "write"  # store the vector
+    DELETE = "delete"  # the row is gone or its text is blank: no embedding
+    KEEP = "keep"  # the stored vector is already of this text
+
+
+@dataclass(frozen=True)
+class QueuedRow:
+    seq: int
+    text: str | None  # None: the row is gone or its text is blank
+    text_hash: bytes | None
+    stored_hash: bytes | None
+
+    @property
+    def action(self) -> Action | None:
+        """What to do without the model; None: embed it."""
+        if self.text is None:
+            return Action.DELETE
+        if self.stored_hash == self.text_hash:
+            return Action.KEEP
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    seq: int
+    action: Action
+    text_hash: bytes | None = None
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    completed: int  # queue entries removed
+    written: int
+    deleted: int
+
+
+def _keys(columns: Sequence[str], alias: str | None = None) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.Identifier(c) if alias is None else sql.Identifier(alias, c) for c in columns
+    )
+
+
+_tokens: WeakKeyDictionary[psycopg.Connection[Any], int] = WeakKeyDictionary()
+
+
+def worker_token(conn: psycopg.Connection[Any]) -> int:
+    """This session's token (rowembed.register_worker()), held until it disconnects."""
+    if conn not in _tokens:
+        _tokens[conn] = scalar(conn, "register_worker")
+    return _tokens[conn]
+
+
+# Stage tables already created, per connection (temp tables live as long as the session).
+_staged: WeakKeyDictionary[psycopg.Connection[Any], set[str]] = WeakKeyDictionary()
+
+
+class Queue:
+    """One vectorizer's queue; the write statements are composed once."""
+
+    def __init__(self, v: Vectorizer) -> None:
+        self.vectorizer = v
+        pk = v.pk_columns
+        self._stage_name = f"rowembed_stage_{v.id}"
+        stage = sql.Identifier(self._stage_name)
+        # float4 vectors whatever the column's storage: the INSERT casts to halfvec.
+        self._create_stage = sql.SQL("""
+            CREATE TEMP TABLE IF NOT EXISTS {stage}
+                (seq bigint, action text, text_hash bytea, embedding vector)
+                ON COMMIT DELETE ROWS
+        """).format(stage=stage)
+        self._copy_stage = sql.SQL(
+            "COPY {stage} (seq, action, text_hash, embedding) FROM STDIN (FORMAT BINARY)"
+        ).format(stage=stage)
+        emb = sql.Identifier(v.embedding_column)
+        self._write = sql.SQL("""
+            WITH locked AS (
+                SELECT q.seq FROM {queue} AS q JOIN {stage} AS st ON st.seq = q.seq
+                FOR UPDATE OF q SKIP LOCKED
+            ), done AS (
+                DELETE FROM {queue} AS q USING locked WHERE q.seq = locked.seq
+                RETURNING q.seq, {q_keys}
+            ), removed AS (
+                DELETE FROM {dest} AS e USING done JOIN {stage} AS st ON st.seq = done.seq
+                 WHERE st.action = 'delete' AND ({e_keys}) = ({done_keys})
+                RETURNING 1
+            ), written AS (
+                INSERT INTO {dest} ({keys}, {emb}, text_hash, embedded_at)
+                SELECT {done_keys}, st.embedding, st.text_hash, now()
+                  FROM done JOIN {stage} AS st ON st.seq = done.seq
+                 WHERE st.action = 'write'
+                ON CONFLICT ({keys}) DO UPDATE
+                   SET {emb} = excluded.{emb}, text_hash = excluded.text_hash,
+                       embedded_at = excluded.embedded_at
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM written),
+                   (SELECT count(*) FROM removed)
+        """).format(
+            queue=v.queue,
+            stage=stage,
+            dest=v.destination,
+            emb=emb,
+            keys=_keys(pk),
+            q_keys=_keys(pk, "q"),
+            e_keys=_keys(pk, "e"),
+            done_keys=_keys(pk, "done"),
+        )
+
+    def claim(
+        self, conn: psycopg.Connection[Any], max_rows: int, lease_seconds: float
+    ) -> list[int]:
+        """Lease up to `max_rows` entries, live changes first. Commits at once."""
+        token = worker_token(conn)
+        with conn.transaction():
+            cursor = call(
+                conn,
+                "claim",
+                vectorizer_id=self.vectorizer.id,
+                token=token,
+                max_rows=max_rows,
+                lease_seconds=float(lease_seconds),
+            )
+            return [seq for (seq,) in cursor.fetchall()]
+
+    def release(self, conn: psycopg.Connection[Any], seqs: list[int]) -> None:
+        """Give back claims this session has not worked on."""
+        if seqs:
+            with conn.transaction():
+                call(
+                    conn,
+                    "release",
+                    vectorizer_id=self.vectorizer.id,
+                    token=worker_token(conn),
+                    seqs=Cast(seqs, "bigint[]"),
+                )
+
+    def read(self, conn: psycopg.Connection[Any], seqs: list[int]) -> list[QueuedRow]:
+        """The claimed rows' current text, in a statement after the claim."""
+        rows = call(
+            conn, "read_claimed", vectorizer_id=self.vectorizer.id, seqs=Cast(seqs, "bigint[]")
+        )
+        return [QueuedRow(*row) for row in rows.fetchall()]
+
+    def write(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> WriteResult:
+        """Store vectors and complete entries, in one short transaction."""
+        with conn.transaction():
+            staged = _staged.setdefault(conn, set())
+            if self._stage_name not in staged:
+                conn.execute(self._create_stage)
+                staged.add(self._stage_name)
+            with conn.cursor().copy(self._copy_stage) as copy:
+                copy.set_types(["int8", "text", "bytea", "vector"])
+                for o in outcomes:
+                    copy.write_row((o.seq, o.action.value, o.text_hash, o.vector))
+            completed, written, deleted = conn.execute(self._write).fetchone()  # type: ignore[misc]
+        return WriteResult(completed, written, deleted)
+
+    def record_failures(self, conn: psycopg.Connection[Any], errors: dict[int, str]) -> None:
+        """`errors`: seq -> message. Back-off and parking are rowembed.record_failures()'s."""
+        with conn.transaction():
+            call(
+                conn,
+                "record_failures",
+                vectorizer_id=self.vectorizer.id,
+                seqs=Cast(list(errors), "bigint[]"),
+                errors=Cast(list(errors.values()), "text[]"),
+            )
+
+    def log_batch(self, conn: psycopg.Connection[Any], stats: dict[str, Any]) -> None:
+        conn.execute(_LOG_BATCH, {**stats, "vectorizer_id": self.vectorizer.id})
+
+    def is_drained(self, conn: psycopg.Connection[Any]) -> bool:
+        """No entry left but parked ones (cheap: polled beside a running worker)."""
+        query = sql.SQL("SELECT NOT EXISTS (SELECT FROM {} WHERE failed_at IS NULL)").format(
+            self.vectorizer.queue
+        )
+        row = conn.execute(query).fetchone()
+        return bool(row and row[0])
+
+
+_LOG_BATCH = sql.SQL("""
+    INSERT INTO rowembed.batch_stats (vectorizer_id, worker, claimed, embedded, written,
+        unchanged, deleted, superseded, failed, truncated, tokens, padded_tokens, seconds)
+    VALUES (%(vectorizer_id)s, %(worker)s, %(claimed)s, %(embedded)s, %(written)s,
+        %(unchanged)s, %(deleted)s, %(superseded)s, %(failed)s, %(truncated)s, %(tokens)s,
+        %(padded_tokens)s, %(seconds)s)
+""")
+
+
+def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:
+    """(id, whether live changes wait) of vectorizers with claimable entries."""
+    return [(vid, changes) for vid, changes in call(conn, "vectorizers_with_work").fetchall()]
+
+
+def retry_failed(conn: psycopg.Connection[Any], name: str) -> int:
+    """Parked entries back into the queue; returns how many."""
+    return int(scalar(conn, "retry_failed", name=name))
+
+
+def prune_batch_stats(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("DELETE FROM rowembed.batch_stats WHERE finished_at < now() - interval '1 day'")

@@ -1,0 +1,252 @@
+-- The queue contract: every rule about a vectorizer's queue table is written here
+-- once, and the worker, the dispatcher, status() and the backfill call it.
+--
+-- A queue table holds one entry per changed source row (keyed like the source).
+-- `seq` takes a new value from rowembed.change_seq at every change of the row: a
+-- worker completes only the entry it claimed if `seq` is still the same, so an
+-- older text is never written over a newer one (pgplugin/queue.py writes).
+-- `priority`: live changes before backfill. A claim is a lease: `claimed_by` is
+-- the claiming worker's token and `lease_until` when the lease ends. A failure
+-- sets `last_error` and a back-off (`lease_until`, no token); after max_attempts
+-- the entry is parked (`failed_at`) until rowembed.retry_failed().
+
+-- Priorities of queue entries: lower is served first.
+CREATE OR REPLACE FUNCTION rowembed.change_priority() RETURNS smallint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 0::smallint $$;
+
+CREATE OR REPLACE FUNCTION rowembed.backfill_priority() RETURNS smallint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 1::smallint $$;
+
+-- The first key of rowembed's advisory locks (the second is a token or an id):
+-- 'worker', held by each worker session; 'index build', held while an index builds.
+CREATE OR REPLACE FUNCTION rowembed._lock_class(purpose text) RETURNS int
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE purpose WHEN 'worker' THEN 7499639 WHEN 'index build' THEN 7499640 END
+$$;
+
+-- Second keys of the advisory locks of one class held now in this database.
+CREATE OR REPLACE FUNCTION rowembed._lock_holders(purpose text) RETURNS SETOF int
+LANGUAGE sql STABLE AS $$
+    SELECT l.objid::bigint::int FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.classid = rowembed._lock_class(purpose)
+      AND l.objsubid = 2 AND l.granted
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+$$;
+
+-- Worker sessions alive now. A worker holds the advisory lock ('worker', token)
+-- for as long as its connection lives; its claims carry the token. When the
+-- session dies (SIGKILL, OOM, lost machine, server restart) the lock goes with
+-- it and the claims are free at once, without waiting for the lease to expire.
+CREATE OR REPLACE FUNCTION rowembed.live_workers() RETURNS SETOF int
+LANGUAGE sql STABLE AS $$ SELECT rowembed._lock_holders('worker') $$;
+
+-- Vectorizers whose index a session is building now (see pgplugin/indexes.py).
+CREATE OR REPLACE FUNCTION rowembed._building() RETURNS SETOF int
+LANGUAGE sql STABLE AS $$ SELECT rowembed._lock_holders('index build') $$;
+
+-- A token for this session, held (as the 'worker' advisory lock) until it ends.
+CREATE OR REPLACE FUNCTION rowembed.register_worker() RETURNS int
+LANGUAGE plpgsql AS $body$
+DECLARE
+    token int;
+BEGIN
+    LOOP
+        token := 1 + floor(random() * 2147483646)::int;
+        IF pg_try_advisory_lock(rowembed._lock_class('worker'), token) THEN
+            RETURN token;
+        END IF;
+    END LOOP;
+END
+$body$;
+
+-- Takes ('index build', vectorizer_id) for this session; false if another holds it.
+CREATE OR REPLACE FUNCTION rowembed.lock_index_build(vectorizer_id int) RETURNS boolean
+LANGUAGE sql AS $$
+    SELECT pg_try_advisory_lock(rowembed._lock_class('index build'), vectorizer_id)
+$$;
+
+CREATE OR REPLACE FUNCTION rowembed.unlock_index_build(vectorizer_id int) RETURNS boolean
+LANGUAGE sql AS $$
+    SELECT pg_advisory_unlock(rowembed._lock_class('index build'), vectorizer_id)
+$$;
+
+-- SQL text: the queue entry is claimed by a worker alive now ($1: live_workers()).
+CREATE OR REPLACE FUNCTION rowembed._held_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'coalesce(lease_until >= now() AND claimed_by = ANY ($1), false)'
+$$;
+
+-- SQL text: the queue entry may be claimed now ($1: live_workers()): never
+-- claimed, or its lease or back-off is over, or its worker is gone.
+CREATE OR REPLACE FUNCTION rowembed._claimable_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'failed_at IS NULL AND (lease_until IS NULL OR lease_until < now()'
+           ' OR (claimed_by IS NOT NULL AND claimed_by <> ALL ($1)))'
+$$;
+
+-- Seconds before a failed entry may be claimed again.
+CREATE OR REPLACE FUNCTION rowembed._retry_delay(attempts int) RETURNS float8
+LANGUAGE sql IMMUTABLE AS $$ SELECT least(600, 2 ^ attempts) $$;
+
+-- Creates a queue table keyed like the source (key_defs: 'id int, ...'; keys: 'id, ...').
+CREATE OR REPLACE FUNCTION rowembed._create_queue(queue text, key_defs text, keys text)
+RETURNS void
+LANGUAGE plpgsql AS $body$
+BEGIN
+    EXECUTE format(
+        'CREATE TABLE %s (%s, seq bigint NOT NULL, priority smallint NOT NULL DEFAULT 0,'
+        ' attempts int NOT NULL DEFAULT 0, lease_until timestamptz, claimed_by int,'
+        ' last_error text, failed_at timestamptz, enqueued_at timestamptz NOT NULL DEFAULT now(),'
+        ' PRIMARY KEY (%s))', queue, key_defs, keys);
+    EXECUTE format('CREATE UNIQUE INDEX ON %s (seq)', queue);
+    EXECUTE format('CREATE INDEX ON %s (priority, seq) WHERE failed_at IS NULL', queue);
+END
+$body$;
+
+-- SQL text for the change triggers: queue a key as a live change, replacing an
+-- entry in any state (a new version of the row voids claims, errors and back-off).
+CREATE OR REPLACE FUNCTION rowembed._enqueue_change_sql(keys text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format(
+        'ON CONFLICT (%s) DO UPDATE SET seq = excluded.seq, priority = %s, attempts = 0,'
+        ' lease_until = NULL, claimed_by = NULL, last_error = NULL, failed_at = NULL,'
+        ' enqueued_at = now()',
+        keys, rowembed.change_priority())
+$$;
+
+-- Leases up to max_rows claimable entries of a vectorizer to the worker `token`,
+-- live changes first, skipping entries other transactions hold. Returns their seqs.
+CREATE OR REPLACE FUNCTION rowembed.claim(
+    vectorizer_id int, token int, max_rows int, lease_seconds float8)
+RETURNS SETOF bigint
+LANGUAGE plpgsql AS $body$
+DECLARE
+    queue text := rowembed._qualified(
+        (SELECT z.queue_table FROM rowembed.vectorizer AS z WHERE z.id = claim.vectorizer_id));
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'UPDATE %1$s AS q SET lease_until = now() + make_interval(secs => $3),'
+        '       claimed_by = $2, attempts = q.attempts + 1'
+        '  FROM (SELECT seq FROM %1$s WHERE %2$s ORDER BY priority, seq LIMIT $4'
+        '        FOR UPDATE SKIP LOCKED) AS c'
+        ' WHERE q.seq = c.seq RETURNING q.seq',
+        queue, rowembed._claimable_sql())
+        USING ARRAY(SELECT rowembed.live_workers()), token, lease_seconds, max_rows;
+END
+$body$;
+
+-- Gives back claims the worker `token` has not worked on (the attempt is not counted).
+CREATE OR REPLACE FUNCTION rowembed.release(vectorizer_id int, token int, seqs bigint[])
+RETURNS void
+LANGUAGE plpgsql AS $body$
+BEGIN
+    EXECUTE format(
+        'UPDATE %s SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0)'
+        ' WHERE seq = ANY ($1) AND claimed_by = $2',
+        rowembed._qualified((SELECT z.queue_table FROM rowembed.vectorizer AS z
+                              WHERE z.id = release.vectorizer_id)))
+        USING seqs, token;
+END
+$body$;
+
+-- Records failed entries (seqs[i] failed with errors[i]): back off, and park after
+-- the vectorizer's max_attempts. Only the version that failed: a row changed since
+-- has a new seq and keeps its fresh entry.
+CREATE OR REPLACE FUNCTION rowembed.record_failures(
+    vectorizer_id int, seqs bigint[], errors text[])
+RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = record_failures.vectorizer_id;
+    EXECUTE format(
+        'UPDATE %s AS q SET last_error = left(f.error, 2000), claimed_by = NULL,'
+        '       lease_until = now() + make_interval(secs => rowembed._retry_delay(q.attempts)),'
+        '       failed_at = CASE WHEN q.attempts >= $3 THEN now() END'
+        '  FROM unnest($1::bigint[], $2::text[]) AS f(seq, error)'
+        ' WHERE q.seq = f.seq',
+        rowembed._qualified(v.queue_table))
+        USING seqs, errors, v.max_attempts;
+END
+$body$;
+
+-- Parked (failed) entries back into the queue, with fresh attempts.
+CREATE OR REPLACE FUNCTION rowembed.retry_failed(name text) RETURNS bigint
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    retried bigint;
+BEGIN
+    v := rowembed._vectorizer_named(retry_failed.name);
+    EXECUTE format('UPDATE %s SET failed_at = NULL, attempts = 0, lease_until = NULL,'
+                   ' claimed_by = NULL WHERE failed_at IS NOT NULL',
+                   rowembed._qualified(v.queue_table));
+    GET DIAGNOSTICS retried = ROW_COUNT;
+    PERFORM pg_notify('rowembed', v.id::text);
+    RETURN retried;
+END
+$body$;
+
+-- Backfill entries still queued (not parked), counted up to `cap`.
+CREATE OR REPLACE FUNCTION rowembed.backfill_backlog(vectorizer_id int, cap bigint)
+RETURNS bigint
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    n bigint;
+BEGIN
+    EXECUTE format('SELECT count(*) FROM (SELECT FROM %s WHERE priority = $1'
+                   ' AND failed_at IS NULL LIMIT $2) AS q',
+                   rowembed._qualified((SELECT z.queue_table FROM rowembed.vectorizer AS z
+                                         WHERE z.id = backfill_backlog.vectorizer_id)))
+        INTO n USING rowembed.backfill_priority(), cap;
+    RETURN n;
+END
+$body$;
+
+-- Vectorizers with entries a worker may claim now, and whether any of those is a
+-- live change rather than backfill: what the dispatcher's sweep sends hints for
+-- (a lost hint is found here). Reads the first such entry only.
+CREATE OR REPLACE FUNCTION rowembed.vectorizers_with_work()
+RETURNS TABLE (id int, changes boolean)
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    live int[] := ARRAY(SELECT rowembed.live_workers());
+    first_priority smallint;
+BEGIN
+    FOR v IN SELECT * FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
+        EXECUTE format('SELECT priority FROM %s WHERE %s ORDER BY priority LIMIT 1',
+                       rowembed._qualified(v.queue_table), rowembed._claimable_sql())
+            INTO first_priority USING live;
+        IF first_priority IS NOT NULL THEN
+            id := v.id;
+            changes := first_priority = rowembed.change_priority();
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$body$;
+
+-- The current text of claimed entries' rows: (seq, the embedded text or NULL when
+-- the row is gone or its text blank, that text's hash, the stored embedding's
+-- hash). Read in a statement after the claim, so its snapshot is newer than every
+-- change the claimed seqs stand for.
+CREATE OR REPLACE FUNCTION rowembed.read_claimed(vectorizer_id int, seqs bigint[])
+RETURNS TABLE (seq bigint, text text, text_hash bytea, stored_hash bytea)
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = read_claimed.vectorizer_id;
+    RETURN QUERY EXECUTE format(
+        'SELECT q.seq, t.text, rowembed._text_hash(t.text), e.text_hash'
+        '  FROM %s AS q LEFT JOIN %s AS s ON %s LEFT JOIN %s AS e ON %s'
+        ' CROSS JOIN LATERAL (SELECT %s AS text) AS t'
+        ' WHERE q.seq = ANY ($1)',
+        rowembed._qualified(v.queue_table), rowembed._qualified(v.source),
+        rowembed._equal(v.pk_columns, 's', 'q'), rowembed._qualified(v.destination),
+        rowembed._equal(v.pk_columns, 'e', 'q'), rowembed._text_sql(v, 's'))
+        USING seqs;
+END
+$body$;

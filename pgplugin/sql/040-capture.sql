@@ -1,0 +1,124 @@
+-- Change capture: per-vectorizer trigger functions, generated from the catalog.
+
+-- (Re)creates the trigger functions and triggers of one vectorizer. Called by
+-- create_vectorizer and again on every migrate, so trigger fixes ship on upgrade.
+-- The functions are SECURITY DEFINER because the application roles that write the
+-- source table must not need any privilege on rowembed's queue or embeddings.
+CREATE OR REPLACE FUNCTION rowembed._install_triggers(vectorizer_id int) RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    fn text;
+    queue text;
+    dest text;
+    keys text;
+    upsert text;
+    old_key text;
+    new_key text;
+    watched text;
+    live_priority smallint;
+BEGIN
+    SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = vectorizer_id;
+    IF rowembed._qualified(v.source) IS NULL THEN
+        RETURN;  -- the source table was dropped; nothing to capture
+    END IF;
+    fn := 'rowembed._vz_' || v.id;
+    queue := rowembed._qualified(v.queue_table);
+    dest := rowembed._qualified(v.destination);
+    keys := rowembed._columns(v.pk_columns);
+    upsert := rowembed._enqueue_change_sql(keys);
+    live_priority := rowembed.change_priority();
+    SELECT string_agg(format('OLD.%I', c), ', ' ORDER BY o),
+           string_agg(format('NEW.%I', c), ', ' ORDER BY o)
+      INTO old_key, new_key
+      FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
+
+    -- INSERT: one set-based statement per source statement (COPY and bulk inserts).
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$s_inserted() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+        BEGIN
+            INSERT INTO %2$s (%3$s, seq, priority)
+            SELECT %3$s, nextval('rowembed.change_seq'), %6$s FROM new_rows
+            %4$s;
+            IF FOUND THEN
+                PERFORM pg_notify('rowembed', %5$L);
+            END IF;
+            RETURN NULL;
+        END $fn$ $f$, fn, queue, keys, upsert, v.id::text, live_priority);
+
+    -- UPDATE: fires only when an embedded column or the key changed (see WHEN below).
+    -- A key change moves the embedding to the new key and queues both keys; the
+    -- worker then finds the text unchanged and skips the model. Locks are taken on
+    -- the queue before the embeddings, in the same order as the worker.
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$s_updated() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+        DECLARE
+            moved_embedding %2$s.%9$I%%TYPE;
+            moved_hash bytea;
+        BEGIN
+            IF (%3$s) IS DISTINCT FROM (%4$s) THEN
+                -- Both keys are queued: the old one so the worker confirms it is gone
+                -- (in a key swap it is not) and any claim on it is voided.
+                INSERT INTO %5$s (%6$s, seq, priority)
+                VALUES (%3$s, nextval('rowembed.change_seq'), %10$s),
+                       (%4$s, nextval('rowembed.change_seq'), %10$s) %7$s;
+                DELETE FROM %2$s WHERE (%6$s) = (%3$s)
+                RETURNING %9$I, text_hash INTO moved_embedding, moved_hash;
+                IF FOUND THEN
+                    INSERT INTO %2$s (%6$s, %9$I, text_hash) VALUES (%4$s, moved_embedding, moved_hash)
+                    ON CONFLICT (%6$s) DO UPDATE
+                    SET %9$I = excluded.%9$I, text_hash = excluded.text_hash, embedded_at = now();
+                END IF;
+            ELSE
+                INSERT INTO %5$s (%6$s, seq, priority)
+                VALUES (%4$s, nextval('rowembed.change_seq'), %10$s) %7$s;
+            END IF;
+            PERFORM pg_notify('rowembed', %8$L);
+            RETURN NULL;
+        END $fn$ $f$, fn, dest, old_key, new_key, queue, keys, upsert, v.id::text,
+        v.embedding_column, live_priority);
+
+    -- DELETE: the embedding goes in the same transaction; the queue entry too, which
+    -- also voids any claim a worker holds on it (its write then finds nothing to do).
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$s_deleted() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+        BEGIN
+            DELETE FROM %2$s AS q USING old_rows AS o WHERE %4$s;
+            DELETE FROM %3$s AS e USING old_rows AS o WHERE %5$s;
+            RETURN NULL;
+        END $fn$ $f$, fn, queue, dest,
+        rowembed._equal(v.pk_columns, 'q', 'o'), rowembed._equal(v.pk_columns, 'e', 'o'));
+
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$s_truncated() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+        BEGIN
+            TRUNCATE %2$s, %3$s;
+            RETURN NULL;
+        END $fn$ $f$, fn, queue, dest);
+
+    SELECT string_agg(format('OLD.%I::text', c), ', ' ORDER BY o)
+           || ') IS DISTINCT FROM ('
+           || string_agg(format('NEW.%I::text', c), ', ' ORDER BY o)
+      INTO watched
+      FROM unnest(v.text_columns || v.pk_columns) WITH ORDINALITY AS u(c, o);
+
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %s'
+                   ' REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT'
+                   ' EXECUTE FUNCTION %s_inserted()',
+                   'rowembed_' || v.id || '_insert', v.source, fn);
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW'
+                   ' WHEN ((%s)) EXECUTE FUNCTION %s_updated()',
+                   'rowembed_' || v.id || '_update', v.source, watched, fn);
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %s'
+                   ' REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT'
+                   ' EXECUTE FUNCTION %s_deleted()',
+                   'rowembed_' || v.id || '_delete', v.source, fn);
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT'
+                   ' EXECUTE FUNCTION %s_truncated()',
+                   'rowembed_' || v.id || '_truncate', v.source, fn);
+END
+$body$;

@@ -1,0 +1,248 @@
+-- Vectorizers: create, drop, settings, and the grants a worker role needs.
+
+-- The vectorizer called `name`, or a clear error.
+CREATE OR REPLACE FUNCTION rowembed._vectorizer_named(name text) RETURNS rowembed.vectorizer
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.name = _vectorizer_named.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rowembed: no vectorizer named %', _vectorizer_named.name;
+    END IF;
+    RETURN v;
+END
+$body$;
+
+CREATE OR REPLACE FUNCTION rowembed.create_vectorizer(
+    source regclass,
+    text_columns name[],
+    name text DEFAULT NULL,
+    model text DEFAULT 'BAAI/bge-base-en-v1.5',
+    dimensions int DEFAULT NULL,
+    destination text DEFAULT NULL,
+    embedding_column name DEFAULT 'embedding',
+    separator text DEFAULT E'\n',
+    min_similarity float8 DEFAULT NULL,
+    query_instruction text DEFAULT NULL,
+    rerank_model text DEFAULT 'BAAI/bge-reranker-base',
+    max_attempts int DEFAULT 5,
+    backfill boolean DEFAULT true,
+    storage text DEFAULT 'vector',
+    index_method text DEFAULT 'hnsw',
+    defer_index_above bigint DEFAULT 100000
+) RETURNS int
+LANGUAGE plpgsql AS $body$
+DECLARE
+    -- Column names rowembed adds beside the key in its own tables.
+    reserved constant name[] := ARRAY['seq', 'priority', 'attempts', 'lease_until',
+        'claimed_by', 'last_error', 'failed_at', 'enqueued_at', 'text_hash', 'embedded_at'];
+    src_schema name;
+    src_table name;
+    src_kind "char";
+    pk_cols name[];
+    pk_types text[];
+    dest_parts text[];
+    dest_schema name;
+    dest_table name;
+    missing name;
+    new_id int;
+    queue text;
+    key_defs text;
+    keys text;
+BEGIN
+    SELECT n.nspname, c.relname, c.relkind INTO src_schema, src_table, src_kind
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = create_vectorizer.source;
+    IF src_kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'rowembed: % is not a table', create_vectorizer.source;
+    END IF;
+
+    SELECT array_agg(a.attname ORDER BY k.ord),
+           array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
+      INTO pk_cols, pk_types
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = create_vectorizer.source AND i.indisprimary;
+    IF pk_cols IS NULL THEN
+        RAISE EXCEPTION 'rowembed: table % has no primary key', create_vectorizer.source
+            USING HINT = 'Embeddings are keyed by primary key: ALTER TABLE ... ADD PRIMARY KEY.';
+    END IF;
+
+    IF create_vectorizer.text_columns IS NULL OR cardinality(create_vectorizer.text_columns) = 0 THEN
+        RAISE EXCEPTION 'rowembed: text_columns must name at least one column';
+    END IF;
+    SELECT c INTO missing FROM unnest(create_vectorizer.text_columns) AS u(c)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM pg_attribute a
+        WHERE a.attrelid = create_vectorizer.source AND a.attname = u.c
+          AND a.attnum > 0 AND NOT a.attisdropped)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'rowembed: table % has no column %',
+            create_vectorizer.source, quote_ident(missing);
+    END IF;
+
+    SELECT c INTO missing FROM unnest(pk_cols || create_vectorizer.embedding_column) AS u(c)
+    WHERE u.c = ANY (reserved) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'rowembed: column name % is reserved by rowembed', quote_ident(missing)
+            USING HINT = format('Reserved names: %s. Pick another embedding_column.', reserved);
+    END IF;
+    IF create_vectorizer.embedding_column = ANY (pk_cols) THEN
+        RAISE EXCEPTION 'rowembed: embedding_column % is a primary key column',
+            quote_ident(create_vectorizer.embedding_column);
+    END IF;
+
+    IF create_vectorizer.storage IS NULL OR create_vectorizer.storage NOT IN ('vector', 'halfvec') THEN
+        RAISE EXCEPTION 'rowembed: storage must be vector or halfvec, not %',
+            coalesce(quote_literal(create_vectorizer.storage), 'NULL');
+    END IF;
+    IF create_vectorizer.index_method IS NULL
+       OR create_vectorizer.index_method NOT IN ('hnsw', 'hnsw_binary', 'none') THEN
+        RAISE EXCEPTION 'rowembed: index_method must be hnsw, hnsw_binary or none, not %',
+            coalesce(quote_literal(create_vectorizer.index_method), 'NULL');
+    END IF;
+
+    create_vectorizer.dimensions := coalesce(create_vectorizer.dimensions,
+                                             rowembed.model_dimensions(create_vectorizer.model));
+    IF create_vectorizer.dimensions IS NULL THEN
+        RAISE EXCEPTION 'rowembed: unknown output size for model %', create_vectorizer.model
+            USING HINT = 'Pass dimensions => N (the hidden size of the encoder).';
+    END IF;
+
+    IF create_vectorizer.destination IS NULL THEN
+        dest_schema := src_schema;
+        dest_table := src_table || '_embeddings';
+    ELSE
+        dest_parts := parse_ident(create_vectorizer.destination);
+        IF cardinality(dest_parts) = 1 THEN
+            dest_schema := src_schema;
+            dest_table := dest_parts[1];
+        ELSIF cardinality(dest_parts) = 2 THEN
+            dest_schema := dest_parts[1];
+            dest_table := dest_parts[2];
+        ELSE
+            RAISE EXCEPTION 'rowembed: destination % is not [schema.]table',
+                create_vectorizer.destination;
+        END IF;
+    END IF;
+    IF to_regclass(format('%I.%I', dest_schema, dest_table)) IS NOT NULL THEN
+        RAISE EXCEPTION 'rowembed: destination %.% already exists',
+            quote_ident(dest_schema), quote_ident(dest_table)
+            USING HINT = 'Pass destination => ''another_name'' or drop the old vectorizer.';
+    END IF;
+
+    new_id := nextval(pg_get_serial_sequence('rowembed.vectorizer', 'id'));
+    queue := format('rowembed.%I', 'queue_' || new_id);
+    keys := rowembed._columns(pk_cols);
+    SELECT string_agg(format('%I %s', c, t), ', ' ORDER BY o) INTO key_defs
+      FROM unnest(pk_cols, pk_types) WITH ORDINALITY AS u(c, t, o);
+
+    -- The durable queue: one entry per changed row, whatever the number of changes.
+    PERFORM rowembed._create_queue(queue, key_defs, keys);
+
+    EXECUTE format(
+        'CREATE TABLE %I.%I (%s, %I %s(%s) NOT NULL, text_hash bytea NOT NULL,'
+        ' embedded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
+        dest_schema, dest_table, key_defs, create_vectorizer.embedding_column,
+        create_vectorizer.storage, create_vectorizer.dimensions, keys);
+
+    INSERT INTO rowembed.vectorizer (
+        id, name, source, pk_columns, pk_types, text_columns, separator, model, dimensions,
+        destination, embedding_column, queue_table, min_similarity, query_instruction,
+        rerank_model, max_attempts, storage, index_method, defer_index_above)
+    OVERRIDING SYSTEM VALUE
+    VALUES (
+        new_id,
+        coalesce(create_vectorizer.name, src_table),
+        create_vectorizer.source, pk_cols, pk_types, create_vectorizer.text_columns,
+        create_vectorizer.separator, create_vectorizer.model, create_vectorizer.dimensions,
+        format('%I.%I', dest_schema, dest_table)::regclass,
+        create_vectorizer.embedding_column, queue::regclass,
+        coalesce(create_vectorizer.min_similarity,
+                 rowembed.default_min_similarity(create_vectorizer.model)),
+        coalesce(create_vectorizer.query_instruction,
+                 rowembed.default_query_instruction(create_vectorizer.model)),
+        create_vectorizer.rerank_model, create_vectorizer.max_attempts,
+        create_vectorizer.storage, create_vectorizer.index_method,
+        create_vectorizer.defer_index_above);
+
+    PERFORM rowembed._install_triggers(new_id);
+
+    IF create_vectorizer.backfill THEN
+        -- start_backfill defers the index when it would load more rows than
+        -- defer_index_above. Small tables are queued here and now; the
+        -- dispatcher queues the rest of a large one chunk by chunk.
+        PERFORM rowembed.start_backfill(coalesce(create_vectorizer.name, src_table));
+        PERFORM rowembed.backfill_step(new_id, 10000);
+    END IF;
+    IF create_vectorizer.index_method <> 'none'
+       AND (SELECT z.index_state FROM rowembed.vectorizer AS z WHERE z.id = new_id) = 'built' THEN
+        EXECUTE rowembed._index_sql(new_id, false);
+    END IF;
+    RETURN new_id;
+END
+$body$;
+
+CREATE OR REPLACE FUNCTION rowembed.drop_vectorizer(name text, drop_destination boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    event text;
+BEGIN
+    v := rowembed._vectorizer_named(drop_vectorizer.name);
+    FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+        IF rowembed._qualified(v.source) IS NOT NULL THEN
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
+                           'rowembed_' || v.id || '_' || event, v.source);
+        END IF;
+    END LOOP;
+    FOREACH event IN ARRAY ARRAY['inserted', 'updated', 'deleted', 'truncated'] LOOP
+        EXECUTE format('DROP FUNCTION IF EXISTS rowembed.%I()', '_vz_' || v.id || '_' || event);
+    END LOOP;
+    EXECUTE format('DROP TABLE IF EXISTS %s', rowembed._qualified(v.queue_table));
+    IF drop_destination AND rowembed._qualified(v.destination) IS NOT NULL THEN
+        EXECUTE format('DROP TABLE %s', rowembed._qualified(v.destination));
+    END IF;
+    DELETE FROM rowembed.vectorizer AS z WHERE z.id = v.id;
+END
+$body$;
+
+CREATE OR REPLACE FUNCTION rowembed.set_min_similarity(name text, min_similarity float8)
+RETURNS void
+LANGUAGE sql AS $$
+    UPDATE rowembed.vectorizer AS z SET min_similarity = set_min_similarity.min_similarity
+    WHERE z.name = set_min_similarity.name
+$$;
+
+-- Exactly what a worker role needs for one vectorizer (or all): read the key and
+-- text columns, write the embeddings, use the queue, log batches.
+CREATE OR REPLACE FUNCTION rowembed.grant_worker(role name, vectorizer text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
+    EXECUTE format('GRANT SELECT ON rowembed.vectorizer TO %I', role);
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON rowembed.batch_stats TO %I', role);
+    -- The dispatcher (same role) steps backfills.
+    EXECUTE format('GRANT SELECT, UPDATE ON rowembed.backfill TO %I', role);
+    EXECUTE format('GRANT USAGE ON SEQUENCE rowembed.change_seq TO %I', role);
+    FOR v IN SELECT * FROM rowembed.vectorizer AS z
+             WHERE grant_worker.vectorizer IS NULL OR z.name = grant_worker.vectorizer LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
+            (SELECT c.relnamespace::regnamespace::name FROM pg_class c WHERE c.oid = v.source), role);
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
+            (SELECT c.relnamespace::regnamespace::name FROM pg_class c WHERE c.oid = v.destination),
+            role);
+        EXECUTE format('GRANT SELECT (%s) ON %s TO %I',
+            rowembed._columns(v.pk_columns || v.text_columns), v.source, role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s TO %I',
+            rowembed._qualified(v.destination), rowembed._qualified(v.queue_table), role);
+    END LOOP;
+END
+$body$;

@@ -1,0 +1,114 @@
+-- Backfills: existing rows queued in keyset-ordered chunks, behind live changes.
+
+-- Starts (or restarts) queueing a vectorizer's existing rows whose embedding is
+-- missing or stale. A backfill already running is left alone, so two requests
+-- do not double the work. Returns 'started' or 'already running'.
+CREATE OR REPLACE FUNCTION rowembed.start_backfill(name text) RETURNS text
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    v := rowembed._vectorizer_named(start_backfill.name);
+    INSERT INTO rowembed.backfill AS b (vectorizer_id, state) VALUES (v.id, 'running')
+    ON CONFLICT (vectorizer_id) DO UPDATE
+        SET state = 'running', last_key = NULL, scanned = 0, queued = 0,
+            started_at = now(), updated_at = now()
+        WHERE b.state <> 'running';
+    IF NOT FOUND THEN
+        RETURN 'already running';
+    END IF;
+    IF rowembed._defer_for_backlog(v.id) THEN
+        BEGIN
+            PERFORM rowembed.defer_index(v.name);
+        EXCEPTION WHEN insufficient_privilege OR lock_not_available THEN
+            RAISE NOTICE 'rowembed: the index of % stays live during this backfill (%)',
+                v.name, SQLERRM;
+        END;
+    END IF;
+    PERFORM pg_notify('rowembed', v.id || ' backfill');
+    RETURN 'started';
+END
+$body$;
+
+-- Stops a running backfill: no further chunks, and its queued rows that no
+-- worker holds are dropped (live changes are never dropped).
+CREATE OR REPLACE FUNCTION rowembed.cancel_backfill(name text) RETURNS bigint
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    dropped bigint;
+BEGIN
+    v := rowembed._vectorizer_named(cancel_backfill.name);
+    UPDATE rowembed.backfill SET state = 'cancelled', updated_at = now()
+    WHERE vectorizer_id = v.id AND state = 'running';
+    EXECUTE format('DELETE FROM %s WHERE priority = $1 AND claimed_by IS NULL'
+                   ' AND failed_at IS NULL', rowembed._qualified(v.queue_table))
+        USING rowembed.backfill_priority();
+    GET DIAGNOSTICS dropped = ROW_COUNT;
+    RETURN dropped;
+END
+$body$;
+
+-- Queues the next chunk of a running backfill: up to chunk_size rows after the
+-- cursor, in primary-key order, of which those without a current embedding go to
+-- the queue behind live changes. One short transaction per chunk; concurrent
+-- callers skip a backfill another is stepping. Returns the rows queued.
+CREATE OR REPLACE FUNCTION rowembed.backfill_step(vectorizer_id int, chunk_size int)
+RETURNS bigint
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    b rowembed.backfill;
+    keys text;
+    after_cursor text;
+    n_scanned bigint;
+    n_queued bigint;
+    next_key jsonb;
+BEGIN
+    SELECT * INTO b FROM rowembed.backfill AS z
+    WHERE z.vectorizer_id = backfill_step.vectorizer_id AND z.state = 'running'
+    FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.id = backfill_step.vectorizer_id;
+    keys := rowembed._columns(v.pk_columns, 's');
+    after_cursor := CASE WHEN b.last_key IS NULL THEN 'true' ELSE format('(%s) > (%s)', keys,
+        (SELECT string_agg(format('($2->>%L)::%s', c, t), ', ' ORDER BY o)
+           FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o))) END;
+    EXECUTE format($q$
+        WITH chunk AS (
+            SELECT %1$s, %2$s AS text FROM %4$s AS s
+            WHERE %5$s ORDER BY %1$s LIMIT $1
+        ), queued AS (
+            INSERT INTO %6$s (%7$s, seq, priority)
+            SELECT %8$s, nextval('rowembed.change_seq'), %3$s
+            FROM chunk AS c LEFT JOIN %9$s AS e ON %10$s
+            WHERE c.text IS NOT NULL
+              AND e.text_hash IS DISTINCT FROM rowembed._text_hash(c.text)
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM chunk), (SELECT count(*) FROM queued),
+               (SELECT jsonb_build_object(%11$s) FROM chunk AS c ORDER BY %12$s LIMIT 1)
+        $q$,
+        keys, rowembed._text_sql(v, 's'), rowembed.backfill_priority(),
+        rowembed._qualified(v.source), after_cursor, rowembed._qualified(v.queue_table),
+        rowembed._columns(v.pk_columns), rowembed._columns(v.pk_columns, 'c'),
+        rowembed._qualified(v.destination), rowembed._equal(v.pk_columns, 'e', 'c'),
+        (SELECT string_agg(format('%L, c.%I', c, c), ', ' ORDER BY o)
+           FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)),
+        (SELECT string_agg(format('c.%I DESC', c), ', ' ORDER BY o)
+           FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)))
+        INTO n_scanned, n_queued, next_key USING chunk_size, b.last_key;
+    UPDATE rowembed.backfill AS z
+       SET scanned = z.scanned + n_scanned, queued = z.queued + n_queued,
+           last_key = coalesce(next_key, z.last_key), updated_at = now(),
+           state = CASE WHEN n_scanned < chunk_size THEN 'done' ELSE 'running' END
+     WHERE z.vectorizer_id = v.id;
+    IF n_queued > 0 THEN
+        PERFORM pg_notify('rowembed', v.id || ' backfill');  -- no hurry: behind live changes
+    END IF;
+    RETURN n_queued;
+END
+$body$;

@@ -1,0 +1,227 @@
+-- Search: rows of a table most similar to a query vector or to another row.
+
+-- The vectorizer of a table (by name when the table has several).
+CREATE OR REPLACE FUNCTION rowembed._vectorizer_for(row_type regtype, vectorizer text)
+RETURNS rowembed.vectorizer
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    rel regclass;
+    found_ rowembed.vectorizer;
+    names text;
+BEGIN
+    SELECT t.typrelid::regclass INTO rel FROM pg_type t WHERE t.oid = row_type AND t.typrelid <> 0;
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'rowembed: % is not a table row type', row_type
+            USING HINT = 'Pass a row of the table, or NULL::your_table.';
+    END IF;
+    IF vectorizer IS NOT NULL THEN
+        SELECT * INTO found_ FROM rowembed.vectorizer AS z WHERE z.name = vectorizer AND z.source = rel;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'rowembed: table % has no vectorizer named %', rel, vectorizer;
+        END IF;
+        RETURN found_;
+    END IF;
+    SELECT string_agg(z.name, ', ') INTO names FROM rowembed.vectorizer AS z WHERE z.source = rel;
+    IF names IS NULL THEN
+        RAISE EXCEPTION 'rowembed: table % has no vectorizer', rel
+            USING HINT = 'Create one with rowembed.create_vectorizer().';
+    END IF;
+    SELECT * INTO found_ FROM rowembed.vectorizer AS z WHERE z.source = rel;
+    IF (SELECT count(*) FROM rowembed.vectorizer AS z WHERE z.source = rel) > 1 THEN
+        RAISE EXCEPTION 'rowembed: table % has several vectorizers (%)', rel, names
+            USING HINT = 'Pass vectorizer => ''name''.';
+    END IF;
+    RETURN found_;
+END
+$body$;
+
+-- The threshold in force: the call's, else the session's rowembed.min_similarity,
+-- else the vectorizer's default.
+CREATE OR REPLACE FUNCTION rowembed._threshold(v rowembed.vectorizer, min_similarity float8)
+RETURNS float8
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(min_similarity,
+                    nullif(current_setting('rowembed.min_similarity', true), '')::float8,
+                    v.min_similarity)
+$$;
+
+-- The cosine distance of column `col` to the query vector $1, in the column's type.
+CREATE OR REPLACE FUNCTION rowembed._distance_sql(v rowembed.vectorizer, col text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('(%s <=> $1::%s(%s))', col, v.storage, v.dimensions)
+$$;
+
+-- Candidates the binary-quantized index returns per result row, re-scored
+-- exactly: the session's rowembed.rescore_factor, else 10.
+CREATE OR REPLACE FUNCTION rowembed._candidates(v rowembed.vectorizer, k int) RETURNS int
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN v.index_method = 'hnsw_binary'
+        THEN k * greatest(1, coalesce(
+            nullif(current_setting('rowembed.rescore_factor', true), '')::int, 10))
+        ELSE k END
+$$;
+
+-- The query behind search() and similar(). Parameters: $1 query vector, $2 k,
+-- $3 threshold, $4 a row to leave out (similar()), $5 a jsonb filter on the source
+-- row (to_jsonb(row) @> filter), $6 candidates (k, or more for re-scoring). The
+-- index answers the inner ORDER BY ... LIMIT, joined to the source so a filter is
+-- applied while the index is walked (with pgvector's iterative scan, a selective
+-- filter still yields k rows); with a binary-quantized index the inner query
+-- orders by hamming distance and the outer one re-scores exactly. The threshold
+-- filters the result.
+CREATE OR REPLACE FUNCTION rowembed._search_sql(v rowembed.vectorizer, exclude_row boolean)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format(
+        'SELECT h.similarity, h.s FROM ('
+        ' SELECT 1 - %1$s AS similarity, s FROM %2$s AS e'
+        ' JOIN %3$s AS s ON %4$s'
+        ' WHERE ($5 IS NULL OR to_jsonb(s) @> $5) %5$s'
+        ' ORDER BY %6$s LIMIT $6) AS h'
+        ' WHERE h.similarity >= $3'
+        ' ORDER BY h.similarity DESC LIMIT $2',
+        rowembed._distance_sql(v, format('e.%I', v.embedding_column)),
+        rowembed._qualified(v.destination), rowembed._qualified(v.source),
+        rowembed._equal(v.pk_columns, 'e', 's'),
+        CASE WHEN exclude_row THEN format('AND (%s) IS DISTINCT FROM (%s)',
+            rowembed._columns(v.pk_columns, 's'),
+            rowembed._columns(v.pk_columns, '($4)'))
+        ELSE '' END,
+        CASE WHEN v.index_method = 'hnsw_binary' AND v.index_state = 'built'
+            THEN format('binary_quantize(e.%1$I)::bit(%2$s) <~> binary_quantize($1)::bit(%2$s)',
+                        v.embedding_column, v.dimensions)
+            ELSE rowembed._distance_sql(v, format('e.%I', v.embedding_column)) END)
+$$;
+
+-- pgvector's setting; NULL-safe before the extension's library is loaded in a session.
+CREATE OR REPLACE FUNCTION rowembed._ef_search() RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(current_setting('hnsw.ef_search', true), '40')
+$$;
+
+-- HNSW returns at most hnsw.ef_search rows; raise it for large k, for this call only.
+CREATE OR REPLACE FUNCTION rowembed._ef_search_for(k int) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(least(k + 1, 1000), rowembed._ef_search()::int)::text
+$$;
+
+-- pgvector's settings for one search: ef_search raised for large k, and an
+-- iterative scan when a filter may discard candidates. Returns the old values.
+CREATE OR REPLACE FUNCTION rowembed._search_settings(k int, filtered boolean) RETURNS text[]
+LANGUAGE plpgsql AS $body$
+DECLARE
+    old text[] := ARRAY[rowembed._ef_search(),
+                        CASE WHEN filtered THEN current_setting('hnsw.iterative_scan') END];
+BEGIN
+    PERFORM set_config('hnsw.ef_search', rowembed._ef_search_for(k), true);
+    IF filtered THEN
+        PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
+    END IF;
+    RETURN old;
+END
+$body$;
+
+CREATE OR REPLACE FUNCTION rowembed._restore_search_settings(old text[]) RETURNS void
+LANGUAGE plpgsql AS $body$
+BEGIN
+    PERFORM set_config('hnsw.ef_search', old[1], true);
+    IF old[2] IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', old[2], true);
+    END IF;
+END
+$body$;
+
+-- Rows of a table most similar to a query vector, best first, at or above the
+-- threshold. Usage: SELECT similarity, (item).* FROM rowembed.search(NULL::docs, $1, 10)
+CREATE OR REPLACE FUNCTION rowembed.search(
+    source anyelement,
+    query vector,
+    k int DEFAULT 10,
+    min_similarity float8 DEFAULT NULL,
+    vectorizer text DEFAULT NULL,
+    filter jsonb DEFAULT NULL)
+RETURNS TABLE (similarity float8, item anyelement)
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
+    candidates int := rowembed._candidates(v, k);
+    old text[];
+BEGIN
+    IF k IS NULL OR k < 1 THEN
+        RAISE EXCEPTION 'rowembed: k must be at least 1';
+    END IF;
+    old := rowembed._search_settings(candidates, filter IS NOT NULL);
+    RETURN QUERY EXECUTE rowembed._search_sql(v, false)
+        USING query, k, rowembed._threshold(v, min_similarity), NULL::text, filter, candidates;
+    PERFORM rowembed._restore_search_settings(old);
+END
+$body$;
+
+-- Rows most similar to a given row (by its stored embedding), the row itself left out.
+-- Usage: SELECT s.similarity, (s.similar_item).* FROM docs d, rowembed.similar(d, 5) s
+--        WHERE d.id = 42
+CREATE OR REPLACE FUNCTION rowembed.similar(
+    item anyelement,
+    k int DEFAULT 10,
+    min_similarity float8 DEFAULT NULL,
+    vectorizer text DEFAULT NULL,
+    filter jsonb DEFAULT NULL)
+RETURNS TABLE (similarity float8, similar_item anyelement)
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(item), vectorizer);
+    candidates int := rowembed._candidates(v, k);
+    old text[];
+    query vector;
+BEGIN
+    IF k IS NULL OR k < 1 THEN
+        RAISE EXCEPTION 'rowembed: k must be at least 1';
+    END IF;
+    EXECUTE format('SELECT %I::vector FROM %s WHERE (%s) = (%s)',
+        v.embedding_column, rowembed._qualified(v.destination), rowembed._columns(v.pk_columns),
+        rowembed._columns(v.pk_columns, '($1)'))
+        INTO query USING item;
+    IF query IS NULL THEN
+        RETURN;  -- the row has no embedding (yet, or its text is empty)
+    END IF;
+    -- Leaving the row out is a filter.
+    old := rowembed._search_settings(candidates, true);
+    RETURN QUERY EXECUTE rowembed._search_sql(v, true)
+        USING query, k, rowembed._threshold(v, min_similarity), item, filter, candidates;
+    PERFORM rowembed._restore_search_settings(old);
+END
+$body$;
+
+-- The plan search() runs, to check that the HNSW index answers it.
+CREATE OR REPLACE FUNCTION rowembed.explain_search(
+    source anyelement,
+    query vector,
+    k int DEFAULT 10,
+    vectorizer text DEFAULT NULL,
+    filter jsonb DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
+    candidates int := rowembed._candidates(v, k);
+    old text[] := rowembed._search_settings(candidates, filter IS NOT NULL);
+BEGIN
+    RETURN QUERY EXECUTE 'EXPLAIN (COSTS OFF) ' || rowembed._search_sql(v, false)
+        USING query, k, rowembed._threshold(v, NULL), NULL::text, filter, candidates;
+    PERFORM rowembed._restore_search_settings(old);
+END
+$body$;
+
+-- The text a vectorizer embeds for a row of its table (what a reranker reads).
+CREATE OR REPLACE FUNCTION rowembed.embedded_text(item anyelement, vectorizer text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(item), vectorizer);
+    embedded text;
+BEGIN
+    EXECUTE format('SELECT %s FROM (SELECT ($1).*) AS s', rowembed._text_sql(v, 's'))
+        INTO embedded USING item;
+    RETURN embedded;
+END
+$body$;
