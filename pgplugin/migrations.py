@@ -43,7 +43,7 @@ def load_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def functions_sql() -> str:
+def idempotent_sql() -> str:
     """The idempotent files of sql/, in order, as one script."""
     folder = resources.files("rowembed.pgplugin").joinpath("sql")
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
@@ -79,10 +79,10 @@ def _write_model_families(conn: psycopg.Connection) -> None:
 def migrate(
     conn: psycopg.Connection,
     migrations: list[Migration] | None = None,
-    functions: str | None = None,
+    idempotent: str | None = None,
 ) -> list[str]:
     """Bring the database up to date; return the versions applied now.
-    `migrations` and `functions` (the idempotent script) default to this
+    `migrations` and `idempotent` (the script of sql/) default to this
     release's (upgrade tests pass an earlier release's).
 
     Everything happens in one transaction under an advisory lock, so concurrent
@@ -127,6 +127,6 @@ def migrate(
             applied_now.append(m.version)
         if conn.execute("SELECT to_regclass('rowembed.model_family')").fetchone() != (None,):
             _write_model_families(conn)
-        conn.execute(functions or functions_sql())  # type: ignore[arg-type]
+        conn.execute(idempotent or idempotent_sql())  # type: ignore[arg-type]
     register_vector(conn)
     return applied_now

@@ -94,10 +94,10 @@ RETURNS void
 LANGUAGE plpgsql AS $body$
 BEGIN
     EXECUTE format(
-        'CREATE TABLE %s (%s, seq bigint NOT NULL, priority smallint NOT NULL DEFAULT 0,'
+        'CREATE TABLE %s (%s, seq bigint NOT NULL, priority smallint NOT NULL DEFAULT %s,'
         ' attempts int NOT NULL DEFAULT 0, lease_until timestamptz, claimed_by int,'
         ' last_error text, failed_at timestamptz, enqueued_at timestamptz NOT NULL DEFAULT now(),'
-        ' PRIMARY KEY (%s))', queue, key_defs, keys);
+        ' PRIMARY KEY (%s))', queue, key_defs, rowembed.change_priority(), keys);
     EXECUTE format('CREATE UNIQUE INDEX ON %s (seq)', queue);
     EXECUTE format('CREATE INDEX ON %s (priority, seq) WHERE failed_at IS NULL', queue);
 END

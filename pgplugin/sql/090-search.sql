@@ -51,15 +51,21 @@ LANGUAGE sql STABLE AS $$
     SELECT format('(%s <=> $1::%s(%s))', col, v.storage, v.dimensions)
 $$;
 
--- Candidates the binary-quantized index returns per result row, re-scored
--- exactly: the session's rowembed.rescore_factor, else 10.
+-- Candidates the index returns for k results: k, or with a binary-quantized
+-- index k times the session's rowembed.rescore_factor (else 10), re-scored
+-- exactly. Refuses a k below 1.
 CREATE OR REPLACE FUNCTION rowembed._candidates(v rowembed.vectorizer, k int) RETURNS int
-LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN v.index_method = 'hnsw_binary'
+LANGUAGE plpgsql STABLE AS $body$
+BEGIN
+    IF k IS NULL OR k < 1 THEN
+        RAISE EXCEPTION 'rowembed: k must be at least 1';
+    END IF;
+    RETURN CASE WHEN v.index_method = 'hnsw_binary'
         THEN k * greatest(1, coalesce(
             nullif(current_setting('rowembed.rescore_factor', true), '')::int, 10))
-        ELSE k END
-$$;
+        ELSE k END;
+END
+$body$;
 
 -- The query behind search() and similar(). Parameters: $1 query vector, $2 k,
 -- $3 threshold, $4 a row to leave out (similar()), $5 a jsonb filter on the source
@@ -147,9 +153,6 @@ DECLARE
     candidates int := rowembed._candidates(v, k);
     old text[];
 BEGIN
-    IF k IS NULL OR k < 1 THEN
-        RAISE EXCEPTION 'rowembed: k must be at least 1';
-    END IF;
     old := rowembed._search_settings(candidates, filter IS NOT NULL);
     RETURN QUERY EXECUTE rowembed._search_sql(v, false)
         USING query, k, rowembed._threshold(v, min_similarity), NULL::text, filter, candidates;
@@ -174,9 +177,6 @@ DECLARE
     old text[];
     query vector;
 BEGIN
-    IF k IS NULL OR k < 1 THEN
-        RAISE EXCEPTION 'rowembed: k must be at least 1';
-    END IF;
     EXECUTE format('SELECT %I::vector FROM %s WHERE (%s) = (%s)',
         v.embedding_column, rowembed._qualified(v.destination), rowembed._columns(v.pk_columns),
         rowembed._columns(v.pk_columns, '($1)'))

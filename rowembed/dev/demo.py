@@ -53,25 +53,22 @@ def choose_model() -> tuple[str, str]:
 
 @contextlib.contextmanager
 def services(settings: Settings) -> Iterator[tuple[str, str]]:
-    """The configured servers, or embedded ones for the length of the demo."""
-    started: list[EmbeddedPostgres | EmbeddedRedis] = []
-    try:
-        database_url = settings.database_url
-        if not database_url:
-            pg = EmbeddedPostgres().start()
-            started.append(pg)
-            database_url = pg.url
-            print(f"embedded PostgreSQL 18 with pgvector at {pg.base_dir}")
-        redis_url = settings.redis_url
-        if not redis_url:
-            redis = EmbeddedRedis().start()
-            started.append(redis)
-            redis_url = redis.url
-            print(f"embedded Redis at {redis.socket}")
+    """The configured servers, or embedded ones for the length of the block."""
+    with contextlib.ExitStack() as stack:
+        database_url = settings.database_url or stack.enter_context(_embedded(EmbeddedPostgres()))
+        redis_url = settings.redis_url or stack.enter_context(_embedded(EmbeddedRedis()))
         yield database_url, redis_url
+
+
+@contextlib.contextmanager
+def _embedded(server: EmbeddedPostgres | EmbeddedRedis) -> Iterator[str]:
+    """Starts `server`, yields its URL, removes it (and its files) afterwards."""
+    server.start()
+    print(f"embedded {type(server).__name__.removeprefix('Embedded')} in {server.base_dir}")
+    try:
+        yield server.url
     finally:
-        for server in reversed(started):
-            server.remove()
+        server.remove()
 
 
 def load_corpus(conn: psycopg.Connection[Any], rows: int) -> int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,12 +28,18 @@ CATALOG = """
 """
 
 
-@pytest.fixture
-def fresh(postgres: EmbeddedPostgres) -> Iterator[psycopg.Connection[Any]]:
+@contextmanager
+def new_database(postgres: EmbeddedPostgres) -> Iterator[psycopg.Connection[Any]]:
     name = f"migrations_{next(_databases)}"
     with psycopg.connect(postgres.url, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     with connect(postgres.url.replace("/postgres?", f"/{name}?")) as conn:
+        yield conn
+
+
+@pytest.fixture
+def fresh(postgres: EmbeddedPostgres) -> Iterator[psycopg.Connection[Any]]:
+    with new_database(postgres) as conn:
         yield conn
 
 
@@ -95,16 +103,37 @@ def test_migration_files_are_numbered_without_gaps() -> None:
     assert versions == list(range(1, len(versions) + 1))
 
 
-def test_upgrade_from_0001_keeps_vectorizers_working(fresh: psycopg.Connection[Any]) -> None:
-    """A database set up by the 0001 release (its migration and its functions),
-    with a vectorizer and an embedding, then upgraded to this release."""
-    from pathlib import Path
+FUNCTIONS = """
+    SELECT p.oid::regprocedure::text FROM pg_proc p
+    WHERE p.pronamespace = 'rowembed'::regnamespace AND p.proname NOT LIKE '\\_vz\\_%'
+    ORDER BY 1
+"""
 
+
+def install_release(conn: psycopg.Connection[Any], release: str) -> None:
+    """The database as release `release` left it: its migrations and its functions."""
+    released = (Path(__file__).parent / "released" / f"functions_{release}.sql").read_text()
+    migrate(conn, [m for m in load_migrations() if m.version <= release], idempotent=released)
+
+
+@pytest.mark.parametrize("release", ["0001", "0002"])
+def test_an_upgraded_database_has_the_functions_of_a_fresh_one(
+    fresh: psycopg.Connection[Any], postgres: EmbeddedPostgres, release: str
+) -> None:
+    install_release(fresh, release)
+    migrate(fresh)
+    with new_database(postgres) as new:
+        migrate(new)
+        assert fresh.execute(FUNCTIONS).fetchall() == new.execute(FUNCTIONS).fetchall()
+
+
+@pytest.mark.parametrize("release", ["0001", "0002"])
+def test_an_upgrade_keeps_vectorizers_working(fresh: psycopg.Connection[Any], release: str) -> None:
+    """A database set up by an earlier release (its migrations and its functions),
+    with a vectorizer and an embedding, then upgraded to this release."""
     import numpy as np
 
-    released = (Path(__file__).parent / "released" / "functions_0001.sql").read_text()
-    first = [m for m in load_migrations() if m.version == "0001"]
-    migrate(fresh, first, functions=released)
+    install_release(fresh, release)
     fresh.execute("CREATE TABLE old_docs (id int PRIMARY KEY, body text)")
     fresh.execute("INSERT INTO old_docs VALUES (1, 'one'), (2, 'two')")
     fresh.execute(
@@ -114,7 +143,7 @@ def test_upgrade_from_0001_keeps_vectorizers_working(fresh: psycopg.Connection[A
         "INSERT INTO old_docs_embeddings (id, embedding, text_hash) VALUES (1, '[1,0,0]', 'x')"
     )
 
-    assert migrate(fresh) == [m.version for m in load_migrations()][1:]
+    assert migrate(fresh) == [m.version for m in load_migrations() if m.version > release]
 
     assert fresh.execute(
         "SELECT storage, index_method, index_state FROM rowembed.vectorizer"

@@ -1,4 +1,4 @@
-"""The invariants of DESIGN.md under real faults: killed workers, a restarted
+"""The invariants (README, Guarantees) under real faults: killed workers, a restarted
 Redis, a restarted PostgreSQL, duplicate hints, concurrent writers, poison rows,
 and a least-privilege worker role. Each test gets its own PostgreSQL and Redis
 (so restarting them disturbs nothing else) and its own worker processes."""

@@ -6,22 +6,14 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .batching import padded_tokens, plan_batches
-from .forward import (
-    BatchedModel,
-    attention_for,
-    default_dtype,
-    max_length,
-    pick_device,
-    position_limit,
-)
-from .models import Pooling, PoolingConfig, resolve_model_path
+from .forward import BatchedModel, Loaded
+from .models import Pooling
 
 log = logging.getLogger(__name__)
 
@@ -56,61 +48,14 @@ class Encoder(BatchedModel):
     """Load once, then `encode(texts)`, or `tokenize` in one thread and
     `encode_tokenized` in another (the worker overlaps them). One per process or GPU."""
 
-    def __init__(self, pooling: PoolingConfig, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.pooling = pooling
+    auto_class = "AutoModel"
+
+    def __init__(self, loaded: Loaded, **kwargs: Any) -> None:
+        super().__init__(loaded, **kwargs)
+        self.pooling = loaded.pooling
         # A fast tokenizer's settings are mutated on every call: one caller at a time.
         self._tokenizing = threading.Lock()
-
-    @classmethod
-    def load(
-        cls,
-        name: str,
-        *,
-        device: str = "auto",
-        token_budget: int | None = None,
-        pooling: Pooling | None = None,
-        dtype: torch.dtype | None = None,
-        attention: str = "auto",
-    ) -> Encoder:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        path: Path = resolve_model_path(name)
-        torch_device = pick_device(device)
-        dtype = dtype or default_dtype(torch_device)
-        config = PoolingConfig.from_model_dir(path)
-        if pooling is not None:
-            config = PoolingConfig(pooling, config.normalize, config.max_seq_length)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        attention = attention_for(attention, torch_device)
-        model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation=attention)
-        model.eval().to(torch_device)
-        limit = max_length(
-            config.max_seq_length,
-            getattr(tokenizer, "model_max_length", None),
-            position_limit(model.config),
-        )
-        log.info(
-            "loaded %s from %s on %s (%s, %s attention, %s pooling, max %d tokens)",
-            name,
-            path,
-            torch_device,
-            dtype,
-            attention,
-            config.mode,
-            limit,
-        )
-        return cls(
-            config,
-            model=model,
-            tokenizer=tokenizer,
-            max_length=limit,
-            device=torch_device,
-            token_budget=token_budget,
-            name=name,
-        )
+        log.info("%s pools by %s", self.name, self.pooling.mode)
 
     @property
     def dimensions(self) -> int:

@@ -1,12 +1,23 @@
-"""What the encoder and the reranker share: a model on a device, its tokenizer,
-and right-padded input tensors for one length-sorted, token-budget batch."""
+"""What the encoder and the reranker share: loading a model and its tokenizer
+onto a device, and right-padded input tensors for one length-sorted,
+token-budget batch."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
+
+from rowembed.families import ModelFamily, family_of
+
+from .models import PoolingConfig, resolve_model_path
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}  # CPU: small batches stay in cache
 DEFAULT_MAX_ROWS = 512
@@ -49,25 +60,104 @@ def max_length(*limits: int | None) -> int:
     return min(int(x) for x in limits if x and int(x) < 1_000_000)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A model and its tokenizer, on their device."""
+
+    path: Path
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    family: ModelFamily
+    pooling: PoolingConfig  # an encoder's; a cross-encoder has none to read
+    max_length: int  # tokens per input: the smallest of the model's limits
+
+
+def load(
+    name: str,
+    auto_class: Any,
+    *,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    attention: str = "auto",
+) -> Loaded:
+    """`name` (a hub id or a directory) with `auto_class` (AutoModel, ...), in
+    eval mode on `device`; fp16 on CUDA unless `dtype` says otherwise."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = resolve_model_path(name)
+    family = family_of(name)
+    pooling = PoolingConfig.from_model_dir(path, default_mode=family.pooling)
+    if family.padding_side != "right":
+        raise ValueError(f"{name}: rowembed pads on the right; family {family.name} pads left")
+    torch_device = pick_device(device)
+    dtype = dtype or default_dtype(torch_device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    attention = attention_for(attention, torch_device)
+    model = auto_class.from_pretrained(path, dtype=dtype, attn_implementation=attention)
+    model.eval().to(torch_device)
+    limit = max_length(
+        pooling.max_seq_length,
+        family.max_tokens,
+        getattr(tokenizer, "model_max_length", None),
+        position_limit(model.config),
+    )
+    log.info(
+        "loaded %s from %s on %s (%s, %s attention, family %s, max %d tokens)",
+        name,
+        path,
+        torch_device,
+        dtype,
+        attention,
+        family.name,
+        limit,
+    )
+    return Loaded(path, model, tokenizer, torch_device, family, pooling, limit)
+
+
+M = TypeVar("M", bound="BatchedModel")
+
+
 class BatchedModel:
+    """A loaded model that runs length-sorted, token-budget batches."""
+
+    auto_class = "AutoModel"  # the transformers class that loads it
+
+    @classmethod
+    def load(
+        cls: type[M],
+        name: str,
+        *,
+        device: str = "auto",
+        token_budget: int | None = None,
+        dtype: torch.dtype | None = None,
+        attention: str = "auto",
+    ) -> M:
+        """Load `name` once (a hub id or a directory); one per process or GPU."""
+        import transformers
+
+        auto_class = getattr(transformers, cls.auto_class)
+        loaded = load(name, auto_class, device=device, dtype=dtype, attention=attention)
+        return cls(loaded, name=name, token_budget=token_budget)
+
     def __init__(
         self,
-        model: torch.nn.Module,
-        tokenizer: object,
-        max_length: int,
-        device: torch.device,
+        loaded: Loaded,
+        name: str = "",
         token_budget: int | None = None,
         max_rows: int = DEFAULT_MAX_ROWS,
-        name: str = "",
     ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.device = device
-        self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET[device.type]
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.max_length = loaded.max_length
+        self.device = loaded.device
+        self.family = loaded.family
+        self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET[self.device.type]
         self.max_rows = max_rows
         self.name = name
-        self.pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
+        self.pad_id = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
 
     def inputs(
         self,

