@@ -1,6 +1,6 @@
--- rowembed 0003: model families in the catalog, and the drops of function forms
--- that the idempotent files (pgplugin/sql/) no longer create. Released
--- migrations are never edited.
+-- rowembed 0003: model families in the catalog, a passage instruction per
+-- vectorizer, and the drops of function forms that the idempotent files
+-- (pgplugin/sql/) no longer create. Released migrations are never edited.
 
 -- What rowembed knows of a family of models (dimensions, instructions, pooling,
 -- a starting threshold, limits): create_vectorizer's defaults. `rowembed migrate`
@@ -18,9 +18,16 @@ CREATE TABLE rowembed.model_family (
     max_tokens          int
 );
 
--- 0002 added options to create_vectorizer: the older signature goes.
+-- Prefixed to each row's text before it is embedded (e5: 'passage: '); part of
+-- the embedded text, so of its hash: a change re-embeds on the next backfill.
+ALTER TABLE rowembed.vectorizer ADD COLUMN passage_instruction text NOT NULL DEFAULT '';
+
+-- 0002 and 0003 added options to create_vectorizer: the older signatures go.
 DROP FUNCTION IF EXISTS rowembed.create_vectorizer(
     regclass, name[], text, text, int, text, name, text, float8, text, text, int, boolean);
+DROP FUNCTION IF EXISTS rowembed.create_vectorizer(
+    regclass, name[], text, text, int, text, name, text, float8, text, text, int, boolean,
+    text, text, bigint);
 
 -- 0002 added the `changes` column to vectorizers_with_work() and columns to status().
 DO $drop$

@@ -28,6 +28,7 @@ _OPTIONS = (
     "storage",
     "index_method",
     "defer_index_above",
+    "passage_instruction",
 )
 
 
@@ -49,6 +50,7 @@ class Vectorizer:
     queue_table: str
     min_similarity: float
     query_instruction: str
+    passage_instruction: str
     rerank_model: str
     max_attempts: int
     storage: str
@@ -79,7 +81,8 @@ _SELECT = sql.SQL("""
            dn.nspname::text AS destination_schema, dc.relname::text AS destination_table,
            v.embedding_column::text AS embedding_column,
            qn.nspname::text AS queue_schema, qc.relname::text AS queue_table,
-           v.min_similarity, v.query_instruction, v.rerank_model, v.max_attempts,
+           v.min_similarity, v.query_instruction, v.passage_instruction, v.rerank_model,
+           v.max_attempts,
            v.storage, v.index_method, v.index_state
     FROM rowembed.vectorizer v
     JOIN pg_class sc ON sc.oid = v.source JOIN pg_namespace sn ON sn.oid = sc.relnamespace

@@ -55,6 +55,17 @@ FAMILIES: tuple[ModelFamily, ...] = (
         dimensions={"all-MiniLM-L6-v2": 384, "all-MiniLM-L12-v2": 384, "all-mpnet-base-v2": 768},
         pooling="mean",
     ),
+    ModelFamily(
+        "e5-v2",
+        r"e5-(small|base|large)-v2",
+        dimensions={"e5-small-v2": 384, "e5-base-v2": 768, "e5-large-v2": 1024},
+        query_instruction="query: ",
+        passage_instruction="passage: ",
+        pooling="mean",
+        # Temperature 0.01 as well: similarities cluster in about [0.7, 1].
+        min_similarity=0.75,
+        max_tokens=512,
+    ),
     ModelFamily("other", r""),  # any Hugging Face encoder
 )
 

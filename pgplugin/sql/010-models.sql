@@ -19,6 +19,12 @@ LANGUAGE sql STABLE AS $$
     SELECT coalesce((rowembed._family_of(model)).query_instruction, '')
 $$;
 
+-- The prefix a model's passages (the rows) take (e5: 'passage: ').
+CREATE OR REPLACE FUNCTION rowembed.default_passage_instruction(model text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((rowembed._family_of(model)).passage_instruction, '')
+$$;
+
 -- A starting threshold only: calibrate on your own data (README, "Thresholds").
 CREATE OR REPLACE FUNCTION rowembed.default_min_similarity(model text) RETURNS float8
 LANGUAGE sql STABLE AS $$

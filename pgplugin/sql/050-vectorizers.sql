@@ -30,7 +30,8 @@ CREATE OR REPLACE FUNCTION rowembed.create_vectorizer(
     backfill boolean DEFAULT true,
     storage text DEFAULT 'vector',
     index_method text DEFAULT 'hnsw',
-    defer_index_above bigint DEFAULT 100000
+    defer_index_above bigint DEFAULT 100000,
+    passage_instruction text DEFAULT NULL
 ) RETURNS int
 LANGUAGE plpgsql AS $body$
 DECLARE
@@ -152,7 +153,8 @@ BEGIN
     INSERT INTO rowembed.vectorizer (
         id, name, source, pk_columns, pk_types, text_columns, separator, model, dimensions,
         destination, embedding_column, queue_table, min_similarity, query_instruction,
-        rerank_model, max_attempts, storage, index_method, defer_index_above)
+        rerank_model, max_attempts, storage, index_method, defer_index_above,
+        passage_instruction)
     OVERRIDING SYSTEM VALUE
     VALUES (
         new_id,
@@ -167,7 +169,9 @@ BEGIN
                  rowembed.default_query_instruction(create_vectorizer.model)),
         create_vectorizer.rerank_model, create_vectorizer.max_attempts,
         create_vectorizer.storage, create_vectorizer.index_method,
-        create_vectorizer.defer_index_above);
+        create_vectorizer.defer_index_above,
+        coalesce(create_vectorizer.passage_instruction,
+                 rowembed.default_passage_instruction(create_vectorizer.model)));
 
     PERFORM rowembed._install_triggers(new_id);
 

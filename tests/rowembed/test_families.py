@@ -26,7 +26,8 @@ from ..conftest import MODEL
         ("BAAI/bge-reranker-base", "bge-reranker"),
         ("BAAI/bge-m3", "bge"),
         (MODEL, "sentence-transformers"),
-        ("intfloat/e5-base-v2", "other"),
+        ("intfloat/e5-base-v2", "e5-v2"),
+        ("my-org/my-encoder", "other"),
     ],
 )
 def test_a_model_belongs_to_the_first_family_that_matches(model: str, family: str) -> None:
@@ -42,6 +43,7 @@ def test_a_model_belongs_to_the_first_family_that_matches(model: str, family: st
         "BAAI/bge-m3",
         MODEL,
         "sentence-transformers/all-mpnet-base-v2",
+        "intfloat/e5-small-v2",
         "my-org/my-model",
     ],
 )
@@ -49,12 +51,13 @@ def test_sql_defaults_are_the_families(conn: psycopg.Connection[Any], model: str
     family = family_of(model)
     row = conn.execute(
         "SELECT rowembed.model_dimensions(%(m)s), rowembed.default_query_instruction(%(m)s),"
-        " rowembed.default_min_similarity(%(m)s)",
+        " rowembed.default_passage_instruction(%(m)s), rowembed.default_min_similarity(%(m)s)",
         {"m": model},
     ).fetchone()
     assert row == (
         family.dimensions.get(model.rsplit("/", 1)[-1]),
         family.query_instruction,
+        family.passage_instruction,
         family.min_similarity,
     )
 

@@ -265,3 +265,25 @@ def test_drain_gives_claims_back_when_it_stops_or_fails(
 
         report, more = drain(conn, reader, v, encoder, limit=10, lease_seconds=300, time_budget=60)
     assert (report.written, more) == (10, False) and queued(conn, v) == []
+
+
+def test_the_passage_instruction_is_part_of_the_embedded_text(
+    conn: Conn, table: str, encoder: Encoder
+) -> None:
+    t = sql.Identifier(table)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'cats nap'), (2, ' ')").format(t))
+    v = create_vectorizer(conn, table, ["body"], model=MODEL, passage_instruction="passage: ")
+    assert v.passage_instruction == "passage: "
+    report = run(conn, v, encoder)
+    assert (report.embedded, report.written) == (1, 1)
+    expected = encoder.encode(["passage: cats nap"]).vectors[0]
+    assert np.abs(stored(conn, v)[1] - expected).max() < 1e-6
+    texts = conn.execute(
+        sql.SQL("SELECT id, rowembed.embedded_text(d) FROM {} AS d ORDER BY id").format(t)
+    ).fetchall()
+    assert texts == [(1, "passage: cats nap"), (2, None)]  # blank text stays blank
+    # The stored hash is of the embedded text: a backfill finds nothing to do.
+    conn.execute("SELECT rowembed.start_backfill(%s)", [v.name])
+    conn.execute("SELECT rowembed.backfill_step(%s, 100)", [v.id])
+    assert queued(conn, v) == []
