@@ -3,7 +3,10 @@
 -- (Re)creates the trigger functions and triggers of one vectorizer. Called by
 -- create_vectorizer and again on every migrate, so trigger fixes ship on upgrade.
 -- The functions are SECURITY DEFINER because the application roles that write the
--- source table must not need any privilege on rowembed's queue or embeddings.
+-- source table must not need any privilege on rowembed's queue or embeddings; so
+-- no role may attach them elsewhere: EXECUTE is revoked from PUBLIC (a trigger's
+-- function is checked at CREATE TRIGGER, not when it fires), and each refuses to
+-- fire for any table but its source.
 CREATE OR REPLACE FUNCTION rowembed._install_triggers(vectorizer_id int) RETURNS void
 LANGUAGE plpgsql AS $body$
 DECLARE
@@ -17,6 +20,8 @@ DECLARE
     new_key text;
     watched text;
     live_priority smallint;
+    guard text;
+    event text;
 BEGIN
     SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = vectorizer_id;
     IF rowembed._qualified(v.source) IS NULL THEN
@@ -32,12 +37,16 @@ BEGIN
            string_agg(format('NEW.%I', c), ', ' ORDER BY o)
       INTO old_key, new_key
       FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
+    guard := format($g$
+            IF TG_RELID <> %s THEN
+                RAISE EXCEPTION 'rowembed: %s serves %% only, not %%', %L, TG_RELID::regclass;
+            END IF;$g$, v.source::oid, fn, rowembed._qualified(v.source));
 
     -- INSERT: one set-based statement per source statement (COPY and bulk inserts).
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$s_inserted() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-        BEGIN
+        BEGIN %7$s
             INSERT INTO %2$s (%3$s, seq, priority)
             SELECT %3$s, nextval('rowembed.change_seq'), %6$s FROM new_rows
             %4$s;
@@ -45,7 +54,7 @@ BEGIN
                 PERFORM pg_notify('rowembed', %5$L);
             END IF;
             RETURN NULL;
-        END $fn$ $f$, fn, queue, keys, upsert, v.id::text, live_priority);
+        END $fn$ $f$, fn, queue, keys, upsert, v.id::text, live_priority, guard);
 
     -- UPDATE: fires only when an embedded column or the key changed (see WHEN below).
     -- A key change moves the embedding to the new key and queues both keys; the
@@ -57,7 +66,7 @@ BEGIN
         DECLARE
             moved_embedding %2$s.%9$I%%TYPE;
             moved_hash bytea;
-        BEGIN
+        BEGIN %11$s
             IF (%3$s) IS DISTINCT FROM (%4$s) THEN
                 -- Both keys are queued: the old one so the worker confirms it is gone
                 -- (in a key swap it is not) and any claim on it is voided.
@@ -78,27 +87,30 @@ BEGIN
             PERFORM pg_notify('rowembed', %8$L);
             RETURN NULL;
         END $fn$ $f$, fn, dest, old_key, new_key, queue, keys, upsert, v.id::text,
-        v.embedding_column, live_priority);
+        v.embedding_column, live_priority, guard);
 
     -- DELETE: the embedding goes in the same transaction; the queue entry too, which
     -- also voids any claim a worker holds on it (its write then finds nothing to do).
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$s_deleted() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-        BEGIN
+        BEGIN %6$s
             DELETE FROM %2$s AS q USING old_rows AS o WHERE %4$s;
             DELETE FROM %3$s AS e USING old_rows AS o WHERE %5$s;
             RETURN NULL;
         END $fn$ $f$, fn, queue, dest,
-        rowembed._equal(v.pk_columns, 'q', 'o'), rowembed._equal(v.pk_columns, 'e', 'o'));
+        rowembed._equal(v.pk_columns, 'q', 'o'), rowembed._equal(v.pk_columns, 'e', 'o'), guard);
 
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$s_truncated() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-        BEGIN
+        BEGIN %4$s
             TRUNCATE %2$s, %3$s;
             RETURN NULL;
-        END $fn$ $f$, fn, queue, dest);
+        END $fn$ $f$, fn, queue, dest, guard);
+    FOREACH event IN ARRAY ARRAY['inserted', 'updated', 'deleted', 'truncated'] LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s_%s() FROM PUBLIC', fn, event);
+    END LOOP;
 
     SELECT string_agg(format('OLD.%I::text', c), ', ' ORDER BY o)
            || ') IS DISTINCT FROM ('
