@@ -29,7 +29,8 @@ DROP FUNCTION IF EXISTS rowembed.create_vectorizer(
     regclass, name[], text, text, int, text, name, text, float8, text, text, int, boolean,
     text, text, bigint);
 
--- 0002 added the `changes` column to vectorizers_with_work() and columns to status().
+-- 0002 added the `changes` column to vectorizers_with_work(); 0002 and 0003
+-- added columns to status().
 DO $drop$
 BEGIN
     IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('rowembed.vectorizers_with_work()')
@@ -37,7 +38,7 @@ BEGIN
         DROP FUNCTION rowembed.vectorizers_with_work();
     END IF;
     IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('rowembed.status()')
-               AND NOT 'storage' = ANY (proargnames)) THEN
+               AND NOT 'problem' = ANY (proargnames)) THEN
         DROP VIEW IF EXISTS rowembed.vectorizer_status;
         DROP FUNCTION rowembed.status();
     END IF;

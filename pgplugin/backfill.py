@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
 
-from ._call import scalar
+from ._call import call, scalar
+
+log = logging.getLogger(__name__)
 
 
 def start_backfill(conn: psycopg.Connection[Any], name: str) -> str:
@@ -27,18 +30,25 @@ def step_backfill(conn: psycopg.Connection[Any], vectorizer_id: int, chunk: int)
 def top_up_backfills(conn: psycopg.Connection[Any], chunk: int) -> None:
     """Top up each running backfill's queued backlog to about three chunks (a few
     chunk-sized transactions per call): the queue stays short, and live changes,
-    queued at a higher priority, stay first."""
-    running = conn.execute(
-        "SELECT vectorizer_id FROM rowembed.backfill WHERE state = 'running'"
-    ).fetchall()
-    for (vectorizer_id,) in running:
-        for _ in range(10):
-            backlog = scalar(conn, "backfill_backlog", vectorizer_id=vectorizer_id, cap=3 * chunk)
-            if backlog >= 3 * chunk:
-                break
-            step_backfill(conn, vectorizer_id, chunk)
-            state = conn.execute(
-                "SELECT state FROM rowembed.backfill WHERE vectorizer_id = %s", [vectorizer_id]
-            ).fetchone()
-            if state != ("running",):
-                break
+    queued at a higher priority, stay first. One backfill's failure (its table
+    altered meanwhile) is logged and the others go on."""
+    for (vectorizer_id,) in call(conn, "backfills_to_step").fetchall():
+        try:
+            _top_up(conn, vectorizer_id, chunk)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            log.warning("backfill of vectorizer %s: %s", vectorizer_id, str(exc).strip())
+
+
+def _top_up(conn: psycopg.Connection[Any], vectorizer_id: int, chunk: int) -> None:
+    for _ in range(10):
+        backlog = scalar(conn, "backfill_backlog", vectorizer_id=vectorizer_id, cap=3 * chunk)
+        if backlog >= 3 * chunk:
+            break
+        step_backfill(conn, vectorizer_id, chunk)
+        state = conn.execute(
+            "SELECT state FROM rowembed.backfill WHERE vectorizer_id = %s", [vectorizer_id]
+        ).fetchone()
+        if state != ("running",):
+            break

@@ -19,20 +19,21 @@ class VectorizerStatus:
     name: str
     source: str
     model: str
-    queued: int
-    in_flight: int
-    failed: int
-    embedded: int
-    rows_per_second: float
+    queued: int | None  # the counts are None when they cannot be read (see problem)
+    in_flight: int | None
+    failed: int | None
+    embedded: int | None
+    rows_per_second: float | None
     eta_seconds: float | None
     backfill: str | None
     storage: str
-    index: str
+    index: str | None
     id: int
+    problem: str | None  # why the vectorizer cannot work now; None when it can
 
     @property
     def pending(self) -> int:
-        return self.queued + self.in_flight
+        return (self.queued or 0) + (self.in_flight or 0)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def status(conn: psycopg.Connection[Any], name: str | None = None) -> list[Vecto
     with conn.cursor(row_factory=class_row(VectorizerStatus)) as cur:
         rows = cur.execute(
             "SELECT name, source::text, model, queued, in_flight, failed, embedded,"
-            " rows_per_second, eta_seconds, backfill, storage, index, id"
+            " rows_per_second, eta_seconds, backfill, storage, index, id, problem"
             " FROM rowembed.status() WHERE %(name)s::text IS NULL OR name = %(name)s",
             {"name": name},
         ).fetchall()

@@ -146,12 +146,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     for r in rows:
         eta_text = "-" if r.eta_seconds is None else f"{r.eta_seconds:.0f}s"
+        rate = "-" if r.rows_per_second is None else f"{r.rows_per_second:.1f}"
         print(
-            f"{r.name:<20} {r.model:<38} {r.queued:>8} {r.in_flight:>9} {r.failed:>7}"
-            f" {r.embedded:>9} {r.rows_per_second:>8.1f} {eta_text:>8}"
-            f"  {r.backfill or '-'}; {r.storage}, {r.index}"
+            f"{r.name:<20} {r.model:<38} {_count(r.queued):>8} {_count(r.in_flight):>9}"
+            f" {_count(r.failed):>7} {_count(r.embedded):>9} {rate:>8} {eta_text:>8}"
+            f"  {r.backfill or '-'}; {r.storage}, {r.index or '-'}"
         )
+        if r.problem:
+            print(f"{'':<20} BROKEN: {r.problem}")
     return 0
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
 
 
 def cmd_index(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,27 @@ def database_url(postgres: EmbeddedPostgres) -> str:
     with connect(postgres.url) as conn:
         migrate(conn)
     return postgres.url
+
+
+_databases = itertools.count()
+
+
+@contextmanager
+def new_database(postgres: EmbeddedPostgres) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to a new, empty database of the session's server."""
+    name = f"db_{next(_databases)}"
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    with connect(postgres.url.replace("/postgres?", f"/{name}?")) as conn:
+        yield conn
+
+
+@pytest.fixture
+def own_db(postgres: EmbeddedPostgres) -> Iterator[psycopg.Connection[Any]]:
+    """A migrated database of this test's own (for tests that leave things broken)."""
+    with new_database(postgres) as conn:
+        migrate(conn)
+        yield conn
 
 
 @pytest.fixture(scope="session")

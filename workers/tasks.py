@@ -35,6 +35,10 @@ def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
             except VectorizerNotFound:
                 log.info("vectorizer %s no longer exists; hint dropped", vectorizer_id)
                 return {}
+            if vectorizer.problem:
+                why = vectorizer.problem
+                log.warning("vectorizer %s is broken (%s); hint dropped", vectorizer.name, why)
+                return {}
             report, more = drain(
                 conn,
                 reader,

@@ -204,9 +204,10 @@ BEGIN
 END
 $body$;
 
--- Vectorizers with entries a worker may claim now, and whether any of those is a
--- live change rather than backfill: what the dispatcher's sweep sends hints for
--- (a lost hint is found here). Reads the first such entry only.
+-- Vectorizers of the current role with entries a worker may claim now, and
+-- whether any of those is a live change rather than backfill: what the
+-- dispatcher's sweep sends hints for (a lost hint is found here). Reads the first
+-- such entry only; skips broken vectorizers.
 CREATE OR REPLACE FUNCTION rowembed.vectorizers_with_work()
 RETURNS TABLE (id int, changes boolean)
 LANGUAGE plpgsql STABLE AS $body$
@@ -215,10 +216,15 @@ DECLARE
     live int[] := ARRAY(SELECT rowembed.live_workers());
     first_priority smallint;
 BEGIN
-    FOR v IN SELECT * FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
-        EXECUTE format('SELECT priority FROM %s WHERE %s ORDER BY priority LIMIT 1',
-                       rowembed._qualified(v.queue_table), rowembed._claimable_sql())
-            INTO first_priority USING live;
+    FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
+        CONTINUE WHEN rowembed._problem(v) IS NOT NULL;  -- status() shows why
+        BEGIN
+            EXECUTE format('SELECT priority FROM %s WHERE %s ORDER BY priority LIMIT 1',
+                           rowembed._qualified(v.queue_table), rowembed._claimable_sql())
+                INTO first_priority USING live;
+        EXCEPTION WHEN OTHERS THEN  -- dropped or altered meanwhile: the next sweep sees it
+            first_priority := NULL;
+        END;
         IF first_priority IS NOT NULL THEN
             id := v.id;
             changes := first_priority = rowembed.change_priority();

@@ -14,6 +14,49 @@ BEGIN
 END
 $body$;
 
+-- Why a vectorizer cannot work now, or NULL: its source, queue or destination
+-- is gone, a key or embedded column was renamed or dropped, a change trigger is
+-- missing. status() shows it; the sweep, backfills and workers skip such a
+-- vectorizer, and the others go on.
+CREATE OR REPLACE FUNCTION rowembed._problem(v rowembed.vectorizer) RETURNS text
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    missing text;
+BEGIN
+    IF rowembed._qualified(v.source) IS NULL THEN
+        RETURN 'its source table was dropped';
+    ELSIF rowembed._qualified(v.queue_table) IS NULL THEN
+        RETURN 'its queue table was dropped';
+    ELSIF rowembed._qualified(v.destination) IS NULL THEN
+        RETURN 'its destination table was dropped';
+    END IF;
+    SELECT u.c INTO missing FROM unnest(v.pk_columns || v.text_columns) AS u(c)
+     WHERE NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = v.source
+                          AND a.attname = u.c AND a.attnum > 0 AND NOT a.attisdropped)
+     LIMIT 1;
+    IF FOUND THEN
+        RETURN format('column %I of %s was renamed or dropped', missing, v.source);
+    END IF;
+    SELECT e.t INTO missing FROM unnest(ARRAY['insert', 'update', 'delete', 'truncate']) AS e(t)
+     WHERE NOT EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = v.source
+                          AND g.tgname = 'rowembed_' || v.id || '_' || e.t)
+     LIMIT 1;
+    IF FOUND THEN
+        RETURN format('its %s trigger is missing (rowembed migrate recreates it)', missing);
+    END IF;
+    RETURN NULL;
+END
+$body$;
+
+-- The vectorizers the current role works with: those whose queue it may read
+-- (a worker role holds only its own), and any whose queue is gone (broken).
+CREATE OR REPLACE FUNCTION rowembed._visible_vectorizers() RETURNS SETOF rowembed.vectorizer
+LANGUAGE sql STABLE AS $$
+    SELECT z.* FROM rowembed.vectorizer AS z
+     WHERE coalesce(has_table_privilege(z.queue_table, 'SELECT'), true)
+     ORDER BY z.id
+$$;
+
 CREATE OR REPLACE FUNCTION rowembed.create_vectorizer(
     source regclass,
     text_columns name[],

@@ -112,3 +112,14 @@ BEGIN
     RETURN n_queued;
 END
 $body$;
+
+-- Running backfills the current role may step (it may queue rows of the
+-- vectorizer), broken vectorizers left out: what the dispatcher tops up.
+CREATE OR REPLACE FUNCTION rowembed.backfills_to_step() RETURNS SETOF int
+LANGUAGE sql STABLE AS $$
+    SELECT v.id FROM rowembed._visible_vectorizers() AS v
+      JOIN rowembed.backfill AS b ON b.vectorizer_id = v.id
+     WHERE b.state = 'running' AND rowembed._problem(v) IS NULL
+       AND has_table_privilege(v.queue_table, 'INSERT')
+     ORDER BY v.id
+$$;

@@ -3,49 +3,58 @@
 -- Per-vectorizer counts: exact for the queue; for destinations of over a million
 -- rows, the planner's estimate (an exact count would read the whole table).
 -- in_flight: claimed by a live worker; queued: the rest, entries backing off included.
+-- problem: why the vectorizer cannot work (rowembed._problem()), counts NULL when
+-- they cannot be read. The vectorizers of the current role only.
 CREATE OR REPLACE FUNCTION rowembed.status()
 RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight bigint,
                failed bigint, embedded bigint, rows_per_second float8, eta_seconds float8,
-               backfill text, storage text, index text, id int)
+               backfill text, storage text, index text, id int, problem text)
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer;
     live int[] := ARRAY(SELECT rowembed.live_workers());
 BEGIN
-    FOR v IN SELECT * FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
+    FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
         name := v.name;
         source := v.source;
         model := v.model;
         id := v.id;
-        EXECUTE format(
-            'SELECT count(*) FILTER (WHERE failed_at IS NULL AND NOT held),'
-            '       count(*) FILTER (WHERE failed_at IS NULL AND held),'
-            '       count(*) FILTER (WHERE failed_at IS NOT NULL)'
-            '  FROM (SELECT failed_at, %s AS held FROM %s) AS q',
-            rowembed._held_sql(), rowembed._qualified(v.queue_table))
-            INTO queued, in_flight, failed USING live;
-        embedded := rowembed._row_estimate(v.destination, 1000001);
-        IF embedded <= 1000000 THEN
-            EXECUTE format('SELECT count(*) FROM %s', rowembed._qualified(v.destination))
-                INTO embedded;
-        END IF;
         storage := format('%s(%s)', v.storage, v.dimensions);
-        index := rowembed._index_status(v);
-        -- Rows completed per second over the last minute of batches.
-        SELECT sum(st.claimed - st.failed)
-               / greatest(1, extract(epoch FROM now() - min(st.finished_at
-                                                         - make_interval(secs => st.seconds))))
-          INTO rows_per_second
-          FROM rowembed.batch_stats AS st
-         WHERE st.vectorizer_id = v.id AND st.finished_at > now() - interval '1 minute';
-        rows_per_second := coalesce(rows_per_second, 0);
-        eta_seconds := CASE WHEN rows_per_second > 0
-                            THEN (queued + in_flight) / rows_per_second END;
-        SELECT format('%s: %s rows scanned of about %s, %s queued', b.state, b.scanned,
-                      greatest(c.reltuples, 0)::bigint, b.queued)
-          INTO backfill
-          FROM rowembed.backfill AS b JOIN pg_class AS c ON c.oid = v.source
-         WHERE b.vectorizer_id = v.id;
+        problem := rowembed._problem(v);
+        queued := NULL; in_flight := NULL; failed := NULL; embedded := NULL;
+        rows_per_second := NULL; eta_seconds := NULL; backfill := NULL; index := NULL;
+        BEGIN  -- one vectorizer's failure is its problem, not everyone's
+            EXECUTE format(
+                'SELECT count(*) FILTER (WHERE failed_at IS NULL AND NOT held),'
+                '       count(*) FILTER (WHERE failed_at IS NULL AND held),'
+                '       count(*) FILTER (WHERE failed_at IS NOT NULL)'
+                '  FROM (SELECT failed_at, %s AS held FROM %s) AS q',
+                rowembed._held_sql(), rowembed._qualified(v.queue_table))
+                INTO STRICT queued, in_flight, failed USING live;
+            embedded := rowembed._row_estimate(v.destination, 1000001);
+            IF embedded <= 1000000 THEN
+                EXECUTE format('SELECT count(*) FROM %s', rowembed._qualified(v.destination))
+                    INTO embedded;
+            END IF;
+            index := rowembed._index_status(v);
+            -- Rows completed per second over the last minute of batches.
+            SELECT sum(st.claimed - st.failed)
+                   / greatest(1, extract(epoch FROM now() - min(st.finished_at
+                                                             - make_interval(secs => st.seconds))))
+              INTO rows_per_second
+              FROM rowembed.batch_stats AS st
+             WHERE st.vectorizer_id = v.id AND st.finished_at > now() - interval '1 minute';
+            rows_per_second := coalesce(rows_per_second, 0);
+            eta_seconds := CASE WHEN rows_per_second > 0
+                                THEN (queued + in_flight) / rows_per_second END;
+            SELECT format('%s: %s rows scanned of about %s, %s queued', b.state, b.scanned,
+                          greatest(c.reltuples, 0)::bigint, b.queued)
+              INTO backfill
+              FROM rowembed.backfill AS b JOIN pg_class AS c ON c.oid = v.source
+             WHERE b.vectorizer_id = v.id;
+        EXCEPTION WHEN OTHERS THEN
+            problem := coalesce(problem, SQLERRM);
+        END;
         RETURN NEXT;
     END LOOP;
 END
@@ -61,7 +70,8 @@ LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer;
 BEGIN
-    FOR v IN SELECT * FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
+    FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
+        CONTINUE WHEN rowembed._qualified(v.queue_table) IS NULL;
         RETURN QUERY EXECUTE format(
             'SELECT %L::text, jsonb_build_object(%s), attempts, last_error,'
             ' failed_at IS NOT NULL, failed_at, CASE WHEN failed_at IS NULL THEN lease_until END'

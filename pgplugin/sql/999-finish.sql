@@ -18,5 +18,19 @@ BEGIN
 END
 $pin$;
 
--- Regenerate every vectorizer's triggers with the functions above.
-SELECT rowembed._install_triggers(id) FROM rowembed.vectorizer;
+-- Regenerate every vectorizer's triggers with the functions above. One that
+-- cannot be (its source altered) keeps its triggers and is shown by status().
+DO $install$
+DECLARE
+    vectorizer_id int;
+BEGIN
+    FOR vectorizer_id IN SELECT z.id FROM rowembed.vectorizer AS z ORDER BY z.id LOOP
+        BEGIN
+            PERFORM rowembed._install_triggers(vectorizer_id);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'rowembed: the triggers of vectorizer % were not regenerated: %',
+                vectorizer_id, SQLERRM;
+        END;
+    END LOOP;
+END
+$install$;

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,10 +11,9 @@ import psycopg
 import pytest
 
 from rowembed.dev.embedded import EmbeddedPostgres
-from rowembed.pgplugin import connect
 from rowembed.pgplugin.migrations import MigrationError, load_migrations, migrate
 
-_databases = itertools.count()
+from ..conftest import new_database
 
 CATALOG = """
     SELECT p.oid::regprocedure::text, md5(pg_get_functiondef(p.oid)), p.proconfig::text
@@ -26,15 +23,6 @@ CATALOG = """
     WHERE c.relnamespace = 'rowembed'::regnamespace
     ORDER BY 1
 """
-
-
-@contextmanager
-def new_database(postgres: EmbeddedPostgres) -> Iterator[psycopg.Connection[Any]]:
-    name = f"migrations_{next(_databases)}"
-    with psycopg.connect(postgres.url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    with connect(postgres.url.replace("/postgres?", f"/{name}?")) as conn:
-        yield conn
 
 
 @pytest.fixture

@@ -1,0 +1,124 @@
+"""One broken vectorizer, or one the role does not hold, never stops the others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from rowembed.pgplugin import backfill, create_vectorizer, migrate
+from rowembed.pgplugin.backfill import top_up_backfills
+from rowembed.pgplugin.queue import vectorizers_with_work
+from rowembed.pgplugin.status import errors, status
+from rowembed.pgplugin.vectorizers import Vectorizer
+
+Conn = psycopg.Connection[Any]
+
+
+def docs(conn: Conn, name: str, rows: int = 3) -> Vectorizer:
+    t = sql.Identifier(name)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT i, 'text ' || i FROM generate_series(1, %s) i").format(t),
+        [rows],
+    )
+    return create_vectorizer(conn, name, ["body"], model="m", dimensions=3)
+
+
+def fail_one_row(conn: Conn, v: Vectorizer) -> None:
+    conn.execute(sql.SQL("UPDATE {} SET last_error = 'model failed' WHERE id = 1").format(v.queue))
+
+
+def test_a_worker_role_of_one_vectorizer_works_beside_others(own_db: Conn) -> None:
+    """grant_worker(role, 'mine'): the sweep, status, errors and the backfill
+    work for that role, and show it its vectorizer only."""
+    mine, theirs = docs(own_db, "mine"), docs(own_db, "theirs")
+    fail_one_row(own_db, mine)
+    fail_one_row(own_db, theirs)
+    role = f"worker_of_{own_db.info.dbname}"
+    own_db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    own_db.execute("SELECT rowembed.grant_worker(%s, 'mine')", [role])
+    own_db.execute("SELECT rowembed.start_backfill('theirs')")
+    own_db.execute("SELECT rowembed.start_backfill('mine')")
+    with own_db.transaction():
+        own_db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        assert vectorizers_with_work(own_db) == [(mine.id, False)]  # backfill rows
+        assert [s.name for s in status(own_db)] == ["mine"]
+        assert [e.vectorizer for e in errors(own_db)] == ["mine"]
+        top_up_backfills(own_db, chunk=100)
+    assert own_db.execute(
+        "SELECT vectorizer_id, state FROM rowembed.backfill ORDER BY vectorizer_id"
+    ).fetchall() == [(mine.id, "done"), (theirs.id, "running")]
+
+
+RENAMED = "column body of broken was renamed or dropped"
+
+
+@pytest.mark.parametrize(
+    ("breakage", "problem", "after_migrate"),
+    [
+        ("DROP TABLE {}", "its source table was dropped", "its source table was dropped"),
+        ("ALTER TABLE {} RENAME COLUMN body TO text", RENAMED, RENAMED),
+        ("ALTER TABLE {} DROP COLUMN body CASCADE", RENAMED, RENAMED),
+        ("DROP TRIGGER rowembed_{id}_update ON {}", "its update trigger is missing", None),
+        (
+            "DROP TABLE rowembed.queue_{id}",
+            "its queue table was dropped",
+            "its queue table was dropped",
+        ),
+    ],
+)
+def test_a_broken_vectorizer_is_shown_and_the_others_go_on(
+    own_db: Conn,
+    breakage: str,
+    problem: str,
+    after_migrate: str | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broken, healthy = docs(own_db, "broken"), docs(own_db, "healthy")
+    own_db.execute("SELECT rowembed.start_backfill('broken')")  # interrupted by the breakage
+    own_db.execute("SELECT rowembed.start_backfill('healthy')")
+    fail_one_row(own_db, broken)
+    own_db.execute(
+        sql.SQL(breakage.replace("{id}", str(broken.id))).format(sql.Identifier("broken"))
+    )
+
+    assert vectorizers_with_work(own_db) == [(healthy.id, False)]
+    shown = {s.name: s for s in status(own_db)}
+    assert shown["healthy"].problem is None and shown["healthy"].queued == 3
+    assert (shown["broken"].problem or "").startswith(problem), shown["broken"].problem
+    errors(own_db)  # no exception
+    top_up_backfills(own_db, chunk=100)
+    assert own_db.execute(
+        "SELECT state FROM rowembed.backfill WHERE vectorizer_id = %s", [healthy.id]
+    ).fetchone() == ("done",)
+    assert caplog.records == []  # the broken backfill was skipped, not tried and failed
+    migrate(own_db)  # regenerates every trigger it can; the broken one is reported
+    shown = {s.name: s for s in status(own_db)}
+    assert shown["healthy"].problem is None
+    assert shown["broken"].problem == after_migrate
+
+
+def test_one_failing_backfill_does_not_stop_the_others(
+    own_db: Conn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table altered between the check and the step: that backfill's error is
+    logged, and the next backfill is stepped."""
+    first, second = docs(own_db, "first"), docs(own_db, "second")
+    for v in (first, second):
+        own_db.execute("SELECT rowembed.start_backfill(%s)", [v.name])
+    real_top_up = backfill._top_up
+
+    def top_up(conn: Conn, vectorizer_id: int, chunk: int) -> None:
+        if vectorizer_id == first.id:
+            conn.execute("SELECT * FROM no_such_table")
+        real_top_up(conn, vectorizer_id, chunk)
+
+    monkeypatch.setattr(backfill, "_top_up", top_up)
+    top_up_backfills(own_db, chunk=100)
+    assert own_db.execute(
+        "SELECT vectorizer_id, state FROM rowembed.backfill ORDER BY vectorizer_id"
+    ).fetchall() == [(first.id, "running"), (second.id, "done")]
+    assert ["no_such_table" in r.getMessage() for r in caplog.records] == [True]
