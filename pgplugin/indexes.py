@@ -83,10 +83,11 @@ def _drop_invalid(conn: psycopg.Connection[Any], vectorizer_id: int) -> None:
     """A concurrent build that was interrupted leaves an invalid index behind;
     IF NOT EXISTS would keep it, so drop it first."""
     rows = conn.execute(
-        """SELECT c.relnamespace::regnamespace::text, c.relname::text
+        """SELECT n.nspname::text, c.relname::text
              FROM rowembed.vectorizer v
              JOIN pg_index i ON i.indrelid = v.destination
              JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+             JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE v.id = %s AND a.amname = 'hnsw' AND NOT i.indisvalid""",
         [vectorizer_id],
     ).fetchall()

@@ -238,3 +238,38 @@ def test_bad_choices_are_named(conn: Conn, table: str) -> None:
         create_vectorizer(conn, table, ["body"], model=MODEL, storage="float8")
     with pytest.raises(psycopg.errors.RaiseException, match="index_method must be hnsw"):
         create_vectorizer(conn, table, ["body"], model=MODEL, index_method="ivf")
+
+
+def test_an_invalid_index_in_a_schema_that_needs_quoting_is_dropped_before_a_build(
+    conn: Conn, table: str
+) -> None:
+    schema = f"Mixed Schema {table}"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+            sql.Identifier(schema, "docs")
+        )
+    )
+    qualified = sql.Identifier(schema, "docs").as_string(conn)
+    v = create_vectorizer(conn, qualified, ["body"], model=MODEL, backfill=False)
+    index = vector_index(conn, v)
+    assert index is not None
+    conn.execute("SELECT rowembed.defer_index(%s)", [v.name])
+    # What an interrupted CREATE INDEX CONCURRENTLY leaves behind: an invalid index.
+    conn.execute(
+        sql.SQL("CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops)").format(
+            sql.Identifier("leftover"), v.destination
+        )
+    )
+    conn.execute(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
+        [sql.Identifier(schema, "leftover").as_string(conn)],
+    )
+    assert build_index(conn, v.name, memory="64MB", parallel_workers=0) is not None
+    names = conn.execute(
+        "SELECT c.relname::text, i.indisvalid FROM pg_index i JOIN pg_class c"
+        " ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam"
+        " WHERE i.indrelid = %s::regclass AND a.amname = 'hnsw'",
+        [v.destination.as_string(conn)],
+    ).fetchall()
+    assert len(names) == 1 and names[0][1] is True and names[0][0] != "leftover"

@@ -62,18 +62,23 @@ class Encoder(BatchedModel):
         return int(self.model.config.hidden_size)
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        texts = list(texts)
+        """Token ids, cut at the model's limit. Each text is first cut at
+        `max_chars` characters, so a huge row costs no more than a long one."""
+        bounded = [t[: self.max_chars] for t in texts]
         with self._tokenizing:
             batch = self.tokenizer(  # type: ignore[operator]
-                texts,
+                bounded,
                 truncation=True,
                 max_length=self.max_length,
                 return_attention_mask=False,
                 return_token_type_ids=False,
             )
         # The fast tokenizer keeps what truncation cut in `overflowing`.
-        cut = [bool(e.overflowing) for e in batch.encodings]
-        return Tokenized(texts, batch["input_ids"], cut)
+        cut = [
+            bool(e.overflowing) or len(b) < len(t)
+            for e, b, t in zip(batch.encodings, bounded, texts, strict=True)
+        ]
+        return Tokenized(bounded, batch["input_ids"], cut)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         tokenized = self.tokenize(texts)

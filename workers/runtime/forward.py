@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}  # CPU: small batches stay in cache
 DEFAULT_MAX_ROWS = 512
+# Texts are cut at this many characters per token of the model's limit before
+# they are tokenized: far beyond what ordinary text needs (about 4 characters a
+# token), and a 10 MB row no longer costs seconds and gigabytes to tokenize.
+CHARS_PER_TOKEN = 64
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -152,6 +156,7 @@ class BatchedModel:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.max_length = loaded.max_length
+        self.max_chars = self.max_length * CHARS_PER_TOKEN
         self.device = loaded.device
         self.family = loaded.family
         self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET[self.device.type]

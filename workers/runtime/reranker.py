@@ -41,8 +41,8 @@ class Reranker(BatchedModel):
         if not pairs:
             return Scored(np.empty(0, dtype=np.float32), 0, 0, 0)
         batch = self.tokenizer(  # type: ignore[operator]
-            [q for q, _ in pairs],
-            [p for _, p in pairs],
+            [q[: self.max_chars] for q, _ in pairs],
+            [p[: self.max_chars] for _, p in pairs],
             truncation="longest_first",
             max_length=self.max_length,
             return_attention_mask=False,

@@ -126,3 +126,11 @@ def test_the_attention_kernel_is_chosen_and_does_not_change_vectors(encoder: Enc
     assert encoder.model.config._attn_implementation == "sdpa"  # auto, on CPU
     texts = TEXTS["short"] + TEXTS["long"]
     assert np.abs(eager.encode(texts).vectors - encoder.encode(texts).vectors).max() < 1e-5
+
+
+def test_a_huge_text_is_cut_before_it_is_tokenized(encoder: Encoder) -> None:
+    huge = "word " * 2_000_000  # 10 MB: tokenizing it whole takes seconds and gigabytes
+    tokenized = encoder.tokenize([huge, "short"])
+    assert [len(t) for t in tokenized.texts] == [encoder.max_chars, 5]
+    assert tokenized.cut == [True, False]
+    assert tokenized.ids[0] == encoder.tokenize([huge[:20_000]]).ids[0]

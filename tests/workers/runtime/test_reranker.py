@@ -53,3 +53,22 @@ def test_order_of_inputs_does_not_change_scores(reranker: Reranker) -> None:
 
 def test_no_passages(reranker: Reranker) -> None:
     assert reranker.score(QUERY, []).scores.shape == (0,)
+
+
+def test_a_huge_passage_is_cut_before_it_is_tokenized(reranker: Reranker) -> None:
+    huge = "word " * 2_000_000  # 10 MB: tokenizing it whole takes seconds and gigabytes
+    seen: list[int] = []
+    tokenizer = reranker.tokenizer
+
+    def recording(queries: list[str], passages: list[str], **kwargs: object) -> object:
+        seen.extend(len(p) for p in passages)
+        return tokenizer(queries, passages, **kwargs)  # type: ignore[operator]
+
+    reranker.tokenizer = recording
+    try:
+        result = reranker.score(QUERY, [huge])
+    finally:
+        reranker.tokenizer = tokenizer
+    assert seen == [reranker.max_chars]
+    assert result.truncated == 1
+    assert np.abs(result.scores - reranker.score(QUERY, [huge[:20_000]]).scores).max() <= 1e-5
