@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # A CPU build of torch where there is no NVIDIA driver; pip's default (CUDA) elsewhere.
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint mutants
 
 $(BIN)/rowembed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,7 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# Removes each safeguard in turn (in a scratch copy) and checks that its tests go red.
+mutants: install
+	$(BIN)/python tests/mutants.py

@@ -15,6 +15,7 @@ import psycopg
 
 from rowembed.pgplugin.search import Hit, search_vector
 from rowembed.pgplugin.vectorizers import Vectorizer
+from rowembed.workers.queues import QUERY_QUEUE, RERANK_QUEUE
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -55,9 +56,11 @@ class LocalModels:
 
 class WorkerModels:
     """Asks the workers (Celery tasks `rowembed.embed_query` and `rowembed.rerank`).
-    Without `app`, one is made from the environment (ROWEMBED_REDIS_URL) on first use."""
+    Without `app`, one is made from the environment (ROWEMBED_REDIS_URL) on first use.
+    A request no worker answers within `timeout` seconds fails saying so, and
+    expires in the broker (no worker picks it up later)."""
 
-    def __init__(self, app: Celery | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, app: Celery | None = None, timeout: float = 15.0) -> None:
         self._app = app
         self.timeout = timeout
 
@@ -70,12 +73,40 @@ class WorkerModels:
         return self._app
 
     def encode_query(self, model: str, text: str) -> np.ndarray:
-        result = self.app.send_task("rowembed.embed_query", args=[model, text])
-        return np.asarray(result.get(timeout=self.timeout), dtype=np.float32)
+        return self._ask("rowembed.embed_query", [model, text], QUERY_QUEUE)
 
     def score_passages(self, model: str, query: str, passages: Sequence[str]) -> np.ndarray:
-        result = self.app.send_task("rowembed.rerank", args=[model, query, list(passages)])
-        return np.asarray(result.get(timeout=self.timeout), dtype=np.float32)
+        return self._ask("rowembed.rerank", [model, query, list(passages)], RERANK_QUEUE)
+
+    def _ask(self, task: str, args: list[Any], queue: str) -> np.ndarray:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        try:
+            result = self.app.send_task(task, args=args, expires=self.timeout, retry=False)
+        except Exception as exc:  # kombu raises its own and the socket's errors
+            raise WorkerUnavailable(
+                f"cannot reach the broker ({_first_line(exc)}): is Redis running at"
+                " ROWEMBED_REDIS_URL? Or search with the models in this process (--local)"
+            ) from exc
+        try:
+            return np.asarray(result.get(timeout=self.timeout), dtype=np.float32)
+        except CeleryTimeout:
+            raise WorkerUnavailable(
+                f"no worker answered on the {queue} queue within {self.timeout:g} s: start"
+                " one (`rowembed worker`, whose --queues include it) or search with the"
+                " models in this process (--local)"
+            ) from None
+        except Exception as exc:  # the worker's error, rebuilt by Celery
+            raise WorkerUnavailable(f"the worker failed: {_first_line(exc)}") from exc
+
+
+class WorkerUnavailable(RuntimeError):
+    """No worker answered, or the one that did failed."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def embed_query(encoder: Encoder, vectorizer: Vectorizer, text: str) -> np.ndarray:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 
@@ -42,7 +42,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.require_database()
     settings.require_redis()
-    from rowembed.workers.celery_app import QUEUES, app
+    from rowembed.workers.celery_app import app
+    from rowembed.workers.queues import QUEUES
 
     unknown = set(args.queues.split(",")) - set(QUEUES)
     if unknown:
@@ -76,8 +77,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from rowembed.workers.celery_app import EMBED_QUEUE, app
+    from rowembed.workers.celery_app import app
     from rowembed.workers.dispatcher import CeleryHints, Dispatcher
+    from rowembed.workers.queues import EMBED_QUEUE
 
     settings.require_redis()
     dispatcher = Dispatcher(
@@ -111,7 +113,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             models,
             k=args.k,
             min_similarity=args.min_similarity,
-            filter=json.loads(args.filter) if args.filter else None,
+            filter=args.filter,
             rerank=args.rerank,
             candidates=args.candidates,
             rerank_model=args.rerank_model,
@@ -216,10 +218,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
-    from rowembed.pgplugin import connect
+    from rowembed.pgplugin import connect, get_vectorizer
     from rowembed.pgplugin.status import errors
 
     with connect(_settings(args).require_database()) as conn:
+        if args.name is not None:
+            get_vectorizer(conn, args.name)  # a clear error if there is none
         rows = errors(conn, args.name)
     for e in rows:
         state = "parked" if e.parked else "retrying"
@@ -280,7 +284,7 @@ def _models(args: argparse.Namespace, settings: Settings) -> Models:
         return LocalModels(settings.device)
     from rowembed.workers.celery_app import app
 
-    return WorkerModels(app)
+    return WorkerModels(app, timeout=getattr(args, "timeout", 15.0))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -296,8 +300,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(rows=args.rows, settings=_settings(args))
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line naming it (argparse's usage goes to --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"rowembed: {message} (see {self.prog} --help)\n")
+
+
+def _between(low: float, high: float, kind: type[int] | type[float] = int) -> Any:
+    """An argparse type: a finite number from low to high."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low <= value <= high):  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{text} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rowembed", description=__doc__)
+    parser = _Parser(prog="rowembed", description=__doc__)
     parser.add_argument("--database-url", help="PostgreSQL URL (env ROWEMBED_DATABASE_URL)")
     parser.add_argument("--redis-url", help="Redis URL for Celery (env ROWEMBED_REDIS_URL)")
     parser.add_argument("--loglevel", default="INFO")
@@ -323,16 +359,28 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="search a vectorizer's table with a text query")
     search.add_argument("name", help="vectorizer name")
     search.add_argument("text")
-    search.add_argument("--k", type=int, default=10)
-    search.add_argument("--min-similarity", type=float, default=None)
-    search.add_argument("--filter", help='JSON the row must contain, e.g. \'{"lang": "en"}\'')
+    search.add_argument("--k", type=_between(1, 10_000), default=10)
+    search.add_argument("--min-similarity", type=_between(-1.0, 1.0, float), default=None)
+    search.add_argument(
+        "--filter",
+        type=_json_object,
+        help='a JSON object the row must contain, e.g. \'{"lang": "en"}\'',
+    )
     search.add_argument("--rerank", action="store_true", help="rerank with the cross-encoder")
-    search.add_argument("--candidates", type=int, default=100, help="retrieved for --rerank")
+    search.add_argument(
+        "--candidates", type=_between(1, 10_000), default=100, help="retrieved for --rerank"
+    )
     search.add_argument("--rerank-model", help="default: the vectorizer's rerank_model")
     search.add_argument(
         "--local", action="store_true", help="run the models here, not on the workers"
     )
     search.add_argument("--json", action="store_true", help="one JSON object per row")
+    search.add_argument(
+        "--timeout",
+        type=_between(0.1, 3600.0, float),
+        default=15.0,
+        help="seconds to wait for a worker's answer (default 15)",
+    )
 
     sub.add_parser("status", help="queue, throughput and backfill per vectorizer")
 
@@ -356,8 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--query", action="append", help="a sample query (repeat); default: the table's own rows"
     )
-    calibrate.add_argument("--sample", type=int, default=100, help="rows sampled")
-    calibrate.add_argument("--k", type=int, default=10, help="nearest rows per query")
+    calibrate.add_argument("--sample", type=_between(1, 100_000), default=100, help="rows sampled")
+    calibrate.add_argument(
+        "--k", type=_between(1, 1_000), default=10, help="nearest rows per query"
+    )
     calibrate.add_argument("--apply", action="store_true", help="set the suggested threshold")
     calibrate.add_argument("--local", action="store_true", help="embed queries here")
 

@@ -64,9 +64,25 @@ class Settings:
             raise SettingsError(
                 "no database: set ROWEMBED_DATABASE_URL (or DATABASE_URL, or --database-url)"
             )
+        # A URL of another scheme would reach libpq as a confusing parse error;
+        # a libpq key=value string ('host=... dbname=...') has no scheme.
+        _check_scheme("ROWEMBED_DATABASE_URL", self.database_url, DATABASE_SCHEMES)
         return self.database_url
 
     def require_redis(self) -> str:
         if not self.redis_url:
             raise SettingsError("no broker: set ROWEMBED_REDIS_URL (or REDIS_URL, or --redis-url)")
+        _check_scheme("ROWEMBED_REDIS_URL", self.redis_url, REDIS_SCHEMES)
         return self.redis_url
+
+
+DATABASE_SCHEMES = ("postgresql", "postgres")
+REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
+
+
+def _check_scheme(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    scheme, found, _ = url.partition("://")
+    if found and scheme not in schemes:
+        # Only the scheme is shown: the rest may hold a password.
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise SettingsError(f"{name} is a {scheme}:// URL; rowembed takes {allowed}")

@@ -9,15 +9,12 @@ from celery import Celery
 
 from rowembed.settings import Settings
 
-EMBED_QUEUE = "rowembed.embed"  # hints: a vectorizer has queued rows
-RERANK_QUEUE = "rowembed.rerank"  # interactive: score candidates
-QUERY_QUEUE = "rowembed.query"  # interactive: embed a search query
+from .queues import EMBED_QUEUE, QUERY_QUEUE, RERANK_QUEUE
+
 # Message priorities of embed hints (Redis serves lower numbers first); which
 # hint gets which is the policy's (policy.hint_priority).
 HINT_URGENT = 0
 HINT_BACKGROUND = 9
-# `rowembed worker --queues embed,rerank,query`: short names for the queues.
-QUEUES = {"embed": EMBED_QUEUE, "rerank": RERANK_QUEUE, "query": QUERY_QUEUE}
 
 
 def make_app(settings: Settings | None = None) -> Celery:

@@ -14,7 +14,8 @@ import psycopg
 from rowembed.pgplugin.queue import vectorizers_with_work
 from rowembed.settings import Settings
 
-from .celery_app import EMBED_QUEUE, HINT_BACKGROUND, HINT_URGENT, waiting_messages
+from .celery_app import HINT_BACKGROUND, HINT_URGENT, waiting_messages
+from .queues import EMBED_QUEUE
 
 # Queue entries claimed per batch. The claim is the window sorted by length:
 # larger claims pad less (CPU: +7.7% padded tokens at 256 rows, +4.2% at 512)

@@ -197,3 +197,44 @@ def test_index_defer_and_build_from_the_shell(
     assert built.returncode == 0, built.stderr
     assert "index of cli_index built in" in built.stdout
     assert built.stdout.strip().endswith("index hnsw: built")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "x", "text", "--k", "0"], "argument --k: 0 is not between 1 and 10000"),
+        (["search", "x", "text", "--k", "2147483647"], "argument --k: 2147483647 is not between"),
+        (["search", "x", "text", "--min-similarity", "nan"], "--min-similarity: nan is not"),
+        (["search", "x", "text", "--filter", "[1, 2]"], "'[1, 2]' is not a JSON object"),
+        (["search", "x", "text", "--filter", "{bad"], "'{bad' is not JSON"),
+        (["calibrate", "x", "--sample", "0"], "argument --sample: 0 is not between 1 and"),
+        (["--database-url", "mysql://u:secret@h/db", "status"], "is a mysql:// URL"),
+        (["--database-url", "postgresql:///x", "--redis-url", "http://h", "worker"], "http://"),
+    ],
+)
+def test_bad_arguments_are_one_line_naming_them(args: list[str], message: str) -> None:
+    result = rowembed(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "secret" not in result.stderr
+
+
+def test_errors_of_an_unknown_vectorizer_say_so(database_url: str) -> None:
+    result = rowembed("errors", "no_such_thing", database_url=database_url)
+    assert result.returncode == 1
+    assert "no vectorizer 'no_such_thing'" in result.stderr
+
+
+def test_a_search_no_worker_answers_fails_soon_saying_so(
+    conn: psycopg.Connection[Any], database_url: str, redis_url: str
+) -> None:
+    conn.execute("CREATE TABLE unserved (id int PRIMARY KEY, body text)")
+    create_vectorizer(conn, "unserved", ["body"], model=MODEL, backfill=False)
+    result = rowembed(
+        "--redis-url", redis_url, "search", "unserved", "text", "--timeout", "2",
+        database_url=database_url,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no worker answered on the rowembed.query queue within 2 s" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -158,7 +158,8 @@ def test_duplicate_hints_and_requeues_cost_no_extra_model_calls(
     stack: Stack, encoder: Encoder
 ) -> None:
     from rowembed.settings import Settings
-    from rowembed.workers.celery_app import EMBED_QUEUE, make_app
+    from rowembed.workers.celery_app import make_app
+    from rowembed.workers.queues import EMBED_QUEUE
 
     with connect(stack.pg.url) as conn:
         docs_table(conn, 80)

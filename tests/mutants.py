@@ -1,0 +1,213 @@
+"""`make mutants`: remove each safeguard in turn and check that its tests go red.
+
+Each mutation edits one file of a scratch copy of the package (the repository's
+folders laid out as the `rowembed` namespace, first on PYTHONPATH, so the worker
+processes the tests start import it too), runs the tests that guard it, and
+counts it caught when they fail. The working tree is never touched. Ends with
+the line `N of M mutations caught`; exits non-zero unless every one was.
+
+    python tests/mutants.py [NAME-SUBSTRING ...]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Repository folder -> its place in the scratch copy (pyproject.toml's package-dir).
+LAYOUT = {
+    "rowembed": "rowembed",
+    "pgplugin": "rowembed/pgplugin",
+    "migrations": "rowembed/migrations",
+    "workers": "rowembed/workers",
+    "tests": "tests",
+}
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str  # in the repository
+    safeguard: str  # text that the mutation replaces
+    replacement: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = (
+    Mutation(
+        "trigger functions executable by PUBLIC",
+        "pgplugin/sql/040-capture.sql",
+        "EXECUTE format('REVOKE ALL ON FUNCTION %s_%s() FROM PUBLIC', fn, event);",
+        "NULL;",
+        ("tests/pgplugin/test_capture.py",),
+    ),
+    Mutation(
+        "trigger functions fire for any table",
+        "pgplugin/sql/040-capture.sql",
+        "            IF TG_RELID <> %s THEN",
+        "            IF TG_RELID <> %s AND false THEN",
+        ("tests/pgplugin/test_capture.py",),
+    ),
+    Mutation(
+        "a role sees every vectorizer",
+        "pgplugin/sql/050-vectorizers.sql",
+        "     WHERE coalesce(has_table_privilege(z.queue_table, 'SELECT'), true)\n",
+        "",
+        ("tests/pgplugin/test_isolation.py",),
+    ),
+    Mutation(
+        "the sweep hints broken vectorizers",
+        "pgplugin/sql/030-queue.sql",
+        "        CONTINUE WHEN rowembed._problem(v) IS NOT NULL;",
+        "",
+        ("tests/pgplugin/test_isolation.py",),
+    ),
+    Mutation(
+        "backfills of broken vectorizers are stepped",
+        "pgplugin/sql/070-backfill.sql",
+        "     WHERE b.state = 'running' AND rowembed._problem(v) IS NULL\n",
+        "     WHERE b.state = 'running'\n",
+        ("tests/pgplugin/test_isolation.py",),
+    ),
+    Mutation(
+        "one failing backfill stops the others",
+        "pgplugin/backfill.py",
+        "        except psycopg.Error as exc:\n"
+        "            if conn.broken:\n"
+        "                raise\n",
+        "        except ZeroDivisionError as exc:\n",
+        ("tests/pgplugin/test_isolation.py",),
+    ),
+    Mutation(
+        "migrate stops at one vectorizer's triggers",
+        "pgplugin/sql/999-finish.sql",
+        "        EXCEPTION WHEN OTHERS THEN\n"
+        "            RAISE WARNING"
+        " 'rowembed: the triggers of vectorizer % were not regenerated: %',\n"
+        "                vectorizer_id, SQLERRM;\n",
+        "",
+        ("tests/pgplugin/test_isolation.py",),
+    ),
+    Mutation(
+        "texts tokenized whole",
+        "workers/runtime/encoder.py",
+        "        bounded = [t[: self.max_chars] for t in texts]\n",
+        "        bounded = list(texts)\n",
+        ("tests/workers/runtime/test_encoder.py",),
+    ),
+    Mutation(
+        "rerank passages tokenized whole",
+        "workers/runtime/reranker.py",
+        "            [p[: self.max_chars] for _, p in pairs],\n",
+        "            [p for _, p in pairs],\n",
+        ("tests/workers/runtime/test_reranker.py",),
+    ),
+    Mutation(
+        "no pooling from the model family",
+        "workers/runtime/forward.py",
+        "PoolingConfig.from_model_dir(path, default_mode=family.pooling)",
+        "PoolingConfig.from_model_dir(path)",
+        ("tests/rowembed/test_families.py",),
+    ),
+    Mutation(
+        "no text_hash skip: unchanged rows re-embedded",
+        "pgplugin/queue.py",
+        "        if self.stored_hash == self.text_hash:\n            return Action.KEEP\n",
+        "",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "no stale-write guard: a claim completes whatever the row's version",
+        "pgplugin/queue.py",
+        "SELECT q.seq FROM {queue} AS q JOIN {stage} AS st ON st.seq = q.seq",
+        "SELECT q.seq FROM {queue} AS q",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "claims of a dead worker wait for their lease",
+        "pgplugin/sql/030-queue.sql",
+        "           ' OR (claimed_by IS NOT NULL AND claimed_by <> ALL ($1)))'",
+        "           ')'",
+        (
+            "tests/workers/test_faults.py::test_sigkill_mid_batch_loses_nothing_and_waits_for_no_lease",
+        ),
+    ),
+    Mutation(
+        "no sweep: a lost hint is lost work",
+        "workers/dispatcher.py",
+        "                    for vectorizer_id, changes in vectorizers_with_work(conn):\n"
+        "                        self.send_hint(vectorizer_id, changes)\n",
+        "",
+        ("tests/workers/test_dispatcher.py",),
+    ),
+    Mutation(
+        "an invalid index quoted twice",
+        "pgplugin/indexes.py",
+        '"""SELECT n.nspname::text, c.relname::text',
+        '"""SELECT c.relnamespace::regnamespace::text, c.relname::text',
+        ("tests/pgplugin/test_indexes.py",),
+    ),
+    Mutation(
+        "no passage instruction",
+        "pgplugin/sql/020-helpers.sql",
+        "THEN format('%L ||', v.passage_instruction) ELSE '' END",
+        "THEN '' ELSE '' END",
+        ("tests/workers/test_pipeline.py",),
+    ),
+)
+
+
+def scratch_copy(target: Path) -> None:
+    for folder, place in LAYOUT.items():
+        shutil.copytree(
+            ROOT / folder,
+            target / place,
+            ignore=shutil.ignore_patterns("__pycache__"),
+            dirs_exist_ok=True,
+        )
+    shutil.copy(ROOT / "pyproject.toml", target / "pyproject.toml")
+
+
+def run_tests(scratch: Path, tests: tuple[str, ...]) -> bool:
+    """Whether the tests pass."""
+    env = {**os.environ, "PYTHONPATH": str(scratch)}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    return subprocess.run(command, cwd=scratch, env=env, capture_output=True).returncode == 0
+
+
+def main(selected: list[str]) -> int:
+    mutations = [m for m in MUTATIONS if not selected or any(s in m.name for s in selected)]
+    caught = 0
+    with tempfile.TemporaryDirectory(prefix="rowembed-mutants-") as tmp:
+        scratch = Path(tmp)
+        scratch.chmod(0o755)  # the embedded PostgreSQL's user reads nothing here, but may pass
+        scratch_copy(scratch)
+        guarding = tuple(sorted({t for m in mutations for t in m.tests}))
+        if not run_tests(scratch, guarding):
+            print("the guarding tests fail without any mutation: fix them first")
+            return 1
+        for m in mutations:
+            file = scratch / LAYOUT[m.path.split("/")[0]] / m.path.split("/", 1)[1]
+            original = file.read_text()
+            if original.count(m.safeguard) != 1:
+                print(f"STALE    {m.name}: its safeguard text is not in {m.path} once")
+                continue
+            file.write_text(original.replace(m.safeguard, m.replacement))
+            try:
+                red = not run_tests(scratch, m.tests)
+            finally:
+                file.write_text(original)
+            caught += red
+            print(f"{'caught' if red else 'MISSED':<8} {m.name}")
+    print(f"{caught} of {len(mutations)} mutations caught")
+    return 0 if caught == len(mutations) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
