@@ -1,6 +1,7 @@
 -- rowembed 0003: model families in the catalog, a passage instruction per
--- vectorizer, and the drops of function forms that the idempotent files
--- (pgplugin/sql/) no longer create. Released migrations are never edited.
+-- vectorizer, a catalog no role can forge, and the drops of function forms that
+-- the idempotent files (pgplugin/sql/) no longer create. Released migrations are
+-- never edited.
 
 -- What rowembed knows of a family of models (dimensions, instructions, pooling,
 -- a starting threshold, limits): create_vectorizer's defaults. `rowembed migrate`
@@ -44,3 +45,17 @@ BEGIN
     END IF;
 END
 $drop$;
+
+-- A role may write only catalog rows whose source, destination and queue it owns
+-- (or is a member of their owner): with INSERT on the catalog it cannot describe
+-- another role's tables, which `migrate` would then build trigger functions over.
+-- The catalog's owner (the role that runs migrate) and superusers are exempt.
+ALTER TABLE rowembed.vectorizer ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads ON rowembed.vectorizer FOR SELECT USING (true);
+CREATE POLICY owners_write ON rowembed.vectorizer FOR ALL
+    USING (NOT EXISTS (
+        SELECT FROM pg_class AS c WHERE c.oid IN (source, destination, queue_table)
+           AND NOT pg_has_role(current_user, c.relowner, 'USAGE')))
+    WITH CHECK ((
+        SELECT count(*) FROM pg_class AS c WHERE c.oid IN (source, destination, queue_table)
+           AND pg_has_role(current_user, c.relowner, 'USAGE')) = 3);

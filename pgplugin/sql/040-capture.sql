@@ -2,8 +2,9 @@
 
 -- (Re)creates the trigger functions and triggers of one vectorizer. Called by
 -- create_vectorizer and again on every migrate, so trigger fixes ship on upgrade.
--- The functions are SECURITY DEFINER because the application roles that write the
--- source table must not need any privilege on rowembed's queue or embeddings; so
+-- The functions are SECURITY DEFINER, owned by the queue's owner, because the
+-- application roles that write the source table must not need any privilege on
+-- rowembed's queue or embeddings; so
 -- no role may attach them elsewhere: EXECUTE is revoked from PUBLIC (a trigger's
 -- function is checked at CREATE TRIGGER, not when it fires), and each refuses to
 -- fire for any table but its source.
@@ -110,6 +111,11 @@ BEGIN
         END $fn$ $f$, fn, queue, dest, guard);
     FOREACH event IN ARRAY ARRAY['inserted', 'updated', 'deleted', 'truncated'] LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s_%s() FROM PUBLIC', fn, event);
+        -- They run as the queue's owner (the vectorizer's creator, whom the
+        -- catalog's row-level security checked), never as whoever ran migrate.
+        EXECUTE format('ALTER FUNCTION %s_%s() OWNER TO %I', fn, event,
+                       (SELECT r.rolname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+                         WHERE c.oid = v.queue_table));
     END LOOP;
 
     SELECT string_agg(format('OLD.%I::text', c), ', ' ORDER BY o)

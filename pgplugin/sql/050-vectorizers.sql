@@ -98,8 +98,20 @@ BEGIN
     SELECT n.nspname, c.relname, c.relkind INTO src_schema, src_table, src_kind
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = create_vectorizer.source;
-    IF src_kind NOT IN ('r', 'p') THEN
+    IF src_kind = 'p' OR (SELECT c.relispartition FROM pg_class c
+                            WHERE c.oid = create_vectorizer.source) THEN
+        RAISE EXCEPTION 'rowembed: % is partitioned or a partition', create_vectorizer.source
+            USING HINT = 'Changes made through a partitioned table are not all captured:'
+                         ' vectorize a plain table.';
+    ELSIF src_kind <> 'r' THEN
         RAISE EXCEPTION 'rowembed: % is not a table', create_vectorizer.source;
+    END IF;
+    -- Its trigger functions will run as the creator (the queue's owner), over
+    -- the creator's tables: only the source's owner may create them.
+    IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c
+                                      WHERE c.oid = create_vectorizer.source), 'USAGE') THEN
+        RAISE EXCEPTION 'rowembed: only the owner of % (or a member of its role) may vectorize it',
+            create_vectorizer.source;
     END IF;
 
     SELECT array_agg(a.attname ORDER BY k.ord),
@@ -291,5 +303,20 @@ BEGIN
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s TO %I',
             rowembed._qualified(v.destination), rowembed._qualified(v.queue_table), role);
     END LOOP;
+END
+$body$;
+
+-- What a role needs to create and manage vectorizers over tables it owns (it
+-- also needs CREATE on the destination's schema): the catalog's row-level
+-- security keeps it to its own tables.
+CREATE OR REPLACE FUNCTION rowembed.grant_creator(role name) RETURNS void
+LANGUAGE plpgsql AS $body$
+BEGIN
+    EXECUTE format('GRANT USAGE, CREATE ON SCHEMA rowembed TO %I', role);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON rowembed.vectorizer TO %I', role);
+    EXECUTE format('GRANT USAGE ON SEQUENCE %s, rowembed.change_seq TO %I',
+                   pg_get_serial_sequence('rowembed.vectorizer', 'id'), role);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON rowembed.backfill TO %I', role);
+    EXECUTE format('GRANT SELECT ON rowembed.model_family, rowembed.batch_stats TO %I', role);
 END
 $body$;

@@ -235,3 +235,21 @@ def test_drop_removes_triggers_queue_and_destination(conn: Conn, table: str) -> 
         [f"rowembed.{v.queue_table}", v.destination_table],
     ).fetchone() == (None, None)
     conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (99)").format(sql.Identifier(table)))
+
+
+@pytest.mark.parametrize("which", ["parent", "partition"])
+def test_partitioned_tables_and_partitions_are_refused(conn: Conn, table: str, which: str) -> None:
+    """Statements on a partition and rows moving between partitions would escape
+    the parent's triggers: refused rather than silently missed."""
+    parent, part = sql.Identifier(table), sql.Identifier(f"{table}_1")
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text) PARTITION BY RANGE (id)").format(
+            parent
+        )
+    )
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (0) TO (100)").format(part, parent)
+    )
+    name = table if which == "parent" else f"{table}_1"
+    with pytest.raises(psycopg.errors.RaiseException, match="is partitioned or a partition"):
+        create_vectorizer(conn, name, ["body"], model=MODEL)

@@ -1,0 +1,107 @@
+"""Two owners in one database: neither can reach the other's tables through rowembed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from rowembed.dev.embedded import EmbeddedPostgres
+from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.pgplugin.vectorizers import Vectorizer
+
+Conn = psycopg.Connection[Any]
+COPY_ROW = (
+    "INSERT INTO rowembed.vectorizer (name, source, pk_columns, pk_types, text_columns,"
+    " separator, model, dimensions, destination, embedding_column, queue_table,"
+    " min_similarity, query_instruction, rerank_model, max_attempts)"
+    " SELECT 'forged', {source}, pk_columns, pk_types, text_columns, separator, model,"
+    " dimensions, {destination}, embedding_column, {queue}, min_similarity,"
+    " query_instruction, rerank_model, max_attempts FROM rowembed.vectorizer WHERE name = %s"
+)
+
+
+class Owner:
+    """A login role that owns a table `docs_<role>` and vectorizes it itself."""
+
+    def __init__(self, admin: Conn, postgres: EmbeddedPostgres, role: str) -> None:
+        self.role = role
+        self.table = f"docs_{role}"
+        r, t = sql.Identifier(role), sql.Identifier(self.table)
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(r))
+        admin.execute("SELECT rowembed.grant_creator(%s)", [role])
+        admin.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(r))
+        admin.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+        admin.execute(sql.SQL("INSERT INTO {} VALUES (1, 'one'), (2, 'two')").format(t))
+        admin.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(t, r))
+        database = admin.info.dbname
+        self.url = postgres.url.replace("postgres@", f"{role}@").replace(
+            "/postgres?", f"/{database}?"
+        )
+        with connect(self.url) as conn:
+            self.vectorizer = create_vectorizer(conn, self.table, ["body"], model="m", dimensions=3)
+
+
+@pytest.fixture
+def owners(own_db: Conn, postgres: EmbeddedPostgres) -> Iterator[tuple[Owner, Owner]]:
+    suffix = own_db.info.dbname
+    yield Owner(own_db, postgres, f"alice_{suffix}"), Owner(own_db, postgres, f"mallory_{suffix}")
+
+
+def relations(v: Vectorizer) -> dict[str, str]:
+    return {
+        "source": sql.Identifier(v.source_schema, v.source_table).as_string(None),
+        "destination": sql.Identifier(v.destination_schema, v.destination_table).as_string(None),
+        "queue": sql.Identifier(v.queue_schema, v.queue_table).as_string(None),
+    }
+
+
+@pytest.mark.parametrize("stolen", ["source", "destination", "queue"])
+def test_a_role_cannot_write_a_catalog_row_over_another_roles_tables(
+    owners: tuple[Owner, Owner], stolen: str
+) -> None:
+    """With INSERT on the catalog alone, a row naming another role's table would
+    have `migrate` build SECURITY DEFINER functions over it."""
+    alice, mallory = owners
+    theirs, mine = relations(alice.vectorizer), relations(mallory.vectorizer)
+    forged = {k: sql.Literal(theirs[k] if k == stolen else v) for k, v in mine.items()}
+    forged = {k: sql.SQL("{}::regclass").format(v) for k, v in forged.items()}
+    with connect(mallory.url) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute(sql.SQL(COPY_ROW).format(**forged), [mallory.vectorizer.name])
+        column = "queue_table" if stolen == "queue" else stolen
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute(
+                sql.SQL("UPDATE rowembed.vectorizer SET {} = %s::regclass WHERE name = %s").format(
+                    sql.Identifier(column)
+                ),
+                [theirs[stolen], mallory.vectorizer.name],
+            )
+        changed = conn.execute(
+            "UPDATE rowembed.vectorizer SET separator = 'x' WHERE name = %s",
+            [alice.vectorizer.name],
+        )
+        assert changed.rowcount == 0
+        with pytest.raises(psycopg.errors.RaiseException, match="only the owner"):
+            create_vectorizer(conn, alice.table, ["body"], model="m", dimensions=3, name="x")
+
+
+def test_generated_functions_run_as_their_creator_whoever_migrates(
+    own_db: Conn, owners: tuple[Owner, Owner]
+) -> None:
+    alice, _ = owners
+    function = f"rowembed._vz_{alice.vectorizer.id}_truncated()"
+    own_db.execute(sql.SQL("DROP FUNCTION {} CASCADE").format(sql.SQL(function)))
+    migrate(own_db)  # as the superuser: recreates the function and its trigger
+    owner = own_db.execute(
+        "SELECT p.proowner::regrole::text FROM pg_proc p WHERE p.oid = %s::regprocedure",
+        [function],
+    ).fetchone()
+    assert owner == (alice.role,)
+    assert own_db.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = %s",
+        [f"rowembed_{alice.vectorizer.id}_truncate"],
+    ).fetchone() == (1,)
