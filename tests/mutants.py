@@ -83,6 +83,27 @@ MUTATIONS = (
         ("tests/pgplugin/test_vectorizers.py",),
     ),
     Mutation(
+        "rows hidden by row-level security look deleted",
+        "pgplugin/sql/030-queue.sql",
+        "LANGUAGE plpgsql STABLE SET row_security = off AS $body$",
+        "LANGUAGE plpgsql STABLE AS $body$",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "a backfill skips rows hidden by row-level security",
+        "pgplugin/sql/070-backfill.sql",
+        "LANGUAGE plpgsql SET row_security = off AS $body$",
+        "LANGUAGE plpgsql AS $body$",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "a failed read leaves nothing recorded",
+        "workers/pipeline.py",
+        "    except psycopg.Error as exc:\n        if conn.broken:\n            raise\n",
+        "    except ZeroDivisionError as exc:\n",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
         "a role sees every vectorizer",
         "pgplugin/sql/050-vectorizers.sql",
         "     WHERE coalesce(has_table_privilege(z.queue_table, 'SELECT'), true)\n",

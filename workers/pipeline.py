@@ -84,9 +84,20 @@ def take_batch(
     the texts that need the model."""
     started = time.monotonic()
     seqs = queue.claim(conn, limit, lease_seconds)
+    try:
+        rows = queue.read(conn, seqs) if seqs else []
+    except psycopg.Error as exc:
+        if conn.broken:
+            raise
+        # The source cannot be read as it is (row-level security, a change in
+        # flight): an error on the rows, with back-off, not a task that fails
+        # and leaves them claimed with nothing recorded.
+        error = f"reading the row failed: {str(exc).strip()}"
+        queue.record_failures(conn, dict.fromkeys(seqs, error))
+        return Claimed([], [], [], None, started)
     outcomes: list[Outcome] = []
     to_embed = []
-    for row in queue.read(conn, seqs) if seqs else ():
+    for row in rows:
         if row.action is None:
             to_embed.append(row)
         else:

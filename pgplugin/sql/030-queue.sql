@@ -237,10 +237,12 @@ $body$;
 -- The current text of claimed entries' rows: (seq, the embedded text or NULL when
 -- the row is gone or its text blank, that text's hash, the stored embedding's
 -- hash). Read in a statement after the claim, so its snapshot is newer than every
--- change the claimed seqs stand for.
+-- change the claimed seqs stand for. With row_security off, row-level security
+-- that would hide rows from the worker raises an error rather than making the
+-- hidden rows look deleted.
 CREATE OR REPLACE FUNCTION rowembed.read_claimed(vectorizer_id int, seqs bigint[])
 RETURNS TABLE (seq bigint, text text, text_hash bytea, stored_hash bytea)
-LANGUAGE plpgsql STABLE AS $body$
+LANGUAGE plpgsql STABLE SET row_security = off AS $body$
 DECLARE
     v rowembed.vectorizer;
 BEGIN

@@ -55,7 +55,7 @@ $body$;
 -- callers skip a backfill another is stepping. Returns the rows queued.
 CREATE OR REPLACE FUNCTION rowembed.backfill_step(vectorizer_id int, chunk_size int)
 RETURNS bigint
-LANGUAGE plpgsql AS $body$
+LANGUAGE plpgsql SET row_security = off AS $body$  -- hidden rows: an error, not a skip
 DECLARE
     v rowembed.vectorizer;
     b rowembed.backfill;

@@ -287,3 +287,29 @@ def test_the_passage_instruction_is_part_of_the_embedded_text(
     conn.execute("SELECT rowembed.start_backfill(%s)", [v.name])
     conn.execute("SELECT rowembed.backfill_step(%s, 100)", [v.id])
     assert queued(conn, v) == []
+
+
+def test_rows_row_level_security_hides_are_errors_not_deletions(
+    conn: Conn, table: str, encoder: Encoder, database_url: str
+) -> None:
+    """A worker role without BYPASSRLS cannot see every row: its batch records
+    why on the rows (errors(), back-off) and deletes nothing."""
+    t = sql.Identifier(table)
+    v = setup(conn, table, {1: "visible", 2: "hidden from the worker"})
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(t))
+    conn.execute(sql.SQL("CREATE POLICY only_one ON {} USING (id = 1)").format(t))
+    role = f"rls_worker_{v.id}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    conn.execute("SELECT rowembed.grant_worker(%s, %s)", [role, v.name])
+    conn.execute("SELECT rowembed.start_backfill(%s)", [v.name])
+    with connect(database_url.replace("postgres@", f"{role}@")) as worker:
+        report = run(worker, v, encoder)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            worker.execute("SELECT rowembed.backfill_step(%s, 10)", [v.id])
+    assert report.claimed == 0
+    assert queued(conn, v) == [1, 2]
+    failed = conn.execute(
+        "SELECT key, last_error FROM rowembed.errors() WHERE vectorizer = %s", [v.name]
+    ).fetchall()
+    assert [key for key, _ in failed] == [{"id": 1}, {"id": 2}]
+    assert all("row-level security" in error for _, error in failed)
