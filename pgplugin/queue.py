@@ -63,6 +63,14 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Claim:
+    seqs: list[int]
+    # A suspect claimed alone (its last worker died or hung holding it): more
+    # entries may be claimable, though this claim took one.
+    suspect: bool = False
+
+
+@dataclass(frozen=True)
 class WriteResult:
     completed: int  # queue entries removed
     written: int
@@ -141,21 +149,20 @@ class Queue:
             done_keys=_keys(pk, "done"),
         )
 
-    def claim(
-        self, conn: psycopg.Connection[Any], max_rows: int, lease_seconds: float
-    ) -> list[int]:
-        """Lease up to `max_rows` entries, live changes first. Commits at once."""
+    def claim(self, conn: psycopg.Connection[Any], max_rows: int, lease_seconds: float) -> Claim:
+        """Lease up to `max_rows` entries, live changes first (or one suspect
+        alone: rowembed.claim()). Commits at once."""
         token = worker_token(conn)
         with conn.transaction():
-            cursor = call(
+            rows = call(
                 conn,
                 "claim",
                 vectorizer_id=self.vectorizer.id,
                 token=token,
                 max_rows=max_rows,
                 lease_seconds=float(lease_seconds),
-            )
-            return [seq for (seq,) in cursor.fetchall()]
+            ).fetchall()
+        return Claim([seq for seq, _ in rows], any(suspect for _, suspect in rows))
 
     def release(self, conn: psycopg.Connection[Any], seqs: list[int]) -> None:
         """Give back claims this session has not worked on."""

@@ -85,15 +85,15 @@ MUTATIONS = (
     Mutation(
         "rows hidden by row-level security look deleted",
         "pgplugin/sql/030-queue.sql",
-        "LANGUAGE plpgsql STABLE SET row_security = off AS $body$",
-        "LANGUAGE plpgsql STABLE AS $body$",
+        "    PERFORM rowembed._check_sees_every_row(v.source);\n",
+        "",
         ("tests/workers/test_pipeline.py",),
     ),
     Mutation(
         "a backfill skips rows hidden by row-level security",
         "pgplugin/sql/070-backfill.sql",
-        "LANGUAGE plpgsql SET row_security = off AS $body$",
-        "LANGUAGE plpgsql AS $body$",
+        "    PERFORM rowembed._check_sees_every_row(v.source);\n",
+        "",
         ("tests/workers/test_pipeline.py",),
     ),
     Mutation(
@@ -101,6 +101,27 @@ MUTATIONS = (
         "workers/pipeline.py",
         "    except psycopg.Error as exc:\n        if conn.broken:\n            raise\n",
         "    except ZeroDivisionError as exc:\n",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "a row that kills its worker is claimed with a batch",
+        "pgplugin/sql/030-queue.sql",
+        "attempts >= 2'\n        '        ORDER BY priority, seq LIMIT 1 FOR",
+        "attempts >= 2'\n        '        ORDER BY priority, seq LIMIT $4 FOR",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "a row that kills its worker is retried forever",
+        "pgplugin/sql/030-queue.sql",
+        "        ' WHERE %s AND claimed_by IS NOT NULL AND attempts >= $2',\n",
+        "        ' WHERE false AND %s AND attempts >= $2',\n",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "a drain stops after a suspect",
+        "workers/pipeline.py",
+        "        return len(self.seqs) >= limit or self.suspect\n",
+        "        return len(self.seqs) >= limit\n",
         ("tests/workers/test_pipeline.py",),
     ),
     Mutation(

@@ -66,10 +66,15 @@ class Claimed:
     """A claimed batch, read and tokenized: ready for the model."""
 
     seqs: list[int]
+    suspect: bool  # one entry whose last worker died holding it, claimed alone
     outcomes: list[Outcome]  # rows that need no model: deleted, emptied, unchanged
     to_embed: list[QueuedRow]
     tokenized: Tokenized | None  # None when tokenizing failed: the model stage records why
     started: float
+
+    def more_may_remain(self, limit: int) -> bool:
+        """A full claim, or a suspect claimed alone, leaves more to claim."""
+        return len(self.seqs) >= limit or self.suspect
 
 
 def take_batch(
@@ -83,7 +88,8 @@ def take_batch(
     """The take stage: claim up to `limit` entries, read their rows, tokenize
     the texts that need the model."""
     started = time.monotonic()
-    seqs = queue.claim(conn, limit, lease_seconds)
+    claim = queue.claim(conn, limit, lease_seconds)
+    seqs = claim.seqs
     try:
         rows = queue.read(conn, seqs) if seqs else []
     except psycopg.Error as exc:
@@ -94,7 +100,7 @@ def take_batch(
         # and leaves them claimed with nothing recorded.
         error = f"reading the row failed: {str(exc).strip()}"
         queue.record_failures(conn, dict.fromkeys(seqs, error))
-        return Claimed([], [], [], None, started)
+        return Claimed([], False, [], [], None, started)
     outcomes: list[Outcome] = []
     to_embed = []
     for row in rows:
@@ -108,7 +114,7 @@ def take_batch(
             tokenized = encoder.tokenize(_texts(to_embed))
         except Exception:
             log.debug("tokenizing failed; the model stage will record the error", exc_info=True)
-    return Claimed(seqs, outcomes, to_embed, tokenized, started)
+    return Claimed(seqs, claim.suspect, outcomes, to_embed, tokenized, started)
 
 
 def _texts(rows: Sequence[QueuedRow]) -> list[str]:
@@ -235,7 +241,7 @@ def drain(
         writes: tuple[Future[BatchReport], Claimed] | None = None
         try:
             batch = claim_batch()
-            more = len(batch.seqs) >= limit
+            more = batch.more_may_remain(limit)
             while batch.seqs:
                 if more and time.monotonic() < deadline:
                     upcoming = claiming.submit(claim_batch)
@@ -255,7 +261,7 @@ def drain(
                     break
                 if should_stop():
                     break
-                more = len(batch.seqs) >= limit
+                more = batch.more_may_remain(limit)
             if writes is not None:
                 total.add(writes[0].result())
                 writes = None

@@ -115,23 +115,52 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Leases up to max_rows claimable entries of a vectorizer to the worker `token`,
--- live changes first, skipping entries other transactions hold. Returns their seqs.
+-- live changes first, skipping entries other transactions hold; returns their
+-- seqs, and whether this claim is of a suspect alone.
+-- A suspect still carries the token of the worker that claimed it last: that
+-- worker neither completed it, nor gave it back, nor recorded a failure, so its
+-- process died or hung while holding it, perhaps because of this very row. Once
+-- is no evidence (a killed worker or a restart leaves whole batches so): those
+-- rows are claimed as usual. A row whose worker died with it twice is claimed
+-- alone, so a row that kills its worker takes no batch with it, and one that has
+-- done so max_attempts times is parked with that error.
 CREATE OR REPLACE FUNCTION rowembed.claim(
     vectorizer_id int, token int, max_rows int, lease_seconds float8)
-RETURNS SETOF bigint
+RETURNS TABLE (seq bigint, suspect boolean)
 LANGUAGE plpgsql AS $body$
 DECLARE
-    queue text := rowembed._qualified(
-        (SELECT z.queue_table FROM rowembed.vectorizer AS z WHERE z.id = claim.vectorizer_id));
+    v rowembed.vectorizer;
+    queue text;
+    live int[] := ARRAY(SELECT rowembed.live_workers());
 BEGIN
+    SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = claim.vectorizer_id;
+    queue := rowembed._qualified(v.queue_table);
+    EXECUTE format(
+        'UPDATE %s SET failed_at = now(), claimed_by = NULL, lease_until = NULL,'
+        '       last_error = format(%L, attempts)'
+        ' WHERE %s AND claimed_by IS NOT NULL AND attempts >= $2',
+        queue, 'the worker process died or hung while embedding this row (%s attempts)',
+        rowembed._claimable_sql())
+        USING live, v.max_attempts;
     RETURN QUERY EXECUTE format(
         'UPDATE %1$s AS q SET lease_until = now() + make_interval(secs => $3),'
         '       claimed_by = $2, attempts = q.attempts + 1'
-        '  FROM (SELECT seq FROM %1$s WHERE %2$s ORDER BY priority, seq LIMIT $4'
-        '        FOR UPDATE SKIP LOCKED) AS c'
-        ' WHERE q.seq = c.seq RETURNING q.seq',
+        '  FROM (SELECT seq FROM %1$s WHERE %2$s AND claimed_by IS NOT NULL AND attempts >= 2'
+        '        ORDER BY priority, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS c'
+        ' WHERE q.seq = c.seq RETURNING q.seq, true',
         queue, rowembed._claimable_sql())
-        USING ARRAY(SELECT rowembed.live_workers()), token, lease_seconds, max_rows;
+        USING live, token, lease_seconds;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'UPDATE %1$s AS q SET lease_until = now() + make_interval(secs => $3),'
+        '       claimed_by = $2, attempts = q.attempts + 1'
+        '  FROM (SELECT seq FROM %1$s WHERE %2$s AND (claimed_by IS NULL OR attempts < 2)'
+        '        ORDER BY priority, seq LIMIT $4 FOR UPDATE SKIP LOCKED) AS c'
+        ' WHERE q.seq = c.seq RETURNING q.seq, false',
+        queue, rowembed._claimable_sql())
+        USING live, token, lease_seconds, max_rows;
 END
 $body$;
 
@@ -188,6 +217,23 @@ BEGIN
 END
 $body$;
 
+-- Row-level security that would hide rows of a source from the current role
+-- (no BYPASSRLS, not its owner or forced) is an error, not rows that look
+-- deleted (to the worker) or never existed (to the backfill).
+CREATE OR REPLACE FUNCTION rowembed._check_sees_every_row(source regclass) RETURNS void
+LANGUAGE plpgsql STABLE AS $body$
+BEGIN
+    IF (SELECT c.relrowsecurity
+               AND NOT (r.rolsuper OR r.rolbypassrls
+                        OR (pg_has_role(r.oid, c.relowner, 'USAGE') AND NOT c.relforcerowsecurity))
+          FROM pg_class c, pg_roles r WHERE c.oid = source AND r.rolname = current_user) THEN
+        RAISE EXCEPTION 'rowembed: row-level security on % hides rows from role %', source,
+            current_user USING ERRCODE = 'insufficient_privilege',
+            HINT = 'ALTER ROLE ... BYPASSRLS for the worker role, or disable the policy.';
+    END IF;
+END
+$body$;
+
 -- Backfill entries still queued (not parked), counted up to `cap`.
 CREATE OR REPLACE FUNCTION rowembed.backfill_backlog(vectorizer_id int, cap bigint)
 RETURNS bigint
@@ -237,16 +283,15 @@ $body$;
 -- The current text of claimed entries' rows: (seq, the embedded text or NULL when
 -- the row is gone or its text blank, that text's hash, the stored embedding's
 -- hash). Read in a statement after the claim, so its snapshot is newer than every
--- change the claimed seqs stand for. With row_security off, row-level security
--- that would hide rows from the worker raises an error rather than making the
--- hidden rows look deleted.
+-- change the claimed seqs stand for.
 CREATE OR REPLACE FUNCTION rowembed.read_claimed(vectorizer_id int, seqs bigint[])
 RETURNS TABLE (seq bigint, text text, text_hash bytea, stored_hash bytea)
-LANGUAGE plpgsql STABLE SET row_security = off AS $body$
+LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer;
 BEGIN
     SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = read_claimed.vectorizer_id;
+    PERFORM rowembed._check_sees_every_row(v.source);
     RETURN QUERY EXECUTE format(
         'SELECT q.seq, t.text, rowembed._text_hash(t.text), e.text_hash'
         '  FROM %s AS q LEFT JOIN %s AS s ON %s LEFT JOIN %s AS e ON %s'

@@ -55,7 +55,7 @@ $body$;
 -- callers skip a backfill another is stepping. Returns the rows queued.
 CREATE OR REPLACE FUNCTION rowembed.backfill_step(vectorizer_id int, chunk_size int)
 RETURNS bigint
-LANGUAGE plpgsql SET row_security = off AS $body$  -- hidden rows: an error, not a skip
+LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer;
     b rowembed.backfill;
@@ -72,6 +72,7 @@ BEGIN
         RETURN 0;
     END IF;
     SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.id = backfill_step.vectorizer_id;
+    PERFORM rowembed._check_sees_every_row(v.source);
     keys := rowembed._columns(v.pk_columns, 's');
     after_cursor := CASE WHEN b.last_key IS NULL THEN 'true' ELSE format('(%s) > (%s)', keys,
         (SELECT string_agg(format('($2->>%L)::%s', c, t), ', ' ORDER BY o)

@@ -113,7 +113,7 @@ def test_live_changes_during_a_backfill_come_first(conn: Conn, table: str) -> No
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1000, 'fresh row')").format(t))
     conn.execute(sql.SQL("UPDATE {} SET body = 'fresh edit' WHERE id = 42").format(t))
     queue = Queue(v)
-    seqs = queue.claim(conn, 2, 60)
+    seqs = queue.claim(conn, 2, 60).seqs
     claimed = {r.text for r in queue.read(conn, seqs)}
     assert claimed == {"fresh row", "fresh edit"}
 

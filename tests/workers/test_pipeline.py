@@ -84,7 +84,7 @@ def test_a_vector_of_an_older_text_is_never_written(
 ) -> None:
     v = setup(conn, table, {1: "old text about cats"})
     queue = Queue(v)
-    seqs = queue.claim(conn, 10, 60)
+    seqs = queue.claim(conn, 10, 60).seqs
     rows = queue.read(conn, seqs)
     vectors = encoder.encode([r.text for r in rows]).vectors
     # The row changes while the model runs.
@@ -108,7 +108,7 @@ def test_a_row_deleted_while_embedding_leaves_no_orphan(
 ) -> None:
     v = setup(conn, table, {1: "short lived"})
     queue = Queue(v)
-    rows = queue.read(conn, queue.claim(conn, 10, 60))
+    rows = queue.read(conn, queue.claim(conn, 10, 60).seqs)
     vector = encoder.encode([rows[0].text]).vectors[0]
     conn.execute(sql.SQL("DELETE FROM {} WHERE id = 1").format(sql.Identifier(table)))
     queue.write(conn, [Outcome(rows[0].seq, Action.WRITE, rows[0].text_hash, vector)])
@@ -221,8 +221,8 @@ def test_claims_do_not_overlap(conn: Conn, database_url: str, table: str, limit:
     from rowembed.pgplugin import connect
 
     with connect(database_url) as other:
-        first = queue.claim(conn, limit, 60)
-        second = queue.claim(other, limit, 60)
+        first = queue.claim(conn, limit, 60).seqs
+        second = queue.claim(other, limit, 60).seqs
     assert len(first) == len(second) == limit
     assert not set(first) & set(second)
 
@@ -304,7 +304,8 @@ def test_rows_row_level_security_hides_are_errors_not_deletions(
     conn.execute("SELECT rowembed.start_backfill(%s)", [v.name])
     with connect(database_url.replace("postgres@", f"{role}@")) as worker:
         report = run(worker, v, encoder)
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+        hidden = rf"row-level security on {table} hides rows"
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=hidden):
             worker.execute("SELECT rowembed.backfill_step(%s, 10)", [v.id])
     assert report.claimed == 0
     assert queued(conn, v) == [1, 2]
@@ -312,4 +313,36 @@ def test_rows_row_level_security_hides_are_errors_not_deletions(
         "SELECT key, last_error FROM rowembed.errors() WHERE vectorizer = %s", [v.name]
     ).fetchall()
     assert [key for key, _ in failed] == [{"id": 1}, {"id": 2}]
-    assert all("row-level security" in error for _, error in failed)
+    assert all(f"row-level security on {table} hides rows" in error for _, error in failed)
+
+
+def test_rows_whose_worker_died_are_claimed_alone_and_parked_after_max_attempts(
+    conn: Conn, table: str, encoder: Encoder, database_url: str
+) -> None:
+    """A worker killed (or hung past its hard limit) while holding rows: once is
+    no evidence (they are claimed as usual), but rows whose worker died with them
+    twice are claimed alone, and one that has killed its worker max_attempts
+    times is parked with that error; the rest go on."""
+    v = setup(conn, table, {i: f"text {i}" for i in range(1, 7)})
+    queue = Queue(v)
+    for _ in range(2):
+        with connect(database_url) as doomed:
+            held = queue.claim(doomed, 3, 60)  # its session ends: the worker died
+        assert not held.suspect and len(held.seqs) == 3
+    conn.execute(
+        sql.SQL("UPDATE {} SET attempts = 5 WHERE seq = %s").format(v.queue), [held.seqs[0]]
+    )
+    first = queue.claim(conn, 100, 60)
+    assert first.suspect and len(first.seqs) == 1 and first.seqs[0] in held.seqs[1:]
+    queue.release(conn, first.seqs)
+    with connect(database_url) as reader:
+        report, _ = drain(conn, reader, v, encoder, limit=100, lease_seconds=60, time_budget=60)
+    assert report.written == 5
+    assert len(stored(conn, v)) == 5
+    parked = conn.execute(
+        "SELECT attempts, parked, last_error FROM rowembed.errors() WHERE vectorizer = %s",
+        [v.name],
+    ).fetchall()
+    assert parked == [
+        (5, True, "the worker process died or hung while embedding this row (5 attempts)")
+    ]
