@@ -125,6 +125,28 @@ MUTATIONS = (
         ("tests/workers/test_pipeline.py",),
     ),
     Mutation(
+        "a time limit is bisected as if a row were bad",
+        "workers/runtime/isolate.py",
+        "        except abort_on:\n            raise\n",
+        "",
+        ("tests/workers/runtime/test_isolate.py",),
+    ),
+    Mutation(
+        "claims never shrink on a slow machine",
+        "workers/policy.py",
+        "            self.rows = max(self.FLOOR, min(self.ceiling, fitting))\n",
+        "            pass\n",
+        ("tests/workers/test_policy.py",),
+    ),
+    Mutation(
+        "unreachable server binaries fail bare",
+        "rowembed/dev/embedded.py",
+        "            for path in (self.bin_dir, self.base_dir):\n"
+        "                _check_reachable(path, self._user.pw_name)\n",
+        "",
+        ("tests/rowembed/test_embedded.py",),
+    ),
+    Mutation(
         "a role sees every vectorizer",
         "pgplugin/sql/050-vectorizers.sql",
         "     WHERE coalesce(has_table_privilege(z.queue_table, 'SELECT'), true)\n",

@@ -121,17 +121,26 @@ def _texts(rows: Sequence[QueuedRow]) -> list[str]:
     return [r.text or "" for r in rows]  # rows to embed have text (QueuedRow.action)
 
 
-def embed_batch(claimed: Claimed, vectorizer: Vectorizer, encoder: TextEncoder) -> Isolated:
-    """The embed stage: vectors for `claimed.to_embed`, failing inputs isolated."""
+def embed_batch(
+    claimed: Claimed,
+    vectorizer: Vectorizer,
+    encoder: TextEncoder,
+    abort_on: tuple[type[BaseException], ...] = (),
+) -> Isolated:
+    """The embed stage: vectors for `claimed.to_embed`, failing inputs isolated
+    (`abort_on`: exceptions that end the stage instead, such as a time limit)."""
     if not claimed.to_embed:
         return Isolated()
     tokenized = claimed.tokenized
     if tokenized is None:
         texts = _texts(claimed.to_embed)
-        return encode_isolating(lambda part: _checked(encoder, vectorizer).encode(part), texts)
+        return encode_isolating(
+            lambda part: _checked(encoder, vectorizer).encode(part), texts, abort_on=abort_on
+        )
     return encode_isolating(
         lambda part: _checked(encoder, vectorizer).encode_tokenized(tokenized.subset(part)),
         range(len(claimed.to_embed)),
+        abort_on=abort_on,
     )
 
 
@@ -215,9 +224,12 @@ def drain(
     time_budget: float,
     worker: str = "",
     should_stop: Callable[[], bool] = lambda: False,
+    abort_on: tuple[type[BaseException], ...] = (),
 ) -> tuple[BatchReport, bool]:
     """Run batches until the queue is empty, the time budget is spent or
     `should_stop()`. Returns the summed report and whether work may remain.
+    An `abort_on` exception from the model (a time limit) ends the drain at
+    once, its claims given back, rather than being taken for a bad row.
 
     Three stages overlap: a thread claims, reads and tokenizes the next batch on
     `reader` while the model runs this one, and another writes the previous
@@ -245,7 +257,7 @@ def drain(
             while batch.seqs:
                 if more and time.monotonic() < deadline:
                     upcoming = claiming.submit(claim_batch)
-                result = embed_batch(batch, vectorizer, encoder)
+                result = embed_batch(batch, vectorizer, encoder, abort_on)
                 if writes is not None:
                     total.add(writes[0].result())
                 writes = (

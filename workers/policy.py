@@ -63,3 +63,27 @@ def follow_up_is_urgent(conn: psycopg.Connection[Any], vectorizer_id: int) -> bo
     """Whether what a task leaves behind includes live changes (then its
     follow-up hint is urgent too)."""
     return any(vid == vectorizer_id and changes for vid, changes in vectorizers_with_work(conn))
+
+
+class ClaimSize:
+    """Rows per claim: `ceiling` (ROWEMBED_BATCH_ROWS or the device's default),
+    shrunk while batches take longer than `target_seconds` (a slow or busy
+    machine), so that an ordinary batch never meets the task's time limits;
+    it grows back as batches get faster. One per worker process."""
+
+    FLOOR = 8
+
+    def __init__(self, ceiling: int, target_seconds: float) -> None:
+        self.ceiling = ceiling
+        self.target_seconds = target_seconds
+        self.rows = ceiling
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """A drain claimed `rows` in `seconds`."""
+        if rows > 0 and seconds > 0:
+            fitting = int(rows / seconds * self.target_seconds)
+            self.rows = max(self.FLOOR, min(self.ceiling, fitting))
+
+    def timed_out(self) -> None:
+        """A batch met the soft time limit: claim far fewer rows next time."""
+        self.rows = max(self.FLOOR, self.rows // 4)

@@ -16,6 +16,7 @@ from rowembed.settings import Settings
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .policy import ClaimSize
     from .runtime import Encoded, Encoder, Reranker, Tokenized
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,16 @@ class WorkerState:
         self._conns: tuple[psycopg.Connection[Any], psycopg.Connection[Any]] | None = None
         self._encoders: dict[str, LazyEncoder] = {}
         self._rerankers: dict[str, Reranker] = {}
+        self._claim_size: ClaimSize | None = None
+
+    def claim_size(self) -> ClaimSize:
+        """Adapts to this process's measured rate; a batch aims at a third of the
+        soft time limit (twice ROWEMBED_TASK_SECONDS)."""
+        if self._claim_size is None:
+            from .policy import ClaimSize, claim_rows
+
+            self._claim_size = ClaimSize(claim_rows(self.settings), 2 * self.settings.task_seconds)
+        return self._claim_size
 
     @contextmanager
     def connections(self) -> Iterator[tuple[psycopg.Connection[Any], psycopg.Connection[Any]]]:

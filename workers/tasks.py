@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import asdict
 from typing import Any
 
 import psycopg
+from celery.exceptions import SoftTimeLimitExceeded
 
 from . import policy
 from .celery_app import app
@@ -39,18 +41,34 @@ def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
                 why = vectorizer.problem
                 log.warning("vectorizer %s is broken (%s); hint dropped", vectorizer.name, why)
                 return {}
-            report, more = drain(
-                conn,
-                reader,
-                vectorizer,
-                state.encoder(vectorizer.model),
-                limit=policy.claim_rows(state.settings),
-                lease_seconds=state.settings.lease_seconds,
-                time_budget=state.settings.task_seconds,
-                worker=f"{socket.gethostname()}:{os.getpid()}",
-                # Between batches: another table's live changes must not wait.
-                should_stop=lambda: policy.should_hand_back(app, reader, vectorizer_id),
-            )
+            claim_size = state.claim_size()
+            limit, started = claim_size.rows, time.monotonic()
+            try:
+                report, more = drain(
+                    conn,
+                    reader,
+                    vectorizer,
+                    state.encoder(vectorizer.model),
+                    limit=limit,
+                    lease_seconds=state.settings.lease_seconds,
+                    time_budget=state.settings.task_seconds,
+                    worker=f"{socket.gethostname()}:{os.getpid()}",
+                    # Between batches: another table's live changes must not wait.
+                    should_stop=lambda: policy.should_hand_back(app, reader, vectorizer_id),
+                    abort_on=(SoftTimeLimitExceeded,),
+                )
+            except SoftTimeLimitExceeded:
+                # A slow or busy machine: the claims were given back; smaller ones next.
+                claim_size.timed_out()
+                log.warning(
+                    "vectorizer %s: a batch met the soft time limit; claims of %d rows now",
+                    vectorizer.name,
+                    claim_size.rows,
+                )
+                self.apply_async((vectorizer_id,), priority=policy.hint_priority(False))
+                return {}
+            if report.claimed >= limit:  # a measure of throughput, not of one row's latency
+                claim_size.observe(report.claimed, time.monotonic() - started)
             urgent = more and policy.follow_up_is_urgent(conn, vectorizer_id)
     except psycopg.OperationalError as exc:
         # The database is down or restarting; claims die with the session, so

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -25,6 +26,18 @@ def _package_dir(package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"the Python package {package!r} is not installed")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _check_reachable(path: Path, user: str) -> None:
+    """A clear error when a parent of `path` keeps other users out (mode 0700)."""
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+            raise RuntimeError(
+                f"the embedded PostgreSQL runs as the unprivileged user {user}, which cannot"
+                f" reach {path}: {parent} is closed to other users (mode"
+                f" {stat.S_IMODE(parent.stat().st_mode):04o}). Install rowembed in a virtual"
+                f" environment outside it, or `chmod o+x {parent}`"
+            )
 
 
 def _ensure_system_user(name: str) -> pwd.struct_passwd:
@@ -70,8 +83,11 @@ class EmbeddedPostgres:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o755)
         if self._user:
-            # The server runs as an unprivileged user: every parent of base_dir must
-            # let it through (the default, a new directory in the system temp dir, does).
+            # The server runs as an unprivileged user: every parent of base_dir and
+            # of the binaries must let it through (the default, a new directory in
+            # the system temp dir, does; a virtual environment in root's home does not).
+            for path in (self.bin_dir, self.base_dir):
+                _check_reachable(path, self._user.pw_name)
             os.chown(self.base_dir, self._user.pw_uid, self._user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(

@@ -33,12 +33,19 @@ class Isolated:
 Item = TypeVar("Item")
 
 
-def encode_isolating(encode: Callable[[list[Item]], Encoded], items: Sequence[Item]) -> Isolated:
+def encode_isolating(
+    encode: Callable[[list[Item]], Encoded],
+    items: Sequence[Item],
+    *,
+    abort_on: tuple[type[BaseException], ...] = (),
+) -> Isolated:
     """Encode `items` (texts, or indices into tokenized inputs); when a call
     fails, bisect to find the inputs that fail.
 
     One bad input among n costs about 2*log2(n) extra calls; every other input is
     still embedded. A systemic failure is recorded against every input at once.
+    `abort_on`: exceptions that are about the caller, not an input (a time limit),
+    raised at once rather than bisected.
     """
     result = Isolated()
 
@@ -46,6 +53,8 @@ def encode_isolating(encode: Callable[[list[Item]], Encoded], items: Sequence[It
         result.calls += 1
         try:
             encoded = encode([items[i] for i in indices])
+        except abort_on:
+            raise
         except SYSTEMIC as exc:
             raise _Systemic(_describe(exc)) from exc
         except Exception as exc:

@@ -69,3 +69,21 @@ def test_non_finite_vectors_are_errors_of_their_input() -> None:
     result = encode_isolating(encode, ["a", "bad", "c"])
     assert sorted(result.vectors) == [0, 2]
     assert result.errors == {1: "ValueError: the model returned non-finite values"}
+
+
+def test_an_abort_exception_ends_the_batch_instead_of_being_bisected() -> None:
+    """A time limit met in the middle of a model call says nothing of the inputs:
+    bisecting it would spend the rest of the budget on calls that time out too."""
+
+    class Deadline(Exception):
+        pass
+
+    calls: list[list[str]] = []
+
+    def encode(texts: list[str]) -> Encoded:
+        calls.append(texts)
+        raise Deadline("soft time limit")
+
+    with pytest.raises(Deadline):
+        encode_isolating(encode, ["a", "b", "c", "d"], abort_on=(Deadline,))
+    assert calls == [["a", "b", "c", "d"]]

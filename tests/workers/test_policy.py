@@ -1,0 +1,25 @@
+"""The worker's policy: claim sizes that keep a batch far from the time limits."""
+
+from __future__ import annotations
+
+from rowembed.workers.policy import ClaimSize
+
+
+def test_claims_shrink_to_fit_the_time_a_batch_may_take_and_grow_back() -> None:
+    size = ClaimSize(ceiling=512, target_seconds=20)
+    assert size.rows == 512
+    size.observe(rows=512, seconds=60)  # a busy machine: 8.5 rows/s
+    assert size.rows == 170
+    size.observe(rows=170, seconds=1)  # fast again
+    assert size.rows == 512
+
+
+def test_a_timed_out_batch_shrinks_claims_to_a_quarter_never_below_the_floor() -> None:
+    size = ClaimSize(ceiling=512, target_seconds=20)
+    size.timed_out()
+    assert size.rows == 128
+    for _ in range(10):
+        size.timed_out()
+    assert size.rows == ClaimSize.FLOOR
+    size.observe(rows=0, seconds=0)  # nothing claimed: nothing learned
+    assert size.rows == ClaimSize.FLOOR
