@@ -123,7 +123,9 @@ $$;
 -- is no evidence (a killed worker or a restart leaves whole batches so): those
 -- rows are claimed as usual. A row whose worker died with it twice is claimed
 -- alone, so a row that kills its worker takes no batch with it, and one that has
--- done so max_attempts times is parked with that error.
+-- done so max_attempts times is parked with that error. Only the window a plain
+-- claim would take is looked at (the queue's order, no scan of the queue):
+-- suspects, claimed before the rest, come first in it.
 CREATE OR REPLACE FUNCTION rowembed.claim(
     vectorizer_id int, token int, max_rows int, lease_seconds float8)
 RETURNS TABLE (seq bigint, suspect boolean)
@@ -131,36 +133,42 @@ LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer;
     queue text;
-    live int[] := ARRAY(SELECT rowembed.live_workers());
+    window_seqs bigint[];
+    suspects bigint[];
+    dead bigint[];
 BEGIN
     SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = claim.vectorizer_id;
     queue := rowembed._qualified(v.queue_table);
     EXECUTE format(
-        'UPDATE %s SET failed_at = now(), claimed_by = NULL, lease_until = NULL,'
-        '       last_error = format(%L, attempts)'
-        ' WHERE %s AND claimed_by IS NOT NULL AND attempts >= $2',
-        queue, 'the worker process died or hung while embedding this row (%s attempts)',
-        rowembed._claimable_sql())
-        USING live, v.max_attempts;
-    RETURN QUERY EXECUTE format(
-        'UPDATE %1$s AS q SET lease_until = now() + make_interval(secs => $3),'
-        '       claimed_by = $2, attempts = q.attempts + 1'
-        '  FROM (SELECT seq FROM %1$s WHERE %2$s AND claimed_by IS NOT NULL AND attempts >= 2'
-        '        ORDER BY priority, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS c'
-        ' WHERE q.seq = c.seq RETURNING q.seq, true',
+        'SELECT coalesce(array_agg(w.seq ORDER BY w.priority, w.seq), ''{}''),'
+        '       coalesce(array_agg(w.seq ORDER BY w.priority, w.seq)'
+        '                FILTER (WHERE w.claimed_by IS NOT NULL AND w.attempts >= 2), ''{}''),'
+        '       coalesce(array_agg(w.seq) FILTER (WHERE w.claimed_by IS NOT NULL'
+        '                                        AND w.attempts >= $3), ''{}'')'
+        '  FROM (SELECT seq, priority, claimed_by, attempts FROM %s WHERE %s'
+        '        ORDER BY priority, seq LIMIT $2 FOR UPDATE SKIP LOCKED) AS w',
         queue, rowembed._claimable_sql())
-        USING live, token, lease_seconds;
-    IF FOUND THEN
-        RETURN;
+        INTO window_seqs, suspects, dead
+        USING ARRAY(SELECT rowembed.live_workers()), max_rows, v.max_attempts;
+    IF cardinality(dead) > 0 THEN
+        EXECUTE format(
+            'UPDATE %s SET failed_at = now(), claimed_by = NULL, lease_until = NULL,'
+            '       last_error = format(%L, attempts) WHERE seq = ANY ($1)',
+            queue, 'the worker process died or hung while embedding this row (%s attempts)')
+            USING dead;
+    END IF;
+    suspect := cardinality(suspects) > cardinality(dead);
+    IF suspect THEN
+        window_seqs := ARRAY(SELECT s FROM unnest(suspects) AS s WHERE s <> ALL (dead) LIMIT 1);
+    ELSE
+        window_seqs := ARRAY(SELECT s FROM unnest(window_seqs) AS s WHERE s <> ALL (dead));
     END IF;
     RETURN QUERY EXECUTE format(
-        'UPDATE %1$s AS q SET lease_until = now() + make_interval(secs => $3),'
+        'UPDATE %s AS q SET lease_until = now() + make_interval(secs => $3),'
         '       claimed_by = $2, attempts = q.attempts + 1'
-        '  FROM (SELECT seq FROM %1$s WHERE %2$s AND (claimed_by IS NULL OR attempts < 2)'
-        '        ORDER BY priority, seq LIMIT $4 FOR UPDATE SKIP LOCKED) AS c'
-        ' WHERE q.seq = c.seq RETURNING q.seq, false',
-        queue, rowembed._claimable_sql())
-        USING live, token, lease_seconds, max_rows;
+        ' WHERE q.seq = ANY ($1) RETURNING q.seq, $4',
+        queue)
+        USING window_seqs, token, lease_seconds, suspect;
 END
 $body$;
 
