@@ -83,8 +83,8 @@ _SELECT = sql.SQL("""
            v.embedding_column::text AS embedding_column,
            qn.nspname::text AS queue_schema, qc.relname::text AS queue_table,
            v.min_similarity, v.query_instruction, v.passage_instruction, v.rerank_model,
-           v.max_attempts,
-           v.storage, v.index_method, v.index_state, rowembed._problem(v) AS problem
+           v.max_attempts, v.storage, v.index_method, v.index_state,
+           rowembed._problem(v) AS problem
     FROM rowembed.vectorizer v
     JOIN pg_class sc ON sc.oid = v.source JOIN pg_namespace sn ON sn.oid = sc.relnamespace
     JOIN pg_class dc ON dc.oid = v.destination JOIN pg_namespace dn ON dn.oid = dc.relnamespace
