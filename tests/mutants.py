@@ -147,6 +147,21 @@ MUTATIONS = (
         ("tests/rowembed/test_embedded.py",),
     ),
     Mutation(
+        "grant_searcher grants no embeddings",
+        "pgplugin/sql/050-vectorizers.sql",
+        "        EXECUTE format('GRANT SELECT ON %s TO %I', rowembed._qualified(v.destination),"
+        " role);\n",
+        "",
+        ("tests/pgplugin/test_privileges.py",),
+    ),
+    Mutation(
+        "schema names quoted twice in grants",
+        "pgplugin/sql/050-vectorizers.sql",
+        "    FOR schema IN SELECT DISTINCT n.nspname FROM pg_class c",
+        "    FOR schema IN SELECT DISTINCT c.relnamespace::regnamespace::name FROM pg_class c",
+        ("tests/pgplugin/test_privileges.py",),
+    ),
+    Mutation(
         "a role sees every vectorizer",
         "pgplugin/sql/050-vectorizers.sql",
         "     WHERE coalesce(has_table_privilege(z.queue_table, 'SELECT'), true)\n",

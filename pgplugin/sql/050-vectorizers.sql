@@ -277,6 +277,21 @@ LANGUAGE sql AS $$
     WHERE z.name = set_min_similarity.name
 $$;
 
+-- USAGE on the schemas of a vectorizer's source and destination.
+CREATE OR REPLACE FUNCTION rowembed._grant_schemas(v rowembed.vectorizer, role name)
+RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    schema name;
+BEGIN
+    FOR schema IN SELECT DISTINCT n.nspname FROM pg_class c
+                    JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.oid IN (v.source, v.destination) LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', schema, role);
+    END LOOP;
+END
+$body$;
+
 -- Exactly what a worker role needs for one vectorizer (or all): read the key and
 -- text columns, write the embeddings, use the queue, log batches.
 CREATE OR REPLACE FUNCTION rowembed.grant_worker(role name, vectorizer text DEFAULT NULL)
@@ -293,11 +308,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SEQUENCE rowembed.change_seq TO %I', role);
     FOR v IN SELECT * FROM rowembed.vectorizer AS z
              WHERE grant_worker.vectorizer IS NULL OR z.name = grant_worker.vectorizer LOOP
-        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
-            (SELECT c.relnamespace::regnamespace::name FROM pg_class c WHERE c.oid = v.source), role);
-        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
-            (SELECT c.relnamespace::regnamespace::name FROM pg_class c WHERE c.oid = v.destination),
-            role);
+        PERFORM rowembed._grant_schemas(v, role);
         EXECUTE format('GRANT SELECT (%s) ON %s TO %I',
             rowembed._columns(v.pk_columns || v.text_columns), v.source, role);
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s TO %I',
@@ -318,5 +329,24 @@ BEGIN
                    pg_get_serial_sequence('rowembed.vectorizer', 'id'), role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON rowembed.backfill TO %I', role);
     EXECUTE format('GRANT SELECT ON rowembed.model_family, rowembed.batch_stats TO %I', role);
+END
+$body$;
+
+-- What a searcher role needs beyond SELECT on the source table (which its owner
+-- grants): to read the vectorizer's embeddings and the catalog, for one
+-- vectorizer (or all). search(), similar() and embedded_text() run as the caller.
+CREATE OR REPLACE FUNCTION rowembed.grant_searcher(role name, vectorizer text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
+    EXECUTE format('GRANT SELECT ON rowembed.vectorizer TO %I', role);
+    FOR v IN SELECT * FROM rowembed.vectorizer AS z
+             WHERE grant_searcher.vectorizer IS NULL OR z.name = grant_searcher.vectorizer LOOP
+        PERFORM rowembed._grant_schemas(v, role);
+        EXECUTE format('GRANT SELECT ON %s TO %I', rowembed._qualified(v.destination), role);
+    END LOOP;
 END
 $body$;

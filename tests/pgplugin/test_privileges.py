@@ -105,3 +105,42 @@ def test_generated_functions_run_as_their_creator_whoever_migrates(
         "SELECT count(*) FROM pg_trigger WHERE tgname = %s",
         [f"rowembed_{alice.vectorizer.id}_truncate"],
     ).fetchone() == (1,)
+
+
+def test_a_searcher_needs_its_source_and_grant_searcher_only(
+    own_db: Conn, postgres: EmbeddedPostgres
+) -> None:
+    """In a schema whose name needs quoting, as the README's Privileges say: the
+    searcher gets SELECT on the source from its owner, and grant_searcher."""
+    schema = f"Team Docs {own_db.info.dbname}"
+    own_db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    table = sql.Identifier(schema, "notes")
+    own_db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(table))
+    own_db.execute(sql.SQL("INSERT INTO {} VALUES (1, 'one'), (2, 'two')").format(table))
+    v = create_vectorizer(own_db, table.as_string(own_db), ["body"], model="m", dimensions=3)
+    own_db.execute(
+        sql.SQL("INSERT INTO {} (id, embedding, text_hash) VALUES (1, '[1,0,0]', 'x')").format(
+            v.destination
+        )
+    )
+    searcher = f"searcher_{own_db.info.dbname}"
+    own_db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(searcher)))
+    own_db.execute(
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(schema), sql.Identifier(searcher)
+        )
+    )
+    own_db.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table, sql.Identifier(searcher)))
+    search = sql.SQL(
+        "SELECT (item).id, rowembed.embedded_text(item) FROM rowembed.search(NULL::{},"
+        " '[1,0,0]', 5, -1)"
+    ).format(table)
+    url = postgres.url.replace("postgres@", f"{searcher}@").replace(
+        "/postgres?", f"/{own_db.info.dbname}?"
+    )
+    with connect(url) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(search)
+        own_db.execute("SELECT rowembed.grant_searcher(%s, %s)", [searcher, v.name])
+        assert conn.execute(search).fetchall() == [(1, "one")]
+    own_db.execute("SELECT rowembed.grant_worker(%s, %s)", [searcher, v.name])  # same schemas
