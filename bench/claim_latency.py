@@ -41,7 +41,8 @@ def main() -> None:
             started = time.perf_counter()
             claim = queue.claim(conn, args.claim_rows, 60)
             seconds.append(time.perf_counter() - started)
-            queue.release(conn, claim.seqs)
+            queue.release(conn, claim)
+            queue.end_claim(conn, claim)
         print(
             f"queue of {args.rows} rows, claims of {args.claim_rows}:"
             f" median {1000 * statistics.median(seconds):.1f} ms, max {1000 * max(seconds):.1f} ms"

@@ -12,7 +12,9 @@ it claimed. A change that lands in between gives the entry a new `seq`, so the
 older vector is never written and the entry stays queued for the new text.
 Locks: the queue row before the embedding row, as the triggers do; the worker
 skips queue rows another transaction holds, so it never waits on the
-application's transactions.
+application's transactions. Each claim has its own token, held by the claiming
+session until the batch is written (`end_claim`), so entries the write skipped
+are claimable again at once, not after their lease.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Outcome:
 @dataclass(frozen=True)
 class Claim:
     seqs: list[int]
+    token: int  # held by the claiming session until end_claim() or its end
     # A suspect claimed alone (its last worker died or hung holding it): more
     # entries may be claimable, though this claim took one.
     suspect: bool = False
@@ -81,16 +84,6 @@ def _keys(columns: Sequence[str], alias: str | None = None) -> sql.Composable:
     return sql.SQL(", ").join(
         sql.Identifier(c) if alias is None else sql.Identifier(alias, c) for c in columns
     )
-
-
-_tokens: WeakKeyDictionary[psycopg.Connection[Any], int] = WeakKeyDictionary()
-
-
-def worker_token(conn: psycopg.Connection[Any]) -> int:
-    """This session's token (rowembed.register_worker()), held until it disconnects."""
-    if conn not in _tokens:
-        _tokens[conn] = scalar(conn, "register_worker")
-    return _tokens[conn]
 
 
 # Stage tables already created, per connection (temp tables live as long as the session).
@@ -151,9 +144,10 @@ class Queue:
 
     def claim(self, conn: psycopg.Connection[Any], max_rows: int, lease_seconds: float) -> Claim:
         """Lease up to `max_rows` entries, live changes first (or one suspect
-        alone: rowembed.claim()). Commits at once."""
-        token = worker_token(conn)
+        alone: rowembed.claim()), under a new token this session holds until
+        `end_claim`. Commits at once."""
         with conn.transaction():
+            token = scalar(conn, "register_worker")
             rows = call(
                 conn,
                 "claim",
@@ -162,19 +156,28 @@ class Queue:
                 max_rows=max_rows,
                 lease_seconds=float(lease_seconds),
             ).fetchall()
-        return Claim([seq for seq, _ in rows], any(suspect for _, suspect in rows))
+            if not rows:
+                scalar(conn, "end_claim", token=token)
+        return Claim([seq for seq, _ in rows], token, any(suspect for _, suspect in rows))
 
-    def release(self, conn: psycopg.Connection[Any], seqs: list[int]) -> None:
-        """Give back claims this session has not worked on."""
-        if seqs:
+    def release(self, conn: psycopg.Connection[Any], claim: Claim) -> None:
+        """Give back entries of `claim` not worked on (any session may)."""
+        if claim.seqs:
             with conn.transaction():
                 call(
                     conn,
                     "release",
                     vectorizer_id=self.vectorizer.id,
-                    token=worker_token(conn),
-                    seqs=Cast(seqs, "bigint[]"),
+                    token=claim.token,
+                    seqs=Cast(claim.seqs, "bigint[]"),
                 )
+
+    @staticmethod
+    def end_claim(conn: psycopg.Connection[Any], claim: Claim) -> None:
+        """Drop the claim's token; `conn` must be the session that claimed.
+        Entries of the claim still queued are claimable at once."""
+        if claim.seqs:  # an empty claim ended its token at once
+            scalar(conn, "end_claim", token=claim.token)
 
     def read(self, conn: psycopg.Connection[Any], seqs: list[int]) -> list[QueuedRow]:
         """The claimed rows' current text, in a statement after the claim."""

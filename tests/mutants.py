@@ -246,6 +246,15 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "claims held until the session ends",
+        "workers/pipeline.py",
+        "            _end_claims(reader, queue, held, held[:])\n",
+        "",
+        (
+            "tests/workers/test_pipeline.py::test_an_entry_the_application_held_during_the_write_waits_for_no_lease",
+        ),
+    ),
+    Mutation(
         "no sweep: a lost hint is lost work",
         "workers/dispatcher.py",
         "                    for vectorizer_id, changes in vectorizers_with_work(conn):\n"

@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import partial
 from typing import Any, Protocol
 
 import psycopg
 
-from rowembed.pgplugin.queue import Action, Outcome, Queue, QueuedRow
+from rowembed.pgplugin.queue import Action, Claim, Outcome, Queue, QueuedRow
 from rowembed.pgplugin.vectorizers import Vectorizer
 
 from .runtime import Encoded, Tokenized
@@ -65,16 +64,19 @@ class BatchReport:
 class Claimed:
     """A claimed batch, read and tokenized: ready for the model."""
 
-    seqs: list[int]
-    suspect: bool  # one entry whose last worker died holding it, claimed alone
+    claim: Claim
     outcomes: list[Outcome]  # rows that need no model: deleted, emptied, unchanged
     to_embed: list[QueuedRow]
     tokenized: Tokenized | None  # None when tokenizing failed: the model stage records why
     started: float
 
+    @property
+    def seqs(self) -> list[int]:
+        return self.claim.seqs
+
     def more_may_remain(self, limit: int) -> bool:
         """A full claim, or a suspect claimed alone, leaves more to claim."""
-        return len(self.seqs) >= limit or self.suspect
+        return len(self.seqs) >= limit or self.claim.suspect
 
 
 def take_batch(
@@ -100,7 +102,8 @@ def take_batch(
         # and leaves them claimed with nothing recorded.
         error = f"reading the row failed: {str(exc).strip()}"
         queue.record_failures(conn, dict.fromkeys(seqs, error))
-        return Claimed([], False, [], [], None, started)
+        queue.end_claim(conn, claim)
+        return Claimed(Claim([], claim.token), [], [], None, started)
     outcomes: list[Outcome] = []
     to_embed = []
     for row in rows:
@@ -114,7 +117,7 @@ def take_batch(
             tokenized = encoder.tokenize(_texts(to_embed))
         except Exception:
             log.debug("tokenizing failed; the model stage will record the error", exc_info=True)
-    return Claimed(seqs, claim.suspect, outcomes, to_embed, tokenized, started)
+    return Claimed(claim, outcomes, to_embed, tokenized, started)
 
 
 def _texts(rows: Sequence[QueuedRow]) -> list[str]:
@@ -201,7 +204,9 @@ def run_batch(
     if not claimed.seqs:
         return BatchReport()
     result = embed_batch(claimed, queue.vectorizer, encoder)
-    return store_batch(conn, queue, claimed, result, worker=worker)
+    report = store_batch(conn, queue, claimed, result, worker=worker)
+    queue.end_claim(conn, claimed.claim)
+    return report
 
 
 def _checked(encoder: TextEncoder, vectorizer: Vectorizer) -> TextEncoder:
@@ -240,9 +245,17 @@ def drain(
     queue = Queue(vectorizer)
     total = BatchReport()
     deadline = time.monotonic() + time_budget
-    claim_batch = partial(
-        take_batch, reader, queue, encoder, limit=limit, lease_seconds=lease_seconds
-    )
+    # Claims are taken on `reader`, which holds their tokens: the claiming thread
+    # ends those of written batches before it claims again, the rest end here.
+    held: list[Claim] = []
+    written: list[Claim] = []
+
+    def claim_batch() -> Claimed:
+        _end_claims(reader, queue, held, written)
+        claimed = take_batch(reader, queue, encoder, limit=limit, lease_seconds=lease_seconds)
+        held.append(claimed.claim)
+        return claimed
+
     with (
         ThreadPoolExecutor(1, "rowembed-claim") as claiming,
         ThreadPoolExecutor(1, "rowembed-write") as writing,
@@ -260,6 +273,7 @@ def drain(
                 result = embed_batch(batch, vectorizer, encoder, abort_on)
                 if writes is not None:
                     total.add(writes[0].result())
+                    written.append(writes[1].claim)
                 writes = (
                     writing.submit(store_batch, conn, queue, batch, result, worker=worker),
                     batch,
@@ -279,7 +293,23 @@ def drain(
                 writes = None
         finally:
             _give_back(reader, queue, batch, upcoming, writes)
+            _end_claims(reader, queue, held, held[:])
     return total, more
+
+
+def _end_claims(
+    conn: psycopg.Connection[Any], queue: Queue, held: list[Claim], ending: list[Claim]
+) -> None:
+    """End the claims in `ending` (emptied), which `conn` holds, and forget them."""
+    while ending:
+        claim = ending.pop()
+        held.remove(claim)
+        if conn.broken:  # the session, and with it every token, is gone already
+            continue
+        try:
+            queue.end_claim(conn, claim)
+        except psycopg.Error:
+            log.warning("could not end a claim; its lease will expire", exc_info=True)
 
 
 def _give_back(
@@ -302,6 +332,7 @@ def _give_back(
                 writes[0].result()
             except Exception:
                 unwritten.append(writes[1])
-        queue.release(conn, [seq for b in unwritten for seq in b.seqs])
+        for b in unwritten:
+            queue.release(conn, b.claim)
     except Exception:
         log.warning("could not release claimed rows; their lease will expire", exc_info=True)

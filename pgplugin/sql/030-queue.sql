@@ -33,10 +33,11 @@ LANGUAGE sql STABLE AS $$
       AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
 $$;
 
--- Worker sessions alive now. A worker holds the advisory lock ('worker', token)
--- for as long as its connection lives; its claims carry the token. When the
--- session dies (SIGKILL, OOM, lost machine, server restart) the lock goes with
--- it and the claims are free at once, without waiting for the lease to expire.
+-- Claims alive now. A worker takes a token for each claim and holds the advisory
+-- lock ('worker', token) until its batch is written (end_claim) or its session
+-- ends; the claimed entries carry the token. When the session dies (SIGKILL, OOM,
+-- lost machine, server restart) the locks go with it and the claims are free at
+-- once, without waiting for the lease to expire.
 CREATE OR REPLACE FUNCTION rowembed.live_workers() RETURNS SETOF int
 LANGUAGE sql STABLE AS $$ SELECT rowembed._lock_holders('worker') $$;
 
@@ -44,7 +45,8 @@ LANGUAGE sql STABLE AS $$ SELECT rowembed._lock_holders('worker') $$;
 CREATE OR REPLACE FUNCTION rowembed._building() RETURNS SETOF int
 LANGUAGE sql STABLE AS $$ SELECT rowembed._lock_holders('index build') $$;
 
--- A token for this session, held (as the 'worker' advisory lock) until it ends.
+-- A new claim token, held by this session (as the 'worker' advisory lock) until
+-- end_claim() or the session's end.
 CREATE OR REPLACE FUNCTION rowembed.register_worker() RETURNS int
 LANGUAGE plpgsql AS $body$
 DECLARE
@@ -172,19 +174,31 @@ BEGIN
 END
 $body$;
 
--- Gives back claims the worker `token` has not worked on (the attempt is not counted).
+-- Gives back claims the worker `token` has not worked on (the attempt is not
+-- counted); entries another transaction holds are skipped, never waited for.
 CREATE OR REPLACE FUNCTION rowembed.release(vectorizer_id int, token int, seqs bigint[])
 RETURNS void
 LANGUAGE plpgsql AS $body$
+DECLARE
+    queue text := rowembed._qualified((SELECT z.queue_table FROM rowembed.vectorizer AS z
+                                        WHERE z.id = release.vectorizer_id));
 BEGIN
     EXECUTE format(
-        'UPDATE %s SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0)'
-        ' WHERE seq = ANY ($1) AND claimed_by = $2',
-        rowembed._qualified((SELECT z.queue_table FROM rowembed.vectorizer AS z
-                              WHERE z.id = release.vectorizer_id)))
+        'UPDATE %s AS q SET lease_until = NULL, claimed_by = NULL,'
+        '       attempts = greatest(q.attempts - 1, 0)'
+        '  FROM (SELECT seq FROM %s WHERE seq = ANY ($1) AND claimed_by = $2'
+        '        FOR UPDATE SKIP LOCKED) AS mine WHERE q.seq = mine.seq',
+        queue, queue)
         USING seqs, token;
 END
 $body$;
+
+-- Ends the claim `token` (taken by register_worker() in this session): its
+-- entries still queued become claimable at once. A worker ends each claim once
+-- its batch is written, so an entry the write skipped (an application's
+-- transaction held it, then rolled back) waits for no lease.
+CREATE OR REPLACE FUNCTION rowembed.end_claim(token int) RETURNS boolean
+LANGUAGE sql AS $$ SELECT pg_advisory_unlock(rowembed._lock_class('worker'), token) $$;
 
 -- Records failed entries (seqs[i] failed with errors[i]): back off, and park after
 -- the vectorizer's max_attempts. Only the version that failed: a row changed since

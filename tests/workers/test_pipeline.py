@@ -334,7 +334,7 @@ def test_rows_whose_worker_died_are_claimed_alone_and_parked_after_max_attempts(
     )
     first = queue.claim(conn, 100, 60)
     assert first.suspect and len(first.seqs) == 1 and first.seqs[0] in held.seqs[1:]
-    queue.release(conn, first.seqs)
+    queue.release(conn, first)
     with connect(database_url) as reader:
         report, _ = drain(conn, reader, v, encoder, limit=100, lease_seconds=60, time_budget=60)
     assert report.written == 5
@@ -346,3 +346,38 @@ def test_rows_whose_worker_died_are_claimed_alone_and_parked_after_max_attempts(
     assert parked == [
         (5, True, "the worker process died or hung while embedding this row (5 attempts)")
     ]
+
+
+def test_an_entry_the_application_held_during_the_write_waits_for_no_lease(
+    conn: Conn, table: str, encoder: Encoder, database_url: str
+) -> None:
+    """The application changes a row while its batch is embedded and rolls back
+    after the worker's write skipped the entry it held: the entry is claimable
+    again at once (its claim ended with the batch), not after the 300 s lease."""
+    v = setup(conn, table, {1: "first text", 2: "second text"})
+    (seq_of_two,) = conn.execute(
+        sql.SQL("SELECT seq FROM {} WHERE id = 2").format(v.queue)
+    ).fetchone()
+    update = sql.SQL("UPDATE {} SET body = 'changing' WHERE id = 2").format(sql.Identifier(table))
+    with connect(database_url) as app, connect(database_url) as reader:
+
+        class ApplicationChangesRowTwo(CountingEncoder):
+            def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
+                if not self.texts:  # its trigger holds row 2's queue entry until it ends
+                    app.execute("BEGIN")
+                    app.execute(update)
+                return super().encode_tokenized(tokenized)
+
+        report, _ = drain(
+            conn,
+            reader,
+            v,
+            ApplicationChangesRowTwo(encoder),
+            limit=100,
+            lease_seconds=300,
+            time_budget=60,
+        )
+        assert (report.written, report.superseded) == (1, 1)
+        app.execute("ROLLBACK")
+        # The worker's session lives on, as it does between tasks.
+        assert Queue(v).claim(conn, 10, 300).seqs == [seq_of_two]
