@@ -255,6 +255,13 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "backfill blind to orphans",
+        "pgplugin/sql/070-backfill.sql",
+        "(SELECT * FROM stale UNION ALL SELECT * FROM orphans)",
+        "(SELECT * FROM stale)",
+        ("tests/pgplugin/test_backfill.py",),
+    ),
+    Mutation(
         "no sweep: a lost hint is lost work",
         "workers/dispatcher.py",
         "                    for vectorizer_id, changes in vectorizers_with_work(conn):\n"

@@ -50,17 +50,18 @@ END
 $body$;
 
 -- Queues the next chunk of a running backfill: up to chunk_size rows after the
--- cursor, in primary-key order, of which those without a current embedding go to
--- the queue behind live changes. One short transaction per chunk; concurrent
--- callers skip a backfill another is stepping. Returns the rows queued.
+-- cursor, in primary-key order, of which those whose embedding is missing, stale
+-- or should not exist (blank text) go to the queue behind live changes; and the
+-- embeddings in the same key range whose row is gone (deleted with triggers off:
+-- session_replication_role = replica, pg_restore --disable-triggers), which the
+-- worker then deletes. One short transaction per chunk; concurrent callers skip a
+-- backfill another is stepping. Returns the entries queued.
 CREATE OR REPLACE FUNCTION rowembed.backfill_step(vectorizer_id int, chunk_size int)
 RETURNS bigint
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer;
     b rowembed.backfill;
-    keys text;
-    after_cursor text;
     n_scanned bigint;
     n_queued bigint;
     next_key jsonb;
@@ -73,34 +74,41 @@ BEGIN
     END IF;
     SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.id = backfill_step.vectorizer_id;
     PERFORM rowembed._check_sees_every_row(v.source);
-    keys := rowembed._columns(v.pk_columns, 's');
-    after_cursor := CASE WHEN b.last_key IS NULL THEN 'true' ELSE format('(%s) > (%s)', keys,
-        (SELECT string_agg(format('($2->>%L)::%s', c, t), ', ' ORDER BY o)
-           FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o))) END;
     EXECUTE format($q$
         WITH chunk AS (
             SELECT %1$s, %2$s AS text FROM %4$s AS s
             WHERE %5$s ORDER BY %1$s LIMIT $1
+        ), last_in_chunk AS (
+            SELECT %8$s FROM chunk AS c ORDER BY %12$s LIMIT 1
+        ), stale AS (
+            SELECT %8$s FROM chunk AS c LEFT JOIN %9$s AS e ON %10$s
+            WHERE e.text_hash IS DISTINCT FROM rowembed._text_hash(c.text)
+        ), orphans AS (
+            SELECT %13$s FROM %9$s AS e
+            WHERE %14$s
+              AND ((SELECT count(*) FROM chunk) < $1 OR (%13$s) <= (SELECT * FROM last_in_chunk))
+              AND NOT EXISTS (SELECT FROM %4$s AS s WHERE %15$s)
         ), queued AS (
             INSERT INTO %6$s (%7$s, seq, priority)
-            SELECT %8$s, nextval('rowembed.change_seq'), %3$s
-            FROM chunk AS c LEFT JOIN %9$s AS e ON %10$s
-            WHERE c.text IS NOT NULL
-              AND e.text_hash IS DISTINCT FROM rowembed._text_hash(c.text)
+            SELECT *, nextval('rowembed.change_seq'), %3$s
+              FROM (SELECT * FROM stale UNION ALL SELECT * FROM orphans) AS k
             ON CONFLICT DO NOTHING
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM chunk), (SELECT count(*) FROM queued),
                (SELECT jsonb_build_object(%11$s) FROM chunk AS c ORDER BY %12$s LIMIT 1)
         $q$,
-        keys, rowembed._text_sql(v, 's'), rowembed.backfill_priority(),
-        rowembed._qualified(v.source), after_cursor, rowembed._qualified(v.queue_table),
+        rowembed._columns(v.pk_columns, 's'), rowembed._text_sql(v, 's'),
+        rowembed.backfill_priority(), rowembed._qualified(v.source),
+        rowembed._after_key(v, 's'), rowembed._qualified(v.queue_table),
         rowembed._columns(v.pk_columns), rowembed._columns(v.pk_columns, 'c'),
         rowembed._qualified(v.destination), rowembed._equal(v.pk_columns, 'e', 'c'),
         (SELECT string_agg(format('%L, c.%I', c, c), ', ' ORDER BY o)
            FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)),
         (SELECT string_agg(format('c.%I DESC', c), ', ' ORDER BY o)
-           FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)))
+           FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)),
+        rowembed._columns(v.pk_columns, 'e'), rowembed._after_key(v, 'e'),
+        rowembed._equal(v.pk_columns, 's', 'e'))
         INTO n_scanned, n_queued, next_key USING chunk_size, b.last_key;
     UPDATE rowembed.backfill AS z
        SET scanned = z.scanned + n_scanned, queued = z.queued + n_queued,
@@ -113,6 +121,16 @@ BEGIN
     RETURN n_queued;
 END
 $body$;
+
+-- SQL text: `alias`'s key is after the backfill's cursor ($2: the cursor as jsonb,
+-- NULL before the first chunk).
+CREATE OR REPLACE FUNCTION rowembed._after_key(v rowembed.vectorizer, alias text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('($2 IS NULL OR (%s) > (%s))', rowembed._columns(v.pk_columns, alias),
+                  string_agg(format('($2->>%L)::%s', c, t), ', ' ORDER BY o))
+      FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o)
+$$;
 
 -- Running backfills the current role may step (it may queue rows of the
 -- vectorizer), broken vectorizers left out: what the dispatcher tops up.

@@ -85,6 +85,36 @@ def test_rows_already_embedded_are_skipped_and_stale_ones_found(
     assert queued_keys(conn, v) == [3, 7, 11]
 
 
+def test_a_backfill_removes_embeddings_of_rows_deleted_or_blanked_with_triggers_off(
+    conn: Conn, table: str, encoder: Encoder
+) -> None:
+    """session_replication_role = replica (as pg_restore --disable-triggers does)
+    hides deletes from the triggers: the backfill finds the orphans in every
+    chunk's key range, the last chunk's open end included, and the worker
+    deletes them."""
+    v = make(conn, table, 30)
+    conn.execute("SELECT rowembed.start_backfill(%s)", [v.name])
+    step(conn, v, 100)
+    while run_batch(conn, Queue(v), encoder, limit=64, lease_seconds=60).claimed:
+        pass
+    t = sql.Identifier(table)
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id IN (4, 12, 28, 29)").format(t))
+        conn.execute(sql.SQL("UPDATE {} SET body = e' \\t\\n' WHERE id = 20").format(t))
+    conn.execute("SELECT rowembed.start_backfill(%s)", [v.name])
+    while step(conn, v, 10):
+        pass
+    assert backfill_row(conn, v)[0] == "done"
+    assert queued_keys(conn, v) == [4, 12, 20, 28, 29]
+    while run_batch(conn, Queue(v), encoder, limit=64, lease_seconds=60).claimed:
+        pass
+    embedded = [
+        r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(v.destination))
+    ]
+    assert embedded == [i for i in range(30) if i not in (4, 12, 20, 28, 29)]
+
+
 def test_two_backfills_do_not_double_the_work(conn: Conn, table: str) -> None:
     v = make(conn, table, 25)
     assert conn.execute("SELECT rowembed.start_backfill(%s)", [v.name]).fetchone() == ("started",)
