@@ -11,7 +11,12 @@ from psycopg import sql
 
 from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
+from rowembed.workers.pipeline import run_batch
+from rowembed.workers.runtime import Encoder
+
+from ..conftest import MODEL
 
 Conn = psycopg.Connection[Any]
 COPY_ROW = (
@@ -27,7 +32,9 @@ COPY_ROW = (
 class Owner:
     """A login role that owns a table `docs_<role>` and vectorizes it itself."""
 
-    def __init__(self, admin: Conn, postgres: EmbeddedPostgres, role: str) -> None:
+    def __init__(
+        self, admin: Conn, postgres: EmbeddedPostgres, role: str, model: str = "m"
+    ) -> None:
         self.role = role
         self.table = f"docs_{role}"
         r, t = sql.Identifier(role), sql.Identifier(self.table)
@@ -37,12 +44,18 @@ class Owner:
         admin.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
         admin.execute(sql.SQL("INSERT INTO {} VALUES (1, 'one'), (2, 'two')").format(t))
         admin.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(t, r))
-        database = admin.info.dbname
-        self.url = postgres.url.replace("postgres@", f"{role}@").replace(
-            "/postgres?", f"/{database}?"
-        )
+        self.url = login(postgres, admin, role)
         with connect(self.url) as conn:
-            self.vectorizer = create_vectorizer(conn, self.table, ["body"], model="m", dimensions=3)
+            self.vectorizer = create_vectorizer(
+                conn, self.table, ["body"], model=model, dimensions=None if model != "m" else 3
+            )
+
+
+def login(postgres: EmbeddedPostgres, admin: Conn, role: str) -> str:
+    """The URL of `role` on the database `admin` is connected to."""
+    return postgres.url.replace("postgres@", f"{role}@").replace(
+        "/postgres?", f"/{admin.info.dbname}?"
+    )
 
 
 @pytest.fixture
@@ -144,3 +157,56 @@ def test_a_searcher_needs_its_source_and_grant_searcher_only(
         own_db.execute("SELECT rowembed.grant_searcher(%s, %s)", [searcher, v.name])
         assert conn.execute(search).fetchall() == [(1, "one")]
     own_db.execute("SELECT rowembed.grant_worker(%s, %s)", [searcher, v.name])  # same schemas
+
+
+def test_the_readme_roles_together(
+    own_db: Conn, postgres: EmbeddedPostgres, encoder: Encoder
+) -> None:
+    """The README's Privileges, set up exactly as it says, with two vectorizers
+    of two owners: an application role writes alice's table, a worker role
+    granted alice's vectorizer embeds it (and the dispatcher's calls work for
+    it), a searcher finds the rows; none of them reaches mallory's."""
+    suffix = own_db.info.dbname
+    alice = Owner(own_db, postgres, f"alice_{suffix}", model=MODEL)
+    mallory = Owner(own_db, postgres, f"mallory_{suffix}", model=MODEL)
+    app, worker, searcher = (f"{r}_{suffix}" for r in ("app", "worker", "searcher"))
+    for role in (app, worker, searcher):
+        own_db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    own_db.execute("SELECT rowembed.grant_worker(%s, %s)", [worker, alice.vectorizer.name])
+    own_db.execute("SELECT rowembed.grant_searcher(%s, %s)", [searcher, alice.vectorizer.name])
+    alices_table = sql.Identifier(alice.table)
+    with connect(alice.url) as conn:  # grants on the source come from its owner
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                alices_table, sql.Identifier(app)
+            )
+        )
+        conn.execute(
+            sql.SQL("GRANT SELECT ON {} TO {}").format(alices_table, sql.Identifier(searcher))
+        )
+    with connect(login(postgres, own_db, app)) as conn:
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (3, 'key rotation')").format(alices_table))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id = 1").format(alices_table))
+    with connect(login(postgres, own_db, worker)) as conn:
+        assert [r[0] for r in conn.execute("SELECT id FROM rowembed.vectorizers_with_work()")] == [
+            alice.vectorizer.id
+        ]
+        assert [r[0] for r in conn.execute("SELECT name FROM rowembed.status()")] == [
+            alice.vectorizer.name
+        ]
+        conn.execute("SELECT * FROM rowembed.errors()")
+        queue = Queue(alice.vectorizer)
+        while run_batch(conn, queue, encoder, limit=10, lease_seconds=60).claimed:
+            pass
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            run_batch(conn, Queue(mallory.vectorizer), encoder, limit=10, lease_seconds=60)
+    with connect(login(postgres, own_db, searcher)) as conn:
+        found = conn.execute(
+            sql.SQL("SELECT (item).id FROM rowembed.search(NULL::{}, %s::vector, 5, -1)").format(
+                alices_table
+            ),
+            [encoder.encode(["key rotation"]).vectors[0].tolist()],
+        ).fetchall()
+        assert sorted(found) == [(2,), (3,)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql.SQL("SELECT count(*) FROM {}").format(mallory.vectorizer.destination))
