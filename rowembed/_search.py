@@ -70,6 +70,13 @@ class WorkerModels:
             from rowembed.workers.celery_app import make_app
 
             self._app = make_app()
+        if "retry_policy" not in self._app.conf.result_backend_transport_options:
+            # Redis down is an error within a second or two, not after the
+            # result store's 20 reconnects (19 s).
+            self._app.conf.result_backend_transport_options = {
+                **self._app.conf.result_backend_transport_options,
+                "retry_policy": {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            }
         return self._app
 
     def encode_query(self, model: str, text: str) -> np.ndarray:
@@ -80,13 +87,15 @@ class WorkerModels:
 
     def _ask(self, task: str, args: list[Any], queue: str) -> np.ndarray:
         from celery.exceptions import TimeoutError as CeleryTimeout
+        from kombu.utils.url import maybe_sanitize_url
 
         try:
             result = self.app.send_task(task, args=args, expires=self.timeout, retry=False)
         except Exception as exc:  # kombu raises its own and the socket's errors
+            url = maybe_sanitize_url(self.app.conf.broker_url)
             raise WorkerUnavailable(
-                f"cannot reach the broker ({_first_line(exc)}): is Redis running at"
-                " ROWEMBED_REDIS_URL? Or search with the models in this process (--local)"
+                f"cannot reach Redis at {url} ({_first_line(exc)}): start it, or set"
+                " ROWEMBED_REDIS_URL, or search with the models in this process (--local)"
             ) from exc
         try:
             return np.asarray(result.get(timeout=self.timeout), dtype=np.float32)

@@ -284,6 +284,8 @@ def _models(args: argparse.Namespace, settings: Settings) -> Models:
         return LocalModels(settings.device)
     from rowembed.workers.celery_app import app
 
+    # WorkerUnavailable says it in one line: no log of each reconnect to Redis.
+    logging.getLogger("celery.backends").setLevel(logging.CRITICAL + 1)
     return WorkerModels(app, timeout=getattr(args, "timeout", 15.0))
 
 
