@@ -28,7 +28,7 @@ class Settings:
     device: str = "auto"
     attention: str = "auto"  # auto: flash_attention_2 on CUDA when installed, else sdpa
     batch_rows: int | None = None  # None: 512 on CPU, 4096 on CUDA
-    token_budget: int | None = None  # None: 2048 on CPU, 65536 on CUDA
+    token_budget: int | None = None  # None: runtime.forward.default_token_budget
     lease_seconds: float = 300.0
     task_seconds: float = 10.0
     sweep_seconds: float = 5.0

@@ -21,6 +21,7 @@ from rowembed.pgplugin.vectorizers import Vectorizer
 
 from .runtime import Encoded, Tokenized
 from .runtime.isolate import DimensionMismatch, Isolated, encode_isolating
+from .runtime.stages import StageClock, timed
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class TextEncoder(Protocol):
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized: ...
 
-    def encode_tokenized(self, tokenized: Tokenized) -> Encoded: ...
+    def encode_tokenized(
+        self, tokenized: Tokenized, clock: StageClock | None = None
+    ) -> Encoded: ...
 
     def encode(self, texts: Sequence[str]) -> Encoded: ...
 
@@ -86,14 +89,17 @@ def take_batch(
     *,
     limit: int,
     lease_seconds: float,
+    clock: StageClock | None = None,
 ) -> Claimed:
     """The take stage: claim up to `limit` entries, read their rows, tokenize
     the texts that need the model."""
     started = time.monotonic()
-    claim = queue.claim(conn, limit, lease_seconds)
+    with timed(clock, "claim"):
+        claim = queue.claim(conn, limit, lease_seconds)
     seqs = claim.seqs
     try:
-        rows = queue.read(conn, seqs) if seqs else []
+        with timed(clock, "read"):
+            rows = queue.read(conn, seqs) if seqs else []
     except psycopg.Error as exc:
         if conn.broken:
             raise
@@ -114,7 +120,8 @@ def take_batch(
     tokenized = None
     if to_embed:
         try:
-            tokenized = encoder.tokenize(_texts(to_embed))
+            with timed(clock, "tokenize"):
+                tokenized = encoder.tokenize(_texts(to_embed))
         except Exception:
             log.debug("tokenizing failed; the model stage will record the error", exc_info=True)
     return Claimed(claim, outcomes, to_embed, tokenized, started)
@@ -129,6 +136,7 @@ def embed_batch(
     vectorizer: Vectorizer,
     encoder: TextEncoder,
     abort_on: tuple[type[BaseException], ...] = (),
+    clock: StageClock | None = None,
 ) -> Isolated:
     """The embed stage: vectors for `claimed.to_embed`, failing inputs isolated
     (`abort_on`: exceptions that end the stage instead, such as a time limit)."""
@@ -141,7 +149,7 @@ def embed_batch(
             lambda part: _checked(encoder, vectorizer).encode(part), texts, abort_on=abort_on
         )
     return encode_isolating(
-        lambda part: _checked(encoder, vectorizer).encode_tokenized(tokenized.subset(part)),
+        lambda part: _checked(encoder, vectorizer).encode_tokenized(tokenized.subset(part), clock),
         range(len(claimed.to_embed)),
         abort_on=abort_on,
     )
@@ -154,6 +162,7 @@ def store_batch(
     result: Isolated,
     *,
     worker: str = "",
+    clock: StageClock | None = None,
 ) -> BatchReport:
     """The store stage: write the vectors, record failures, log the batch."""
     vectorizer = queue.vectorizer
@@ -181,7 +190,8 @@ def store_batch(
             next(iter(result.errors.values())),
         )
     if outcomes:
-        written = queue.write(conn, outcomes)
+        with timed(clock, "write"):
+            written = queue.write(conn, outcomes)
         report.written = written.written
         report.deleted = written.deleted
         report.superseded = len(outcomes) - written.completed
@@ -230,6 +240,7 @@ def drain(
     worker: str = "",
     should_stop: Callable[[], bool] = lambda: False,
     abort_on: tuple[type[BaseException], ...] = (),
+    clock: StageClock | None = None,
 ) -> tuple[BatchReport, bool]:
     """Run batches until the queue is empty, the time budget is spent or
     `should_stop()`. Returns the summed report and whether work may remain.
@@ -252,7 +263,9 @@ def drain(
 
     def claim_batch() -> Claimed:
         _end_claims(reader, queue, held, written)
-        claimed = take_batch(reader, queue, encoder, limit=limit, lease_seconds=lease_seconds)
+        claimed = take_batch(
+            reader, queue, encoder, limit=limit, lease_seconds=lease_seconds, clock=clock
+        )
         held.append(claimed.claim)
         return claimed
 
@@ -270,12 +283,14 @@ def drain(
             while batch.seqs:
                 if more and time.monotonic() < deadline:
                     upcoming = claiming.submit(claim_batch)
-                result = embed_batch(batch, vectorizer, encoder, abort_on)
+                result = embed_batch(batch, vectorizer, encoder, abort_on, clock)
                 if writes is not None:
                     total.add(writes[0].result())
                     written.append(writes[1].claim)
                 writes = (
-                    writing.submit(store_batch, conn, queue, batch, result, worker=worker),
+                    writing.submit(
+                        store_batch, conn, queue, batch, result, worker=worker, clock=clock
+                    ),
                     batch,
                 )
                 batch = None

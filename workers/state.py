@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from .policy import ClaimSize
     from .runtime import Encoded, Encoder, Reranker, Tokenized
+    from .runtime.stages import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ class LazyEncoder:
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         return self._encoder().tokenize(texts)
 
-    def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
-        return self._encoder().encode_tokenized(tokenized)
+    def encode_tokenized(self, tokenized: Tokenized, clock: StageClock | None = None) -> Encoded:
+        return self._encoder().encode_tokenized(tokenized, clock)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         return self._encoder().encode(texts)

@@ -92,7 +92,7 @@ class Precomputed:
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         return Tokenized(list(texts), [[]] * len(texts), [False] * len(texts))
 
-    def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
+    def encode_tokenized(self, tokenized: Tokenized, clock: Any = None) -> Encoded:
         return self.encode(tokenized.texts)
 
     def encode(self, texts: Sequence[str]) -> Encoded:

@@ -34,11 +34,11 @@ class CountingEncoder:
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         return self.encoder.tokenize(texts)
 
-    def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
+    def encode_tokenized(self, tokenized: Tokenized, clock: Any = None) -> Encoded:
         self.texts.extend(tokenized.texts)
         if self.fail_on and any(self.fail_on in t for t in tokenized.texts):
             raise RuntimeError(f"injected failure on {self.fail_on!r}")
-        return self.encoder.encode_tokenized(tokenized)
+        return self.encoder.encode_tokenized(tokenized, clock)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         return self.encode_tokenized(self.tokenize(texts))
@@ -362,11 +362,11 @@ def test_an_entry_the_application_held_during_the_write_waits_for_no_lease(
     with connect(database_url) as app, connect(database_url) as reader:
 
         class ApplicationChangesRowTwo(CountingEncoder):
-            def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
+            def encode_tokenized(self, tokenized: Tokenized, clock: Any = None) -> Encoded:
                 if not self.texts:  # its trigger holds row 2's queue entry until it ends
                     app.execute("BEGIN")
                     app.execute(update)
-                return super().encode_tokenized(tokenized)
+                return super().encode_tokenized(tokenized, clock)
 
         report, _ = drain(
             conn,

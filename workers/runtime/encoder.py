@@ -14,6 +14,7 @@ import torch
 from .batching import padded_tokens, plan_batches
 from .forward import BatchedModel, Loaded
 from .models import Pooling
+from .stages import StageClock, timed
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +86,34 @@ class Encoder(BatchedModel):
         return self.encode_tokenized(tokenized)
 
     @torch.inference_mode()
-    def encode_tokenized(self, tokenized: Tokenized) -> Encoded:
+    def encode_tokenized(self, tokenized: Tokenized, clock: StageClock | None = None) -> Encoded:
+        """Vectors for `tokenized`, in input order. Pooled vectors stay on the
+        device until the last batch: one copy back, and one wait for the device,
+        per call, so the host builds the next batch while the device runs this one."""
         ids = tokenized.ids
         lengths = [len(x) for x in ids]
         batches = plan_batches(lengths, self.token_budget, self.max_rows)
-        out = np.empty((len(ids), self.dimensions), dtype=np.float32)
+        vectors = torch.empty((len(ids), self.dimensions), dtype=torch.float32, device=self.device)
         for batch in batches:
-            inputs = self.inputs(batch, ids, lengths)
-            hidden = self.model(**inputs).last_hidden_state
-            pooled = pool(hidden.float(), inputs["attention_mask"], self.pooling.mode)
-            if self.pooling.normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            out[batch] = pooled.cpu().numpy()
+            with timed(clock, "build inputs"):
+                host = self.host_inputs(batch, ids, lengths)
+                host["rows"] = (
+                    torch.tensor(batch).pin_memory() if self._pin else torch.tensor(batch)
+                )
+            with timed(clock, "host to device"):
+                inputs = self.to_device(host)
+                rows = inputs.pop("rows")
+            with timed(clock, "model"):
+                hidden = self.model(**inputs).last_hidden_state
+            with timed(clock, "pool and copy back"):
+                # Pooled in the model's precision (fp16 on CUDA); only the pooled
+                # vectors are cast, not every token's state.
+                pooled = pool(hidden, inputs["attention_mask"], self.pooling.mode).float()
+                if self.pooling.normalize:
+                    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                vectors[rows] = pooled
+        with timed(clock, "pool and copy back"):
+            out = vectors.cpu().numpy()
         return Encoded(out, tokenized.truncated, sum(lengths), padded_tokens(lengths, batches))
 
 

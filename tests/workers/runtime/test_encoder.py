@@ -11,6 +11,7 @@ import pytest
 
 from rowembed.workers.runtime import Encoder, ModelNotFoundError, PoolingConfig, resolve_model_path
 from rowembed.workers.runtime.models import bundled_model_path
+from rowembed.workers.runtime.stages import StageClock
 
 from ...conftest import MODEL
 
@@ -134,3 +135,19 @@ def test_a_huge_text_is_cut_before_it_is_tokenized(encoder: Encoder) -> None:
     assert [len(t) for t in tokenized.texts] == [encoder.max_chars, 5]
     assert tokenized.cut == [True, False]
     assert tokenized.ids[0] == encoder.tokenize([huge[:20_000]]).ids[0]
+
+
+def test_many_batches_and_a_stage_clock_change_no_vector(encoder: Encoder) -> None:
+    """Vectors scattered back from many small batches, and with every stage
+    waited for (the attribution mode), equal one pass's."""
+    texts = [" ".join(["word"] * n) for n in (1, 50, 7, 300, 3, 120, 12, 2)] + TEXTS["non-English"]
+    whole = encoder.encode(texts).vectors
+    budget = encoder.token_budget
+    clock = StageClock(sync=lambda: None)
+    try:
+        encoder.token_budget = 64  # a batch or two per text
+        split = encoder.encode_tokenized(encoder.tokenize(texts), clock).vectors
+    finally:
+        encoder.token_budget = budget
+    assert np.abs(split - whole).max() <= 1e-6
+    assert all(clock.seconds[s] > 0 for s in ("build inputs", "model", "pool and copy back"))
