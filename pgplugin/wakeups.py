@@ -9,7 +9,8 @@ import psycopg
 from psycopg import sql
 
 # pg_notify(CHANNEL, 'N'): rows of vectorizer N changed; 'N backfill': a backfill
-# queued rows of N (no hurry: behind live changes).
+# queued rows of N (no hurry: behind live changes); 'query': a SQL caller waits
+# for a query text's vector (rowembed.query_request).
 CHANNEL = "rowembed"
 
 
@@ -25,3 +26,7 @@ def woken(notifies: Iterable[psycopg.Notify]) -> dict[int, bool]:
         if key.isdigit():
             found[int(key)] = found.get(int(key), False) or kind != "backfill"
     return found
+
+
+def query_requested(notifies: Iterable[psycopg.Notify]) -> bool:
+    return any(note.payload == "query" for note in notifies)

@@ -82,13 +82,15 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
     from rowembed.workers.queues import EMBED_QUEUE
 
     settings.require_redis()
+    hints = CeleryHints(app, EMBED_QUEUE, settings.max_pending_hints)
     dispatcher = Dispatcher(
         settings.require_database(),
-        CeleryHints(app, EMBED_QUEUE, settings.max_pending_hints),
+        hints,
         sweep_seconds=settings.sweep_seconds,
         backfill_chunk=settings.backfill_chunk,
         index_memory=settings.index_memory,
         index_workers=settings.index_workers,
+        send_queries=hints.queries,
     )
     stop = threading.Event()
     try:

@@ -36,6 +36,7 @@ class Settings:
     backfill_chunk: int = 10_000
     index_memory: str = "1GB"  # maintenance_work_mem of a deferred index build
     index_workers: int = 4  # max_parallel_maintenance_workers of that build
+    query_cache_rows: int = 10_000  # query vectors kept for SQL callers (search_text)
 
     @classmethod
     def from_env(cls) -> Settings:

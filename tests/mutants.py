@@ -262,6 +262,21 @@ MUTATIONS = (
         ("tests/pgplugin/test_backfill.py",),
     ),
     Mutation(
+        "the owner's loopback session left open for the caller",
+        "pgplugin/sql/095-query-embeddings.sql",
+        "        END IF;\n"
+        "        EXECUTE format('SELECT %I.dblink_disconnect(%L)', dblink, link);\n",
+        "        END IF;\n",
+        ("tests/pgplugin/test_search_text.py",),
+    ),
+    Mutation(
+        "query embeddings (SECURITY DEFINER) executable by PUBLIC",
+        "pgplugin/sql/095-query-embeddings.sql",
+        "REVOKE ALL ON FUNCTION rowembed._query_embedding(text, text, float8) FROM PUBLIC;",
+        "",
+        ("tests/pgplugin/test_search_text.py",),
+    ),
+    Mutation(
         "no sweep: a lost hint is lost work",
         "workers/dispatcher.py",
         "                    for vectorizer_id, changes in vectorizers_with_work(conn):\n"

@@ -19,9 +19,11 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from rowembed.pgplugin import wakeups
 from rowembed.pgplugin.backfill import top_up_backfills
 from rowembed.pgplugin.indexes import build_index, indexes_to_build
+from rowembed.pgplugin.queries import query_requests_waiting
 from rowembed.pgplugin.queue import prune_batch_stats, vectorizers_with_work
 
 from . import policy
+from .queues import QUERY_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,11 @@ class Dispatcher:
         backfill_chunk: int = 10_000,
         index_memory: str = "1GB",
         index_workers: int = 4,
+        send_queries: Callable[[], None] = lambda: None,
     ) -> None:
         self.database_url = database_url
         self.send_hint = send_hint
+        self.send_queries = send_queries  # SQL callers' query texts wait
         self.sweep_seconds = sweep_seconds
         self.retry_max_seconds = retry_max_seconds
         self.backfill_chunk = backfill_chunk
@@ -84,10 +88,16 @@ class Dispatcher:
                         self.send_hint(vectorizer_id, changes)
                     prune_batch_stats(conn)
                     self.indexes.start_due(conn)
+                    if query_requests_waiting(conn):  # a lost task or a dead worker
+                        self.send_queries()
                     next_sweep = time.monotonic() + self.sweep_seconds
                 notes = list(conn.notifies(timeout=min(1.0, self.sweep_seconds), stop_after=1))
+                if wakeups.query_requested(notes):  # a caller waits: at once
+                    self.send_queries()
                 # Collapse a burst of notifications into one hint per vectorizer.
                 notes += conn.notifies(timeout=0.02)
+                if wakeups.query_requested(notes[1:]):
+                    self.send_queries()
                 for vectorizer_id, urgent in wakeups.woken(notes).items():
                     self.send_hint(vectorizer_id, urgent)
 
@@ -142,6 +152,10 @@ class CeleryHints:
         self.app = app
         self.queue = queue
         self.max_pending = max_pending
+
+    def queries(self) -> None:
+        """Query texts of SQL callers wait: a task on the query queue answers them."""
+        self.app.send_task("rowembed.answer_queries", queue=QUERY_QUEUE)
 
     def __call__(self, vectorizer_id: int, urgent: bool) -> None:
         if policy.may_send_hint(self.app, self.queue, self.max_pending, urgent):

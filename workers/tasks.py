@@ -95,6 +95,16 @@ def embed_query_task(model: str, text: str) -> list[float]:
     return worker_state().encoder(model).encode([text]).vectors[0].tolist()
 
 
+@app.task(name="rowembed.answer_queries", ignore_result=True)
+def answer_queries_task() -> int:
+    """Query texts SQL callers wait for (rowembed.search_text): embed them into the cache."""
+    from .query_answers import answer_queries
+
+    state = worker_state()
+    with state.connections() as (conn, _):
+        return answer_queries(conn, state.encoder, state.settings.query_cache_rows)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

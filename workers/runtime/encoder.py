@@ -121,9 +121,13 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tenso
     """Sentence vectors from token states (batch, tokens, dim), right-padded."""
     if mode == "cls":
         return hidden[:, 0]
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
     if mode == "mean":
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        # Weights that sum to one, applied in one batched product: in fp16 the
+        # result stays within the states' range (a sum over 512 tokens first
+        # could overflow).
+        weights = mask.to(hidden.dtype) / mask.sum(1, keepdim=True).clamp(min=1).to(hidden.dtype)
+        return torch.bmm(weights.unsqueeze(1), hidden).squeeze(1)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
     if mode == "max":
         return hidden.masked_fill(weights == 0, float("-inf")).max(1).values
     last = mask.sum(1) - 1

@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from rowembed.workers.runtime import Encoder, ModelNotFoundError, PoolingConfig, resolve_model_path
+from rowembed.workers.runtime.encoder import pool
 from rowembed.workers.runtime.models import bundled_model_path
 from rowembed.workers.runtime.stages import StageClock
 
@@ -151,3 +153,13 @@ def test_many_batches_and_a_stage_clock_change_no_vector(encoder: Encoder) -> No
         encoder.token_budget = budget
     assert np.abs(split - whole).max() <= 1e-6
     assert all(clock.seconds[s] > 0 for s in ("build inputs", "model", "pool and copy back"))
+
+
+def test_mean_pooling_in_half_precision_stays_in_range() -> None:
+    """States of 1,000 over 512 tokens: summed first, fp16 would overflow to inf."""
+    hidden = torch.full((2, 512, 8), 1000.0, dtype=torch.float16)
+    mask = torch.ones((2, 512), dtype=torch.long)
+    mask[1, 100:] = 0
+    pooled = pool(hidden, mask, "mean")
+    assert pooled.dtype == torch.float16
+    assert torch.equal(pooled.float(), torch.full((2, 8), 1000.0))

@@ -1,0 +1,146 @@
+"""Searching by text from plain SQL: the query embedded by a real worker through
+the loopback session and the query queue, the cache, the timeout, privileges."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from rowembed.dev.embedded import EmbeddedPostgres
+from rowembed.pgplugin import create_vectorizer
+from rowembed.pgplugin.queue import Queue
+from rowembed.pgplugin.vectorizers import Vectorizer
+from rowembed.workers.runtime import Encoder
+
+from ..conftest import MODEL, WorkerProcess, wait_until
+
+Conn = psycopg.Connection[Any]
+TEXTS = {
+    1: "the cat sat on the mat and purred",
+    2: "stock markets fell sharply on Monday",
+    3: "rotating encryption keys every ninety days",
+}
+
+
+def embedded_table(conn: Conn, table: str) -> Vectorizer:
+    t = sql.Identifier(table)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    for key, body in TEXTS.items():
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(t), [key, body])
+    v = create_vectorizer(conn, table, ["body"], model=MODEL)
+    wait_until(lambda: Queue(v).is_drained(conn), timeout=60)
+    return v
+
+
+def search_text(conn: Conn, table: str, query: str, **options: Any) -> list[tuple[int, float]]:
+    named = sql.SQL("").join(
+        sql.SQL(", {} => {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options.items()
+    )
+    statement = sql.SQL(
+        "SELECT (item).id, similarity FROM rowembed.search_text(NULL::{}, {}, 3, -1{})"
+    ).format(sql.Identifier(table), sql.Literal(query), named)
+    return [(key, similarity) for key, similarity in conn.execute(statement)]
+
+
+def test_text_search_from_a_plain_connection_inside_open_transactions(
+    conn: Conn, table: str, worker: WorkerProcess, database_url: str, encoder: Encoder
+) -> None:
+    """No rowembed Python on the caller's side, in a transaction it keeps open,
+    read committed and repeatable read (whose snapshot cannot see the answer)."""
+    v = embedded_table(conn, table)
+    for isolation, query in (("READ COMMITTED", "key rotation"), ("REPEATABLE READ", "new keys")):
+        expected = encoder.encode([v.query_instruction + query, TEXTS[3]]).vectors
+        with psycopg.connect(database_url) as plain:  # not autocommit: a transaction opens
+            plain.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+            hits = search_text(plain, table, query)
+            assert plain.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            assert hits[0][0] == 3
+            assert hits[0][1] == pytest.approx(float(expected[0] @ expected[1]), abs=1e-5)
+            plain.rollback()
+
+
+def test_a_cached_query_never_reaches_a_worker(
+    conn: Conn, table: str, worker: WorkerProcess
+) -> None:
+    v = embedded_table(conn, table)
+    assert search_text(conn, table, "felines")[0][0] == 1
+    # Were it asked again, a worker would answer "felines" with the cat's row;
+    # the cache, made to hold the markets' vector, answers.
+    conn.execute(
+        "UPDATE rowembed.query_cache AS c SET embedding = e.embedding::real[]"
+        f" FROM {v.destination.as_string(conn)} AS e WHERE e.id = 2"
+        " AND c.model = %s AND c.text_hash = rowembed._text_hash(%s)",
+        [MODEL, v.query_instruction + "felines"],
+    )
+    started = time.perf_counter()
+    assert search_text(conn, table, "felines")[0] == (2, pytest.approx(1.0, abs=1e-5))
+    assert time.perf_counter() - started < 1.0  # no poll: a worker answers in tens of ms
+
+
+def test_without_a_worker_a_text_search_times_out_saying_so_and_leaves_nothing(
+    own_db: Conn, table: str
+) -> None:
+    own_db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(table)
+    ))  # fmt: skip
+    create_vectorizer(own_db, table, ["body"], model=MODEL)
+    started = time.monotonic()
+    with pytest.raises(psycopg.errors.RaiseException, match="no worker answered on the query"):
+        search_text(own_db, table, "anything", timeout_seconds=0.3)
+    assert 0.3 <= time.monotonic() - started < 5
+    assert own_db.execute("SELECT count(*) FROM rowembed.query_request").fetchone() == (0,)
+    assert own_db.execute("SELECT dblink_get_connections()").fetchone() == (None,)
+
+
+def test_a_model_the_worker_cannot_load_is_an_error_not_a_wait(
+    conn: Conn, table: str, worker: WorkerProcess
+) -> None:
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(table)
+    ))  # fmt: skip
+    create_vectorizer(conn, table, ["body"], model="/nonexistent/model", dimensions=3)
+    with pytest.raises(psycopg.errors.RaiseException, match="could not embed the query: "):
+        search_text(conn, table, "anything", timeout_seconds=30)
+    assert conn.execute(
+        "SELECT count(*) FROM rowembed.query_cache WHERE model = '/nonexistent/model'"
+    ).fetchone() == (0,)  # fmt: skip
+
+
+def test_a_searcher_needs_only_grant_searcher_and_keeps_no_loopback_session(
+    conn: Conn, table: str, worker: WorkerProcess, postgres: EmbeddedPostgres
+) -> None:
+    """The loopback session is opened as the functions' owner: it must be closed
+    before control returns, or the caller could run anything on it."""
+    v = embedded_table(conn, table)
+    role = f"text_searcher_{table}"[:60]
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    conn.execute(
+        sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role))
+    )
+    url = postgres.url.replace("postgres@", f"{role}@")
+    with psycopg.connect(url, autocommit=True) as searcher:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            search_text(searcher, table, "purring")
+        # It runs as its owner: a role that may use the schema (as workers and
+        # creators may) still cannot call it.
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA rowembed TO {}").format(sql.Identifier(role)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="_query_embedding"):
+            searcher.execute("SELECT rowembed._query_embedding(%s, 'x')", [MODEL])
+        conn.execute("SELECT rowembed.grant_searcher(%s, %s)", [role, v.name])
+        assert search_text(searcher, table, "purring")[0][0] == 1
+        assert searcher.execute("SELECT dblink_get_connections()").fetchone() == (None,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            searcher.execute("SELECT * FROM rowembed.query_cache")
+
+
+def test_an_empty_query_text_is_a_clear_error(conn: Conn, table: str) -> None:
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(table)
+    ))  # fmt: skip
+    create_vectorizer(conn, table, ["body"], model=MODEL)
+    with pytest.raises(psycopg.errors.RaiseException, match="the query text is empty"):
+        search_text(conn, table, "  ")
