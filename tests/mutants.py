@@ -277,6 +277,14 @@ MUTATIONS = (
         ("tests/pgplugin/test_search_text.py",),
     ),
     Mutation(
+        "no sweep for query requests",
+        "workers/dispatcher.py",
+        "                    if query_requests_waiting(conn):  # a lost task or a dead worker\n"
+        "                        self.send_queries()\n",
+        "",
+        ("tests/pgplugin/test_search_text.py",),
+    ),
+    Mutation(
         "no sweep: a lost hint is lost work",
         "workers/dispatcher.py",
         "                    for vectorizer_id, changes in vectorizers_with_work(conn):\n"

@@ -144,3 +144,23 @@ def test_an_empty_query_text_is_a_clear_error(conn: Conn, table: str) -> None:
     create_vectorizer(conn, table, ["body"], model=MODEL)
     with pytest.raises(psycopg.errors.RaiseException, match="the query text is empty"):
         search_text(conn, table, "  ")
+
+
+def test_a_request_whose_notify_was_lost_is_answered_by_the_sweep(
+    conn: Conn, worker: WorkerProcess
+) -> None:
+    text = f"asked without a NOTIFY {time.time()}"
+    conn.execute(
+        "INSERT INTO rowembed.query_request (model, text_hash, text)"
+        " VALUES (%s, rowembed._text_hash(%s), %s)",
+        [MODEL, text, text],
+    )
+    wait_until(
+        lambda: conn.execute(
+            "SELECT embedding IS NOT NULL FROM rowembed.query_cache"
+            " WHERE model = %s AND text_hash = rowembed._text_hash(%s)",
+            [MODEL, text],
+        ).fetchone(),
+        timeout=30,
+    )
+    assert conn.execute("SELECT count(*) FROM rowembed.query_request").fetchone() == (0,)
