@@ -4,6 +4,7 @@ the loopback session and the query queue, the cache, the timeout, privileges."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -11,12 +12,12 @@ import pytest
 from psycopg import sql
 
 from rowembed.dev.embedded import EmbeddedPostgres
-from rowembed.pgplugin import create_vectorizer
+from rowembed.pgplugin import connect, create_vectorizer, migrate
 from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers.runtime import Encoder
 
-from ..conftest import MODEL, WorkerProcess, wait_until
+from ..conftest import MODEL, WorkerProcess, new_database, wait_until
 
 Conn = psycopg.Connection[Any]
 TEXTS = {
@@ -24,6 +25,32 @@ TEXTS = {
     2: "stock markets fell sharply on Monday",
     3: "rotating encryption keys every ninety days",
 }
+
+
+@pytest.fixture(scope="module")
+def text_db(postgres: EmbeddedPostgres) -> Iterator[str]:
+    """A database of this module's, migrated; its URL."""
+    with new_database(postgres) as admin:
+        migrate(admin)
+        yield postgres.url.replace("/postgres?", f"/{admin.info.dbname}?")
+
+
+@pytest.fixture(scope="module")
+def text_worker(
+    text_db: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """A worker (and dispatcher) on this module's database only: a session-wide
+    one would also serve the other modules' databases and queues."""
+    log = tmp_path_factory.mktemp("text-worker") / "worker.log"
+    process = WorkerProcess(text_db, redis_url, log).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def db(text_db: str, text_worker: WorkerProcess) -> Iterator[Conn]:
+    with connect(text_db) as c:
+        yield c
 
 
 def embedded_table(conn: Conn, table: str) -> Vectorizer:
@@ -47,14 +74,14 @@ def search_text(conn: Conn, table: str, query: str, **options: Any) -> list[tupl
 
 
 def test_text_search_from_a_plain_connection_inside_open_transactions(
-    conn: Conn, table: str, worker: WorkerProcess, database_url: str, encoder: Encoder
+    db: Conn, table: str, text_db: str, encoder: Encoder
 ) -> None:
     """No rowembed Python on the caller's side, in a transaction it keeps open,
     read committed and repeatable read (whose snapshot cannot see the answer)."""
-    v = embedded_table(conn, table)
+    v = embedded_table(db, table)
     for isolation, query in (("READ COMMITTED", "key rotation"), ("REPEATABLE READ", "new keys")):
         expected = encoder.encode([v.query_instruction + query, TEXTS[3]]).vectors
-        with psycopg.connect(database_url) as plain:  # not autocommit: a transaction opens
+        with psycopg.connect(text_db) as plain:  # not autocommit: a transaction opens
             plain.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
             hits = search_text(plain, table, query)
             assert plain.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
@@ -63,21 +90,19 @@ def test_text_search_from_a_plain_connection_inside_open_transactions(
             plain.rollback()
 
 
-def test_a_cached_query_never_reaches_a_worker(
-    conn: Conn, table: str, worker: WorkerProcess
-) -> None:
-    v = embedded_table(conn, table)
-    assert search_text(conn, table, "felines")[0][0] == 1
+def test_a_cached_query_never_reaches_a_worker(db: Conn, table: str) -> None:
+    v = embedded_table(db, table)
+    assert search_text(db, table, "felines")[0][0] == 1
     # Were it asked again, a worker would answer "felines" with the cat's row;
     # the cache, made to hold the markets' vector, answers.
-    conn.execute(
+    db.execute(
         "UPDATE rowembed.query_cache AS c SET embedding = e.embedding::real[]"
-        f" FROM {v.destination.as_string(conn)} AS e WHERE e.id = 2"
+        f" FROM {v.destination.as_string(db)} AS e WHERE e.id = 2"
         " AND c.model = %s AND c.text_hash = rowembed._text_hash(%s)",
         [MODEL, v.query_instruction + "felines"],
     )
     started = time.perf_counter()
-    assert search_text(conn, table, "felines")[0] == (2, pytest.approx(1.0, abs=1e-5))
+    assert search_text(db, table, "felines")[0] == (2, pytest.approx(1.0, abs=1e-5))
     assert time.perf_counter() - started < 1.0  # no poll: a worker answers in tens of ms
 
 
@@ -96,41 +121,39 @@ def test_without_a_worker_a_text_search_times_out_saying_so_and_leaves_nothing(
     assert own_db.execute("SELECT dblink_get_connections()").fetchone() == (None,)
 
 
-def test_a_model_the_worker_cannot_load_is_an_error_not_a_wait(
-    conn: Conn, table: str, worker: WorkerProcess
-) -> None:
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+def test_a_model_the_worker_cannot_load_is_an_error_not_a_wait(db: Conn, table: str) -> None:
+    db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
         sql.Identifier(table)
     ))  # fmt: skip
-    create_vectorizer(conn, table, ["body"], model="/nonexistent/model", dimensions=3)
+    create_vectorizer(db, table, ["body"], model="/nonexistent/model", dimensions=3)
     with pytest.raises(psycopg.errors.RaiseException, match="could not embed the query: "):
-        search_text(conn, table, "anything", timeout_seconds=30)
-    assert conn.execute(
+        search_text(db, table, "anything", timeout_seconds=30)
+    assert db.execute(
         "SELECT count(*) FROM rowembed.query_cache WHERE model = '/nonexistent/model'"
     ).fetchone() == (0,)  # fmt: skip
 
 
 def test_a_searcher_needs_only_grant_searcher_and_keeps_no_loopback_session(
-    conn: Conn, table: str, worker: WorkerProcess, postgres: EmbeddedPostgres
+    db: Conn, table: str, text_db: str
 ) -> None:
     """The loopback session is opened as the functions' owner: it must be closed
     before control returns, or the caller could run anything on it."""
-    v = embedded_table(conn, table)
+    v = embedded_table(db, table)
     role = f"text_searcher_{table}"[:60]
-    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    conn.execute(
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    db.execute(
         sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role))
     )
-    url = postgres.url.replace("postgres@", f"{role}@")
+    url = text_db.replace("postgres@", f"{role}@")
     with psycopg.connect(url, autocommit=True) as searcher:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             search_text(searcher, table, "purring")
         # It runs as its owner: a role that may use the schema (as workers and
         # creators may) still cannot call it.
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA rowembed TO {}").format(sql.Identifier(role)))
+        db.execute(sql.SQL("GRANT USAGE ON SCHEMA rowembed TO {}").format(sql.Identifier(role)))
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="_query_embedding"):
             searcher.execute("SELECT rowembed._query_embedding(%s, 'x')", [MODEL])
-        conn.execute("SELECT rowembed.grant_searcher(%s, %s)", [role, v.name])
+        db.execute("SELECT rowembed.grant_searcher(%s, %s)", [role, v.name])
         assert search_text(searcher, table, "purring")[0][0] == 1
         assert searcher.execute("SELECT dblink_get_connections()").fetchone() == (None,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -146,21 +169,19 @@ def test_an_empty_query_text_is_a_clear_error(conn: Conn, table: str) -> None:
         search_text(conn, table, "  ")
 
 
-def test_a_request_whose_notify_was_lost_is_answered_by_the_sweep(
-    conn: Conn, worker: WorkerProcess
-) -> None:
+def test_a_request_whose_notify_was_lost_is_answered_by_the_sweep(db: Conn) -> None:
     text = f"asked without a NOTIFY {time.time()}"
-    conn.execute(
+    db.execute(
         "INSERT INTO rowembed.query_request (model, text_hash, text)"
         " VALUES (%s, rowembed._text_hash(%s), %s)",
         [MODEL, text, text],
     )
     wait_until(
-        lambda: conn.execute(
+        lambda: db.execute(
             "SELECT embedding IS NOT NULL FROM rowembed.query_cache"
             " WHERE model = %s AND text_hash = rowembed._text_hash(%s)",
             [MODEL, text],
         ).fetchone(),
         timeout=30,
     )
-    assert conn.execute("SELECT count(*) FROM rowembed.query_request").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM rowembed.query_request").fetchone() == (0,)
