@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from rowembed.cli import main
 from rowembed.workers.runtime import encoder as encoder_module
@@ -15,11 +16,11 @@ _real_forward = encoder_module.Encoder.encode_tokenized
 
 
 def _forward(
-    self: encoder_module.Encoder, tokenized: encoder_module.Tokenized
+    self: encoder_module.Encoder, tokenized: encoder_module.Tokenized, clock: Any = None
 ) -> encoder_module.Encoded:
     if FLAG.exists() and any("POISON" in t for t in tokenized.texts):
         raise RuntimeError("injected fault: the model cannot embed this text")
-    return _real_forward(self, tokenized)
+    return _real_forward(self, tokenized, clock)
 
 
 encoder_module.Encoder.encode_tokenized = _forward  # type: ignore[method-assign]
