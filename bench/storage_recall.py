@@ -39,7 +39,9 @@ from rowembed.workers.pipeline import run_batch
 
 CHOICES = [("vector", "hnsw"), ("halfvec", "hnsw"), ("vector", "hnsw_binary"),
            ("halfvec", "hnsw_binary")]  # fmt: skip
-RESCORE_FACTORS = (4, 10, 25)
+RESCORE_FACTORS = (4, 10, 25)  # 25: the default
+# rowembed.ef_search: pgvector's default width (40), and rowembed's (None: 100, or 2k)
+WIDTHS = (40, None)
 LIVE_ROWS = 2000
 
 
@@ -120,20 +122,26 @@ def measure(
         "index_mb": index_size / 2**20,
         "search": {},
     }
-    for factor in RESCORE_FACTORS if method == "hnsw_binary" else (None,):
+    widths = WIDTHS if method == "hnsw" else (None,)
+    for factor, width in [(f, w) for f in (RESCORE_FACTORS if method == "hnsw_binary" else (None,))
+                          for w in widths]:  # fmt: skip
         if factor is not None:
             set_rescore_factor(conn, factor)
+        conn.execute("SELECT set_config('rowembed.ef_search', %s, false)", [str(width or "")])
         latencies, recalls = [], []
         for query, truth in zip(queries, exact, strict=True):
             started = time.perf_counter()
             ids = [h.row["id"] for h in search_vector(conn, v, query, k=10, min_similarity=-1)]
             latencies.append(time.perf_counter() - started)
             recalls.append(len(set(ids) & set(truth.tolist())) / len(truth))
-        result["search"][f"rescore x{factor}" if factor else "direct"] = {
+        label = f"rescore x{factor}" if factor else "direct"
+        label += f", ef_search {width}" if width else ""
+        result["search"][label] = {
             "recall_at_10": statistics.fmean(recalls),
             "p50_ms": 1000 * statistics.median(latencies),
         }
     set_rescore_factor(conn, None)
+    conn.execute("SELECT set_config('rowembed.ef_search', '', false)")
     drop_vectorizer(conn, name)
     drop_table(conn, name)
     return result

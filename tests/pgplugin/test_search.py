@@ -156,19 +156,19 @@ def test_errors_name_the_problem(conn: Conn, corpus: Any, table: str) -> None:
 
 @pytest.fixture(scope="module")
 def large(database_url: str) -> Vectorizer:
-    """3,000 clustered unit vectors written straight into a destination table: enough
+    """10,000 clustered unit vectors written straight into a destination table: enough
     rows for the planner to prefer the HNSW index, as it does in real use."""
     from rowembed.pgplugin import connect
 
     rng = np.random.default_rng(7)
     centers = rng.normal(size=(30, 384))
-    vectors = centers[rng.integers(0, 30, 3000)] + 0.3 * rng.normal(size=(3000, 384))
+    vectors = centers[rng.integers(0, 30, 10_000)] + 0.3 * rng.normal(size=(10_000, 384))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with connect(database_url) as conn:
         conn.execute("CREATE TABLE large_docs (id int PRIMARY KEY, body text, category text)")
         conn.execute(  # 1% of the rows are "rare"
             "INSERT INTO large_docs SELECT i, 'row ' || i,"
-            " CASE WHEN i % 100 = 7 THEN 'rare' ELSE 'common' END FROM generate_series(0, 2999) i"
+            " CASE WHEN i % 100 = 7 THEN 'rare' ELSE 'common' END FROM generate_series(0, 9999) i"
         )
         v = create_vectorizer(conn, "large_docs", ["body"], model=MODEL, backfill=False)
         with conn.cursor().copy(
@@ -259,3 +259,22 @@ def test_similarity_profile_separates_neighbours_from_random_rows(
     assert asked["top1"].n == len(QUERIES)
     assert asked["top1"].p10 > asked["random"].p50
     assert -1 <= suggest_min_similarity(asked) <= 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "k", "width"),
+    [
+        (None, 10, "100"),
+        (None, 150, "300"),
+        (None, 900, "1000"),
+        ("40", 10, "40"),
+        ("40", 50, "100"),
+    ],
+)
+def test_the_hnsw_search_width_favours_recall_by_default(
+    conn: Conn, setting: str | None, k: int, width: str
+) -> None:
+    with conn.transaction():
+        if setting is not None:
+            conn.execute("SELECT set_config('rowembed.ef_search', %s, true)", [setting])
+        assert conn.execute("SELECT rowembed._ef_search_for(%s)", [k]).fetchone() == (width,)
