@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import statistics
 import time
 from collections.abc import Iterator
@@ -39,9 +40,10 @@ from rowembed.workers.pipeline import run_batch
 
 CHOICES = [("vector", "hnsw"), ("halfvec", "hnsw"), ("vector", "hnsw_binary"),
            ("halfvec", "hnsw_binary")]  # fmt: skip
-RESCORE_FACTORS = (4, 10, 25)  # 25: the default
-# rowembed.ef_search: pgvector's default width (40), and rowembed's (None: 100, or 2k)
-WIDTHS = (40, None)
+RESCORE_FACTORS = (10, 25, 40)  # 40: the default
+# rowembed.ef_search for the hnsw rows (--widths): pgvector's default width
+# (40), and rowembed's own (None)
+WIDTHS: tuple[int | None, ...] = (40, None)
 LIVE_ROWS = 2000
 
 
@@ -57,7 +59,14 @@ def embedded(model: str, rows: int, queries: int) -> tuple[np.ndarray, np.ndarra
     from rowembed.workers.runtime import Encoder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    texts = [d.qualname + "\n" + d.text for d in stdlib_docstrings(rows + queries)]
+    # The standard library has about 3,200 docstrings; for more rows, their
+    # sentences of at least 40 characters (about 9,800) are the rows.
+    docs = stdlib_docstrings(rows + queries)
+    texts = [d.qualname + "\n" + d.text for d in docs]
+    if len(texts) < rows + queries:
+        sentences = (re.split(r"(?<=[.!?])\s+", " ".join(d.text.split())) for d in docs)
+        texts = list(dict.fromkeys(s for group in sentences for s in group if len(s) >= 40))
+    texts = texts[: rows + queries]
     vectors = Encoder.load(model).encode(texts).vectors
     return vectors[queries:], vectors[:queries]
 
@@ -86,6 +95,7 @@ def measure(
     vectors: np.ndarray,
     queries: np.ndarray,
     exact: np.ndarray,
+    widths: tuple[int | None, ...] = WIDTHS,
 ) -> dict[str, Any]:
     name = f"bench_{storage}_{method}"
     drop_if_exists(conn, name)
@@ -122,7 +132,7 @@ def measure(
         "index_mb": index_size / 2**20,
         "search": {},
     }
-    widths = WIDTHS if method == "hnsw" else (None,)
+    widths = widths if method == "hnsw" else (None,)
     for factor, width in [(f, w) for f in (RESCORE_FACTORS if method == "hnsw_binary" else (None,))
                           for w in widths]:  # fmt: skip
         if factor is not None:
@@ -153,6 +163,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--dimensions", type=int, default=768)
     parser.add_argument("--model", help="embed docstrings with this model instead")
+    parser.add_argument(
+        "--widths", default="40,default", help="rowembed.ef_search values for hnsw (default: ours)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.model:
@@ -167,7 +180,8 @@ def main() -> None:
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     with database() as url, connect(url) as conn:
         migrate(conn)
-        results = [measure(conn, s, m, vectors, queries, exact) for s, m in CHOICES]
+        widths = tuple(None if w == "default" else int(w) for w in args.widths.split(","))
+        results = [measure(conn, s, m, vectors, queries, exact, widths) for s, m in CHOICES]
     if args.json:
         print(json.dumps(results, indent=2))
         return

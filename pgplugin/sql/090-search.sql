@@ -52,7 +52,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Candidates the index returns for k results: k, or with a binary-quantized
--- index k times the session's rowembed.rescore_factor (else 25), re-scored
+-- index k times the session's rowembed.rescore_factor (else 40), re-scored
 -- exactly. Refuses a k below 1.
 CREATE OR REPLACE FUNCTION rowembed._candidates(v rowembed.vectorizer, k int) RETURNS int
 LANGUAGE plpgsql STABLE AS $body$
@@ -62,7 +62,7 @@ BEGIN
     END IF;
     RETURN CASE WHEN v.index_method = 'hnsw_binary'
         THEN k * greatest(1, coalesce(
-            nullif(current_setting('rowembed.rescore_factor', true), '')::int, 25))
+            nullif(current_setting('rowembed.rescore_factor', true), '')::int, 40))
         ELSE k END;
 END
 $body$;
@@ -106,14 +106,14 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The HNSW search width for k candidates, for this call only: the session's
--- rowembed.ef_search, else 100 (pgvector's default of 40 costs recall@10 on real
--- embeddings: bench/storage_recall.py), and at least 2k (an HNSW scan returns at
+-- rowembed.ef_search, else 200 (pgvector's default of 40 costs 1.5 points of
+-- recall@10 on real embeddings: bench/storage_recall.py), and at least 2k (an HNSW scan returns at
 -- most ef_search rows), at most 1,000 (pgvector's limit); a larger
 -- hnsw.ef_search the session set is kept.
 CREATE OR REPLACE FUNCTION rowembed._ef_search_for(k int) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT greatest(
-        least(greatest(coalesce(nullif(current_setting('rowembed.ef_search', true), '')::int, 100),
+        least(greatest(coalesce(nullif(current_setting('rowembed.ef_search', true), '')::int, 200),
                        2 * k),
               1000),
         rowembed._ef_search()::int)::text

@@ -264,7 +264,7 @@ def test_similarity_profile_separates_neighbours_from_random_rows(
 @pytest.mark.parametrize(
     ("setting", "k", "width"),
     [
-        (None, 10, "100"),
+        (None, 10, "200"),
         (None, 150, "300"),
         (None, 900, "1000"),
         ("40", 10, "40"),
