@@ -1,6 +1,7 @@
--- rowembed 0004: query embeddings for SQL callers (rowembed.search_text): the
--- requests the workers answer and the cache they answer into. Both are UNLOGGED:
--- a crash empties them, which costs a recomputation and loses nothing.
+-- rowembed 0004: query embeddings and rerank scores for SQL callers
+-- (rowembed.search_text, embed_query, rerank): the requests the workers answer
+-- and where they answer. All UNLOGGED: a crash empties them, which costs a
+-- recomputation and loses nothing.
 
 -- Texts waiting for a worker, one per (model, text). Written only through
 -- rowembed.query_embedding() (over a loopback dblink session, so that the request
@@ -26,6 +27,19 @@ CREATE UNLOGGED TABLE rowembed.query_cache (
     CHECK ((embedding IS NULL) <> (error IS NULL))
 );
 CREATE INDEX ON rowembed.query_cache (created_at);
+
+-- Rerank requests: (query, passages) pairs scored by `model`, a vectorizer's
+-- rerank model; the worker fills `scores` (in the passages' order) or `error`,
+-- and the caller removes the row when it has read it.
+CREATE UNLOGGED TABLE rowembed.rerank_request (
+    id           uuid PRIMARY KEY,
+    model        text NOT NULL,
+    query        text NOT NULL,
+    passages     text[] NOT NULL,
+    scores       real[],
+    error        text,
+    requested_at timestamptz NOT NULL DEFAULT now()
+);
 
 -- dblink gives the loopback session; where it cannot be created here (not
 -- installed, or no privilege) search_text() says so and everything else works.

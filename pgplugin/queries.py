@@ -73,3 +73,40 @@ def prune_query_cache(conn: psycopg.Connection[Any], keep: int) -> int:
 
 def query_requests_waiting(conn: psycopg.Connection[Any]) -> bool:
     return bool(conn.execute("SELECT EXISTS (SELECT FROM rowembed.query_request)").fetchone()[0])  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    id: Any  # uuid
+    model: str
+    query: str
+    passages: list[str]
+
+
+def take_rerank_requests(conn: psycopg.Connection[Any], limit: int = 16) -> list[RerankRequest]:
+    """Unanswered rerank requests, locked until the caller's transaction ends."""
+    rows = conn.execute(
+        """SELECT id, model, query, passages FROM rowembed.rerank_request
+           WHERE scores IS NULL AND error IS NULL
+           ORDER BY requested_at LIMIT %s FOR UPDATE SKIP LOCKED""",
+        [limit],
+    ).fetchall()
+    return [RerankRequest(*row) for row in rows]
+
+
+def answer_rerank_request(
+    conn: psycopg.Connection[Any], id: Any, scores: np.ndarray | None, error: str | None = None
+) -> None:
+    conn.execute(
+        "UPDATE rowembed.rerank_request SET scores = %s, error = %s WHERE id = %s",
+        [None if scores is None else scores.astype(np.float32).tolist(), error, id],
+    )
+
+
+def rerank_requests_waiting(conn: psycopg.Connection[Any]) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT EXISTS (SELECT FROM rowembed.rerank_request"
+            " WHERE scores IS NULL AND error IS NULL)"
+        ).fetchone()[0]  # type: ignore[index]
+    )

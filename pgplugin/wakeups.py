@@ -9,8 +9,8 @@ import psycopg
 from psycopg import sql
 
 # pg_notify(CHANNEL, 'N'): rows of vectorizer N changed; 'N backfill': a backfill
-# queued rows of N (no hurry: behind live changes); 'query': a SQL caller waits
-# for a query text's vector (rowembed.query_request).
+# queued rows of N (no hurry: behind live changes); 'query' / 'rerank': a SQL
+# caller waits for a query vector (rowembed.query_request) or rerank scores.
 CHANNEL = "rowembed"
 
 
@@ -28,5 +28,6 @@ def woken(notifies: Iterable[psycopg.Notify]) -> dict[int, bool]:
     return found
 
 
-def query_requested(notifies: Iterable[psycopg.Notify]) -> bool:
-    return any(note.payload == "query" for note in notifies)
+def callers_waiting(notifies: Iterable[psycopg.Notify]) -> set[str]:
+    """Which kinds of SQL callers' requests ('query', 'rerank') the notifications announce."""
+    return {note.payload for note in notifies} & {"query", "rerank"}

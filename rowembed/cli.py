@@ -91,6 +91,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
         index_memory=settings.index_memory,
         index_workers=settings.index_workers,
         send_queries=hints.queries,
+        send_reranks=hints.reranks,
     )
     stop = threading.Event()
     try:

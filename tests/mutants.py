@@ -264,15 +264,22 @@ MUTATIONS = (
     Mutation(
         "the owner's loopback session left open for the caller",
         "pgplugin/sql/095-query-embeddings.sql",
-        "        END IF;\n"
+        "        END LOOP;\n"
         "        EXECUTE format('SELECT %I.dblink_disconnect(%L)', dblink, link);\n",
-        "        END IF;\n",
+        "        END LOOP;\n",
         ("tests/pgplugin/test_search_text.py",),
     ),
     Mutation(
         "query embeddings (SECURITY DEFINER) executable by PUBLIC",
         "pgplugin/sql/095-query-embeddings.sql",
         "REVOKE ALL ON FUNCTION rowembed._query_embedding(text, text, float8) FROM PUBLIC;",
+        "",
+        ("tests/pgplugin/test_search_text.py",),
+    ),
+    Mutation(
+        "rerank scores (SECURITY DEFINER) executable by PUBLIC",
+        "pgplugin/sql/095-query-embeddings.sql",
+        "REVOKE ALL ON FUNCTION rowembed._rerank_scores(text, text, text[], float8) FROM PUBLIC;",
         "",
         ("tests/pgplugin/test_search_text.py",),
     ),

@@ -19,11 +19,11 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from rowembed.pgplugin import wakeups
 from rowembed.pgplugin.backfill import top_up_backfills
 from rowembed.pgplugin.indexes import build_index, indexes_to_build
-from rowembed.pgplugin.queries import query_requests_waiting
+from rowembed.pgplugin.queries import query_requests_waiting, rerank_requests_waiting
 from rowembed.pgplugin.queue import prune_batch_stats, vectorizers_with_work
 
 from . import policy
-from .queues import QUERY_QUEUE
+from .queues import QUERY_QUEUE, RERANK_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,12 @@ class Dispatcher:
         index_memory: str = "1GB",
         index_workers: int = 4,
         send_queries: Callable[[], None] = lambda: None,
+        send_reranks: Callable[[], None] = lambda: None,
     ) -> None:
         self.database_url = database_url
         self.send_hint = send_hint
         self.send_queries = send_queries  # SQL callers' query texts wait
+        self.send_reranks = send_reranks  # SQL callers' rerank requests wait
         self.sweep_seconds = sweep_seconds
         self.retry_max_seconds = retry_max_seconds
         self.backfill_chunk = backfill_chunk
@@ -90,16 +92,24 @@ class Dispatcher:
                     self.indexes.start_due(conn)
                     if query_requests_waiting(conn):  # a lost task or a dead worker
                         self.send_queries()
+                    if rerank_requests_waiting(conn):
+                        self.send_reranks()
                     next_sweep = time.monotonic() + self.sweep_seconds
                 notes = list(conn.notifies(timeout=min(1.0, self.sweep_seconds), stop_after=1))
-                if wakeups.query_requested(notes):  # a caller waits: at once
-                    self.send_queries()
+                self._answer_callers(notes)  # a caller waits: at once
                 # Collapse a burst of notifications into one hint per vectorizer.
-                notes += conn.notifies(timeout=0.02)
-                if wakeups.query_requested(notes[1:]):
-                    self.send_queries()
+                burst = list(conn.notifies(timeout=0.02))
+                self._answer_callers(burst)
+                notes += burst
                 for vectorizer_id, urgent in wakeups.woken(notes).items():
                     self.send_hint(vectorizer_id, urgent)
+
+    def _answer_callers(self, notes: list[psycopg.Notify]) -> None:
+        requested = wakeups.callers_waiting(notes)
+        if "query" in requested:
+            self.send_queries()
+        if "rerank" in requested:
+            self.send_reranks()
 
 
 class IndexBuilds:
@@ -156,6 +166,10 @@ class CeleryHints:
     def queries(self) -> None:
         """Query texts of SQL callers wait: a task on the query queue answers them."""
         self.app.send_task("rowembed.answer_queries", queue=QUERY_QUEUE)
+
+    def reranks(self) -> None:
+        """Rerank requests of SQL callers wait: a task on the rerank queue answers them."""
+        self.app.send_task("rowembed.answer_reranks", queue=RERANK_QUEUE)
 
     def __call__(self, vectorizer_id: int, urgent: bool) -> None:
         if policy.may_send_hint(self.app, self.queue, self.max_pending, urgent):

@@ -1,6 +1,7 @@
-"""Answering SQL callers' query texts (rowembed.search_text): embed the waiting
-requests, grouped by model, into the cache the callers poll. A model that fails
-answers its requests with the error, which the caller raises."""
+"""Answering SQL callers (rowembed.search_text, embed_query, rerank): embed the
+waiting query texts, grouped by model, into the cache the callers poll, and
+score the waiting rerank requests. A model that fails answers its requests with
+the error, which the caller raises."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import psycopg
 
 from rowembed.pgplugin.queries import (
     QueryAnswer,
+    answer_rerank_request,
     prune_query_cache,
     store_query_answers,
     take_query_requests,
+    take_rerank_requests,
 )
 
 from .pipeline import TextEncoder
+from .runtime import Reranker
 
 
 def answer_queries(
@@ -49,3 +53,21 @@ def answer_queries(
     if answered:
         prune_query_cache(conn, cache_rows)
     return answered
+
+
+def answer_reranks(conn: psycopg.Connection[Any], reranker_for: Callable[[str], Reranker]) -> int:
+    """Scores every waiting rerank request (in rounds); returns how many."""
+    answered = 0
+    while True:
+        with conn.transaction():
+            requests = take_rerank_requests(conn)
+            for r in requests:
+                try:
+                    scores = reranker_for(r.model).score(r.query, r.passages).scores
+                except Exception as exc:  # a missing model: the caller says so
+                    answer_rerank_request(conn, r.id, None, f"{type(exc).__name__}: {exc}"[:1000])
+                else:
+                    answer_rerank_request(conn, r.id, scores)
+        if not requests:
+            return answered
+        answered += len(requests)

@@ -105,6 +105,16 @@ def answer_queries_task() -> int:
         return answer_queries(conn, state.encoder, state.settings.query_cache_rows)
 
 
+@app.task(name="rowembed.answer_reranks", ignore_result=True)
+def answer_reranks_task() -> int:
+    """Rerank requests SQL callers wait for (rowembed.rerank): score them."""
+    from .query_answers import answer_reranks
+
+    state = worker_state()
+    with state.connections() as (conn, _):
+        return answer_reranks(conn, state.reranker)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -306,9 +306,10 @@ BEGIN
     -- The dispatcher (same role) steps backfills.
     EXECUTE format('GRANT SELECT, UPDATE ON rowembed.backfill TO %I', role);
     EXECUTE format('GRANT USAGE ON SEQUENCE rowembed.change_seq TO %I', role);
-    -- Answering SQL callers' query texts (search_text).
+    -- Answering SQL callers' query texts and rerank requests (search_text).
     EXECUTE format('GRANT SELECT, DELETE ON rowembed.query_request TO %I', role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON rowembed.query_cache TO %I', role);
+    EXECUTE format('GRANT SELECT, UPDATE ON rowembed.rerank_request TO %I', role);
     FOR v IN SELECT * FROM rowembed.vectorizer AS z
              WHERE grant_worker.vectorizer IS NULL OR z.name = grant_worker.vectorizer LOOP
         PERFORM rowembed._grant_schemas(v, role);
@@ -346,9 +347,11 @@ DECLARE
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
     EXECUTE format('GRANT SELECT ON rowembed.vectorizer TO %I', role);
-    -- search_text() and embed_query(): query vectors from the workers.
+    -- search_text(), embed_query(), rerank(): query vectors and scores from the workers.
     EXECUTE format('GRANT EXECUTE ON FUNCTION rowembed._query_embedding(text, text, float8) TO %I',
                    role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION rowembed._rerank_scores(text, text, text[], float8)'
+                   ' TO %I', role);
     FOR v IN SELECT * FROM rowembed.vectorizer AS z
              WHERE grant_searcher.vectorizer IS NULL OR z.name = grant_searcher.vectorizer LOOP
         PERFORM rowembed._grant_schemas(v, role);

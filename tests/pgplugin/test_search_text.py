@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
@@ -15,7 +17,7 @@ from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import connect, create_vectorizer, migrate
 from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
-from rowembed.workers.runtime import Encoder
+from rowembed.workers.runtime import Encoder, Reranker
 
 from ..conftest import MODEL, WorkerProcess, new_database, wait_until
 
@@ -153,6 +155,8 @@ def test_a_searcher_needs_only_grant_searcher_and_keeps_no_loopback_session(
         db.execute(sql.SQL("GRANT USAGE ON SCHEMA rowembed TO {}").format(sql.Identifier(role)))
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="_query_embedding"):
             searcher.execute("SELECT rowembed._query_embedding(%s, 'x')", [MODEL])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="_rerank_scores"):
+            searcher.execute("SELECT rowembed._rerank_scores(%s, 'x', ARRAY['y'])", [MODEL])
         db.execute("SELECT rowembed.grant_searcher(%s, %s)", [role, v.name])
         assert search_text(searcher, table, "purring")[0][0] == 1
         assert searcher.execute("SELECT dblink_get_connections()").fetchone() == (None,)
@@ -185,3 +189,42 @@ def test_a_request_whose_notify_was_lost_is_answered_by_the_sweep(db: Conn) -> N
         timeout=30,
     )
     assert db.execute("SELECT count(*) FROM rowembed.query_request").fetchone() == (0,)
+
+
+def test_rerank_from_sql_scores_as_the_cross_encoder_does(
+    db: Conn, table: str, cross_encoder_dir: Path
+) -> None:
+    t = sql.Identifier(table)
+    db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    for key, body in TEXTS.items():
+        db.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(t), [key, body])
+    v = create_vectorizer(db, table, ["body"], model=MODEL, rerank_model=str(cross_encoder_dir))
+    wait_until(lambda: Queue(v).is_drained(db), timeout=60)
+    passages = list(TEXTS.values())
+    expected = Reranker.load(str(cross_encoder_dir), device="cpu").score("keys", passages).scores
+    (scores,) = db.execute(
+        "SELECT rowembed.rerank(%s, 'keys', %s)", [v.name, passages]
+    ).fetchone()  # fmt: skip
+    assert np.abs(np.array(scores) - expected).max() < 1e-4
+    ranked = db.execute(
+        sql.SQL(
+            "SELECT (item).id, rerank_score FROM rowembed.search_text(NULL::{}, 'keys', 2, -1,"
+            " rerank => true, candidates => 3)"
+        ).format(t)
+    ).fetchall()
+    best = np.argsort(-expected)[:2]
+    assert [key for key, _ in ranked] == [list(TEXTS)[i] for i in best]
+    assert [score for _, score in ranked] == pytest.approx(expected[best].tolist(), abs=1e-4)
+    assert db.execute("SELECT count(*) FROM rowembed.rerank_request").fetchone() == (0,)
+
+
+def test_without_a_rerank_worker_rerank_times_out_saying_so(own_db: Conn, table: str) -> None:
+    own_db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(table)
+    ))  # fmt: skip
+    v = create_vectorizer(own_db, table, ["body"], model=MODEL)
+    with pytest.raises(psycopg.errors.RaiseException, match="no worker answered on the rerank"):
+        own_db.execute(
+            "SELECT rowembed.rerank(%s, 'q', ARRAY['a', 'b'], timeout_seconds => 0.3)", [v.name]
+        )
+    assert own_db.execute("SELECT count(*) FROM rowembed.rerank_request").fetchone() == (0,)
