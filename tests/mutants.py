@@ -120,7 +120,7 @@ MUTATIONS = (
     Mutation(
         "a drain stops after a suspect",
         "workers/pipeline.py",
-        "        return len(self.seqs) >= limit or self.suspect\n",
+        "        return len(self.seqs) >= limit or self.claim.suspect\n",
         "        return len(self.seqs) >= limit\n",
         ("tests/workers/test_pipeline.py",),
     ),
