@@ -1,13 +1,16 @@
--- Query embeddings for SQL callers: a text becomes a vector on the workers'
--- query queue, so that psql alone can search by text (search_text, embed_query).
+-- Query embeddings and rerank scores for SQL callers: a text becomes a vector
+-- on the workers' query queue (search_text, embed_query), and (query, passage)
+-- pairs become scores on the rerank queue (rerank, search_text's rerank), so
+-- that psql alone can search by text.
 --
 -- The caller's transaction cannot hand a request to a worker (its writes are
 -- invisible until it commits, and NOTIFY waits for the commit too), so the
--- request goes through a loopback dblink session: inserted and notified there
--- at once; the dispatcher hears the NOTIFY and sends a task to the query queue;
--- a worker embeds the text into rowembed.query_cache; the caller polls the
--- cache over the same loopback session (its own snapshot may be older) until
--- the answer or its timeout. A cached text never reaches a worker.
+-- request goes through a loopback dblink session (_ask_workers): inserted and
+-- notified there at once; the dispatcher hears the NOTIFY and sends a task to
+-- the queue; a worker writes the answer (rowembed.query_cache,
+-- rowembed.rerank_request); the caller polls over the same loopback session (its
+-- own snapshot may be older) until the answer or its timeout. A cached query
+-- text never reaches a worker.
 
 -- The schema dblink is installed in; NULL when it is not.
 CREATE OR REPLACE FUNCTION rowembed._dblink_schema() RETURNS name
@@ -24,7 +27,7 @@ $$;
 
 -- The loopback session's connection string: rowembed.query_connection's, else
 -- this server's first socket directory (or localhost), port and database, as
--- the current role (the owner, in _query_embedding).
+-- the current role (the owner, in the SECURITY DEFINER functions below).
 CREATE OR REPLACE FUNCTION rowembed._loopback_conninfo() RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(
@@ -39,8 +42,9 @@ $$;
 
 -- Sets (or, with NULL, clears) the loopback session's connection string, e.g.
 -- 'host=/var/run/postgresql dbname=app user=rowembed_query password=...' for a
--- role with INSERT, DELETE on rowembed.query_request and SELECT, DELETE on
--- rowembed.query_cache. Only the owner of rowembed's tables can.
+-- role with SELECT, INSERT, DELETE on rowembed.query_request and
+-- rowembed.rerank_request and SELECT, DELETE on rowembed.query_cache. Only the
+-- owner of rowembed's tables can; no other role can read it.
 CREATE OR REPLACE FUNCTION rowembed.set_query_connection(conninfo text) RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM rowembed.query_connection;
@@ -75,7 +79,15 @@ BEGIN
         RAISE EXCEPTION 'rowembed: timeout_seconds must be positive, not %', wait;
     END IF;
     deadline := clock_timestamp() + make_interval(secs => wait);
-    EXECUTE format('SELECT %I.dblink_connect(%L, %L)', dblink, link, rowembed._loopback_conninfo());
+    BEGIN
+        EXECUTE format('SELECT %I.dblink_connect(%L, %L)', dblink, link,
+                       rowembed._loopback_conninfo());
+    EXCEPTION WHEN sqlclient_unable_to_establish_sqlconnection THEN
+        RAISE EXCEPTION 'rowembed: the loopback session to ask the workers could not connect: %',
+            SQLERRM
+            USING HINT = 'Give it a connection string that authenticates (a password):'
+                         ' SELECT rowembed.set_query_connection(''host=... user=... password=...'').';
+    END;
     BEGIN
         EXECUTE format('SELECT %I.dblink_exec(%L, %L)', dblink, link, request);
         LOOP

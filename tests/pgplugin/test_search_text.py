@@ -228,3 +228,16 @@ def test_without_a_rerank_worker_rerank_times_out_saying_so(own_db: Conn, table:
             "SELECT rowembed.rerank(%s, 'q', ARRAY['a', 'b'], timeout_seconds => 0.3)", [v.name]
         )
     assert own_db.execute("SELECT count(*) FROM rowembed.rerank_request").fetchone() == (0,)
+
+
+def test_a_loopback_that_cannot_connect_says_how_to_fix_it(own_db: Conn, table: str) -> None:
+    own_db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(table)
+    ))  # fmt: skip
+    v = create_vectorizer(own_db, table, ["body"], model=MODEL)
+    own_db.execute("SELECT rowembed.set_query_connection('host=/nonexistent port=1')")
+    with pytest.raises(psycopg.errors.RaiseException, match="could not connect") as raised:
+        own_db.execute("SELECT rowembed.embed_query(%s, 'q', 0.3)", [v.name])
+    assert "set_query_connection" in (raised.value.diag.message_hint or "")
+    own_db.execute("SELECT rowembed.set_query_connection(NULL)")
+    assert own_db.execute("SELECT count(*) FROM rowembed.query_connection").fetchone() == (0,)
