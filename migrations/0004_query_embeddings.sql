@@ -59,3 +59,7 @@ CREATE TABLE rowembed.query_connection (
     only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     conninfo text NOT NULL
 );
+
+-- The text search configuration of a vectorizer's full text index (NULL: none;
+-- rowembed.enable_text_search sets it), for hybrid_search().
+ALTER TABLE rowembed.vectorizer ADD COLUMN text_search regconfig;

@@ -284,6 +284,13 @@ MUTATIONS = (
         ("tests/pgplugin/test_search_text.py",),
     ),
     Mutation(
+        "hybrid search without its full text leg",
+        "pgplugin/sql/096-hybrid.sql",
+        "coalesce($8 / ($10 + bv.r), 0) + coalesce($9 / ($10 + bt.r), 0)",
+        "coalesce($8 / ($10 + bv.r), 0)",
+        ("tests/pgplugin/test_search_text.py",),
+    ),
+    Mutation(
         "no sweep for query requests",
         "workers/dispatcher.py",
         "                    if query_requests_waiting(conn):  # a lost task or a dead worker\n"

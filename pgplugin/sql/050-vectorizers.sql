@@ -262,6 +262,7 @@ BEGIN
     FOREACH event IN ARRAY ARRAY['inserted', 'updated', 'deleted', 'truncated'] LOOP
         EXECUTE format('DROP FUNCTION IF EXISTS rowembed.%I()', '_vz_' || v.id || '_' || event);
     END LOOP;
+    PERFORM rowembed.disable_text_search(v.name);
     EXECUTE format('DROP TABLE IF EXISTS %s', rowembed._qualified(v.queue_table));
     IF drop_destination AND rowembed._qualified(v.destination) IS NOT NULL THEN
         EXECUTE format('DROP TABLE %s', rowembed._qualified(v.destination));

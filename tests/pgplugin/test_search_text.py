@@ -3,6 +3,7 @@ the loopback session and the query queue, the cache, the timeout, privileges."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,3 +242,101 @@ def test_a_loopback_that_cannot_connect_says_how_to_fix_it(own_db: Conn, table: 
     assert "set_query_connection" in (raised.value.diag.message_hint or "")
     own_db.execute("SELECT rowembed.set_query_connection(NULL)")
     assert own_db.execute("SELECT count(*) FROM rowembed.query_connection").fetchone() == (0,)
+
+
+HYBRID = {
+    1: ("the cat sat on the mat and purred", "en"),
+    2: ("payment failed: error E4312, retry once E4312 clears", "en"),
+    3: ("stock markets fell sharply on Monday", "en"),
+    4: ("kittens playing with a ball of yarn", "en"),
+    5: ("die Katze schläft, Fehler E4312", "de"),
+}
+
+
+def hybrid_table(db: Conn, table: str) -> Vectorizer:
+    t = sql.Identifier(table)
+    db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, lang text)").format(t))
+    for key, (body, lang) in HYBRID.items():
+        db.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(t), [key, body, lang])
+    v = create_vectorizer(db, table, ["body"], model=MODEL)
+    wait_until(lambda: Queue(v).is_drained(db), timeout=60)
+    db.execute("SELECT rowembed.enable_text_search(%s, 'english')", [v.name])
+    return v
+
+
+def test_hybrid_search_fuses_vector_and_full_text_ranks(db: Conn, table: str) -> None:
+    """The order is reciprocal rank fusion of the two legs, each computed on its
+    own here (the vector leg at the vectorizer's threshold, as hybrid_search)."""
+    v = hybrid_table(db, table)
+    query, en = "cat E4312", {"lang": "en"}
+    vector_leg = [
+        key
+        for (key,) in db.execute(
+            sql.SQL(
+                "SELECT (item).id FROM rowembed.search_text(NULL::{}, %s, 10, filter => %s)"
+            ).format(sql.Identifier(table)),
+            [query, json.dumps(en)],
+        )
+    ]
+    text_leg = [
+        key
+        for (key,) in db.execute(
+            sql.SQL(
+                "SELECT id FROM {} AS t WHERE {}(t.body) @@ 'cat | e4312'::tsquery AND lang = 'en'"
+                " ORDER BY ts_rank_cd({}(t.body), 'cat | e4312'::tsquery) DESC"
+            ).format(
+                sql.Identifier(table),
+                sql.Identifier("rowembed", f"_vz_{v.id}_document"),
+                sql.Identifier("rowembed", f"_vz_{v.id}_document"),
+            )
+        )
+    ]
+    assert text_leg == [2, 1]  # two mentions of the code outrank one of "cat"
+
+    def fused(key: int) -> float:
+        return sum(1 / (60 + leg.index(key) + 1) for leg in (vector_leg, text_leg) if key in leg)
+
+    expected = sorted(dict.fromkeys(vector_leg + text_leg), key=lambda key: -fused(key))[:3]
+    hybrid = db.execute(
+        sql.SQL(
+            "SELECT (item).id, score, (item).lang FROM rowembed.hybrid_search(NULL::{}, %s, 3,"
+            " filter => %s)"
+        ).format(sql.Identifier(table)),
+        [query, json.dumps(en)],
+    ).fetchall()
+    assert [key for key, _, _ in hybrid] == expected
+    assert [score for _, score, _ in hybrid] == pytest.approx([fused(k) for k in expected])
+    assert {lang for _, _, lang in hybrid} == {"en"}  # the filter holds on both legs
+
+
+def test_the_full_text_leg_is_index_backed_and_goes_with_the_vectorizer(
+    db: Conn, table: str
+) -> None:
+    v = hybrid_table(db, table)
+    document = sql.Identifier("rowembed", f"_vz_{v.id}_document")
+    with db.transaction():
+        db.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(
+            row[0]
+            for row in db.execute(
+                sql.SQL("EXPLAIN SELECT id FROM {} AS t WHERE {}(t.body) @@ 'cat'::tsquery").format(
+                    sql.Identifier(table), document
+                )
+            )
+        )
+    assert f"Bitmap Index Scan on _vz_{v.id}_document" in plan, plan
+    db.execute("SELECT rowembed.drop_vectorizer(%s)", [v.name])
+    assert db.execute(
+        "SELECT count(*) FROM pg_class WHERE relname = %s", [f"_vz_{v.id}_document"]
+    ).fetchone() == (0,)  # fmt: skip
+
+
+def test_hybrid_search_needs_a_text_index_and_text_columns(db: Conn, table: str) -> None:
+    t = sql.Identifier(table)
+    db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, n int)").format(t))
+    v = create_vectorizer(db, table, ["body", "n"], model=MODEL)
+    with pytest.raises(psycopg.errors.RaiseException, match="has no full text index") as raised:
+        db.execute(sql.SQL("SELECT * FROM rowembed.hybrid_search(NULL::{}, 'x')").format(t))
+    assert "enable_text_search" in (raised.value.diag.message_hint or "")
+    with pytest.raises(psycopg.errors.RaiseException, match=r"needs text columns; n \(integer\)"):
+        db.execute("SELECT rowembed.enable_text_search(%s)", [v.name])
