@@ -74,9 +74,10 @@ END
 $body$;
 
 -- Rows of a table by a query text, two ways fused: the vector search (as
--- search_text: threshold, filter) and full text search (rows holding any of the
--- query's words in the vectorizer's config, ranked by ts_rank_cd, the same
--- filter), each `candidates` deep, by reciprocal rank fusion: a row's score is
+-- search_text: threshold, filter) and full text search (rows matching the query
+-- as websearch_to_tsquery reads it in the vectorizer's config: all its words,
+-- "quoted phrases", or, -exclusions; ranked by ts_rank_cd; the same filter),
+-- each `candidates` deep, by reciprocal rank fusion: a row's score is
 -- vector_weight / (rrf_k + its vector rank) + text_weight / (rrf_k + its text
 -- rank), a leg it is missing from adding nothing. Both legs are index-backed
 -- (HNSW, GIN). Needs enable_text_search().
@@ -111,8 +112,7 @@ BEGIN
             SELECT s.item, s.similarity, row_number() OVER (ORDER BY s.similarity DESC) AS r
               FROM rowembed.search($1, $2, $3, $4, $5, $6) AS s
         ), words AS (
-            SELECT coalesce(string_agg(quote_literal(w), ' | '), '')::tsquery AS q
-              FROM unnest(tsvector_to_array(to_tsvector(%2$L::regconfig, $7))) AS w
+            SELECT websearch_to_tsquery(%2$L::regconfig, $7) AS q
         ), by_text AS (
             SELECT t AS item, ts_rank_cd(%3$s, words.q) AS rank,
                    row_number() OVER (ORDER BY ts_rank_cd(%3$s, words.q) DESC) AS r
