@@ -54,6 +54,40 @@ def search_vector(
     return [Hit(*row) for row in conn.execute(statement, params).fetchall()]
 
 
+def search_text(
+    conn: psycopg.Connection[Any],
+    vectorizer: Vectorizer,
+    text: str,
+    *,
+    k: int = 10,
+    min_similarity: float | None = None,
+    filter: dict[str, Any] | None = None,
+    rerank: bool = False,
+    candidates: int = 100,
+    timeout: float | None = None,
+) -> list[Hit]:
+    """rowembed.search_text(): the query embedded (and, with `rerank`, the
+    candidates scored) by the workers through the database, the path psql takes."""
+    statement = sql.SQL(
+        "SELECT s.similarity, to_jsonb(s.item), NULL, s.rerank_score FROM rowembed.search_text("
+        "source => NULL::{source}, query => %(query)s, k => %(k)s,"
+        " min_similarity => %(min_similarity)s, vectorizer => %(vectorizer)s,"
+        " filter => %(filter)s::jsonb, timeout_seconds => %(timeout)s, rerank => %(rerank)s,"
+        " candidates => %(candidates)s) AS s"
+    ).format(source=vectorizer.source)
+    params = {
+        "query": text,
+        "k": k,
+        "min_similarity": min_similarity,
+        "vectorizer": vectorizer.name,
+        "filter": None if filter is None else json.dumps(filter),
+        "timeout": timeout,
+        "rerank": rerank,
+        "candidates": candidates,
+    }
+    return [Hit(*row) for row in conn.execute(statement, params).fetchall()]
+
+
 @dataclass(frozen=True)
 class Percentiles:
     measure: str  # top1 | topk | random

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import psycopg
 
-from rowembed.pgplugin.search import Hit, search_vector
+from rowembed.pgplugin.search import Hit, search_text, search_vector
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers.queues import QUERY_QUEUE, RERANK_QUEUE
 
@@ -127,7 +127,7 @@ def search(
     conn: psycopg.Connection[Any],
     vectorizer: Vectorizer,
     text: str,
-    models: Models,
+    models: Models | None = None,
     *,
     k: int = 10,
     min_similarity: float | None = None,
@@ -135,9 +135,20 @@ def search(
     rerank: bool = False,
     candidates: int = 100,
     rerank_model: str | None = None,
+    timeout: float | None = None,
 ) -> list[Hit]:
     """Embed `text` (with the query instruction), retrieve; with `rerank`, retrieve
-    `candidates` rows and return the `k` the cross-encoder scores highest."""
+    `candidates` rows and return the `k` the cross-encoder scores highest.
+    Without `models`, through rowembed.search_text() in the database (the
+    workers' query and rerank queues, the query cache: the path SQL callers
+    take; the vectorizer's rerank model); with `models`, here or over Celery."""
+    if models is None:
+        if rerank_model is not None:
+            raise ValueError("rerank_model needs models: the database path uses the vectorizer's")
+        return search_text(
+            conn, vectorizer, text, k=k, min_similarity=min_similarity, filter=filter,
+            rerank=rerank, candidates=candidates, timeout=timeout,
+        )  # fmt: skip
     query = models.encode_query(vectorizer.model, vectorizer.query_instruction + text)
     hits = search_vector(
         conn,

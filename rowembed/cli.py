@@ -106,7 +106,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from rowembed.pgplugin import connect, get_vectorizer
 
     settings = _settings(args)
-    models = _models(args, settings)
+    # With a broker, the workers answer through the database (rowembed.search_text,
+    # as psql would); without one, or with --local, the models run here.
+    local = args.local or not settings.redis_url
+    if args.rerank_model and not local:
+        raise SettingsError(
+            "--rerank-model needs --local: the workers rerank with the vectorizer's rerank_model"
+        )
+    models = _models(args, settings) if local else None
     with connect(settings.require_database()) as conn:
         vectorizer = get_vectorizer(conn, args.name)
         hits = search(
@@ -120,6 +127,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             rerank=args.rerank,
             candidates=args.candidates,
             rerank_model=args.rerank_model,
+            timeout=None if local else args.timeout,
         )
     for hit in hits:
         if args.json:
@@ -375,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--candidates", type=_between(1, 10_000), default=100, help="retrieved for --rerank"
     )
-    search.add_argument("--rerank-model", help="default: the vectorizer's rerank_model")
+    search.add_argument(
+        "--rerank-model", help="with --local; default: the vectorizer's rerank_model"
+    )
     search.add_argument(
         "--local", action="store_true", help="run the models here, not on the workers"
     )
@@ -461,5 +471,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (LookupError, RuntimeError, psycopg.Error) as exc:
         # Missing model or vectorizer, unreachable server, refused SQL: one clear line.
-        print(f"rowembed: {type(exc).__name__}: {str(exc).strip()}", file=sys.stderr)
+        print(f"rowembed: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: rowembed's own SQL errors (and their hint) as they
+    read, others with their type."""
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        primary, hint = exc.diag.message_primary, exc.diag.message_hint
+        if primary.startswith("rowembed: "):
+            line = primary.removeprefix("rowembed: ")
+        else:
+            line = f"{type(exc).__name__}: {primary}"
+        return f"{line} ({hint})" if hint else line
+    return f"{type(exc).__name__}: {str(exc).strip()}"

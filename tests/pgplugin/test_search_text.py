@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from rowembed import search
 from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import connect, create_vectorizer, migrate
 from rowembed.pgplugin.queue import Queue
@@ -21,6 +22,7 @@ from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers.runtime import Encoder, Reranker
 
 from ..conftest import MODEL, WorkerProcess, new_database, wait_until
+from ..rowembed.test_cli import rowembed
 
 Conn = psycopg.Connection[Any]
 TEXTS = {
@@ -340,3 +342,27 @@ def test_hybrid_search_needs_a_text_index_and_text_columns(db: Conn, table: str)
     assert "enable_text_search" in (raised.value.diag.message_hint or "")
     with pytest.raises(psycopg.errors.RaiseException, match=r"needs text columns; n \(integer\)"):
         db.execute("SELECT rowembed.enable_text_search(%s)", [v.name])
+
+
+def test_the_cli_and_python_search_take_the_sql_path(
+    db: Conn, table: str, text_db: str, redis_url: str
+) -> None:
+    """With a broker configured, `rowembed search` and rowembed.search() without
+    models ask search_text(): the same query vector, from the same cache."""
+    v = embedded_table(db, table)
+    result = rowembed(
+        "--redis-url", redis_url, "search", table, "purring cat", "--json",
+        "--min-similarity", "-1", database_url=text_db,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = [json.loads(line) for line in result.stdout.splitlines()]
+    assert shown[0]["row"]["id"] == 1
+    hits = search(db, v, "purring cat", min_similarity=-1)
+    assert [(h.row["id"], h.similarity) for h in hits] == [
+        (s["row"]["id"], pytest.approx(s["similarity"])) for s in shown
+    ]
+    cached = db.execute(
+        "SELECT count(*) FROM rowembed.query_cache WHERE text_hash = rowembed._text_hash(%s)",
+        [v.query_instruction + "purring cat"],
+    ).fetchone()
+    assert cached == (1,)
