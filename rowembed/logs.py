@@ -1,0 +1,52 @@
+"""How rowembed's processes log: plain lines, or one JSON object per line
+(`--log-format json` or ROWEMBED_LOG_FORMAT=json) for log collectors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Fields Celery's task logger adds to its records, kept in the JSON object.
+_TASK_FIELDS = ("task_id", "task_name")
+
+
+class JsonFormatter(logging.Formatter):
+    """A record as one line of JSON: time (UTC, ISO 8601), level, logger, process,
+    message, and the exception (its traceback in one string) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.process,
+            "message": record.getMessage(),
+        }
+        for field in _TASK_FIELDS:
+            value = getattr(record, field, None)
+            if value not in (None, "???"):
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """The root logger of this process (and of the processes it forks) writes to
+    stderr in `log_format`."""
+    if log_format == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(level.upper())
+        # Python warnings (Celery's about running as root among them) become JSON too.
+        logging.captureWarnings(True)
+    else:
+        logging.basicConfig(level=level.upper(), format=TEXT_FORMAT)
