@@ -51,6 +51,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if unknown:
         raise SettingsError(f"unknown queues {sorted(unknown)}; choose from {sorted(QUEUES)}")
     queues = ",".join(QUEUES[q] for q in args.queues.split(","))
+    if args.log_format == "json":
+        _celery_notices_through_logging()
     dispatcher = None
     if not args.no_dispatcher:
         dispatcher = subprocess.Popen(
@@ -59,6 +61,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         app.worker_main(
             [
+                # No banner (a global option of `celery`): stdout stays one JSON object per line.
+                *(["--quiet"] if args.log_format == "json" else []),
                 "worker",
                 f"--loglevel={args.loglevel}",
                 f"--concurrency={args.concurrency}",
@@ -68,8 +72,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 "--without-gossip",
                 "--without-mingle",
                 *(["-n", args.name] if args.name else []),
-                # No banner: stdout stays one JSON object per line.
-                *(["--quiet"] if args.log_format == "json" else []),
             ]
         )
     finally:
@@ -77,6 +79,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
             dispatcher.terminate()
             dispatcher.wait(10)
     return 0
+
+
+def _celery_notices_through_logging() -> None:
+    """Celery writes its shutdown notices ("worker: Warm shutdown") straight to
+    stdout with os.write, past logging; as log records they come out as JSON too."""
+    import celery.apps.worker
+
+    notices = logging.getLogger("celery.apps.worker")
+
+    def say(message: str, file: Any = None) -> None:
+        notices.info(message.strip())
+
+    celery.apps.worker.safe_say = say
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
