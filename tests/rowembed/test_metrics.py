@@ -34,16 +34,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def exporter(database_url: str) -> Iterator[str]:
+def exporter(database_url: str, port_from_env: bool = False) -> Iterator[str]:
     """`rowembed metrics` in a process of its own; yields its /metrics URL."""
     port = free_port()
+    env = {**os.environ, "ROWEMBED_DATABASE_URL": database_url}
+    port_args = ["--port", str(port)]
+    if port_from_env:
+        env["ROWEMBED_METRICS_PORT"] = str(port)
+        port_args = []
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "rowembed", "metrics"),
-                *("--port", str(port), "--address", "127.0.0.1"),
+                *port_args,
+                *("--address", "127.0.0.1"),
             ],
-            env={**os.environ, "ROWEMBED_DATABASE_URL": database_url},
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -171,6 +177,6 @@ def test_a_broken_vectorizer_loses_its_own_samples_only(
 
 
 def test_an_unreachable_database_is_up_0_not_a_failed_scrape(tmp_path: Any) -> None:
-    with exporter(f"postgresql://postgres@/postgres?host={tmp_path}") as url:
+    with exporter(f"postgresql://postgres@/postgres?host={tmp_path}", port_from_env=True) as url:
         samples = scrape(url)
     assert of(samples, "rowembed_up") == 0
