@@ -180,3 +180,12 @@ def test_an_unreachable_database_is_up_0_not_a_failed_scrape(tmp_path: Any) -> N
     with exporter(f"postgresql://postgres@/postgres?host={tmp_path}", port_from_env=True) as url:
         samples = scrape(url)
     assert of(samples, "rowembed_up") == 0
+
+
+def test_the_exporter_imports_neither_torch_nor_celery() -> None:
+    """`rowembed metrics` runs beside the database, not on a GPU machine."""
+    probe = "import sys, rowembed.metrics; print(sorted({'torch', 'celery'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
