@@ -91,6 +91,27 @@ def workers_seen(conn: psycopg.Connection[Any]) -> list[WorkerSeen]:
         ).fetchall()
 
 
+# application_name of the processes' sessions: a worker pool process's writer
+# (workers/state.py; one per process once it ran a task) and a dispatcher
+# (workers/dispatcher.py).
+SESSION_KINDS = {"rowembed-worker": "worker", "rowembed-dispatcher": "dispatcher"}
+
+
+def connected_processes(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Worker and dispatcher processes connected to this database now, by kind
+    (application_name is shown to every role in pg_stat_activity)."""
+    rows = conn.execute(
+        "SELECT application_name, count(*)::int FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = ANY (%s)"
+        " GROUP BY application_name",
+        [list(SESSION_KINDS)],
+    ).fetchall()
+    counts = dict.fromkeys(SESSION_KINDS.values(), 0)
+    for name, count in rows:
+        counts[SESSION_KINDS[name]] = count
+    return counts
+
+
 def live_claims(conn: psycopg.Connection[Any]) -> int:
     """Claims held now by live worker sessions (rowembed.live_workers())."""
     return len(call(conn, "live_workers").fetchall())

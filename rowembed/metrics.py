@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from rowembed.pgplugin import connect
 from rowembed.pgplugin.metrics import (
+    connected_processes,
     limit_statements,
     live_claims,
     oldest_pending_seconds,
@@ -93,6 +94,11 @@ class _Families:
         )
         self.live_claims = GaugeMetricFamily(
             "rowembed_live_claims", "Claims held now by live worker sessions"
+        )
+        self.processes = GaugeMetricFamily(
+            "rowembed_connected_processes",
+            "Worker pool processes (once they ran a task) and dispatchers connected now",
+            labels=["kind"],
         )
         self.worker_age = GaugeMetricFamily(
             "rowembed_worker_last_batch_age_seconds",
@@ -169,6 +175,9 @@ class RowembedCollector(Collector):
         claims = _isolated(lambda: live_claims(conn), "live claims")
         if claims is not None:
             f.live_claims.add_metric([], claims)
+        processes = _isolated(lambda: connected_processes(conn), "processes") or {}
+        for kind, count in processes.items():
+            f.processes.add_metric([kind], count)
         for w in _isolated(lambda: workers_seen(conn), "workers") or []:
             f.worker_age.add_metric([w.worker], w.seconds_since_last_batch)
         created = _isolated(lambda: queue_entries_created(conn), "change_seq")

@@ -120,7 +120,7 @@ def test_the_scrape_reports_what_the_database_holds(
         "        0, 40, 40, 9.0",
         {"id": docs.id},
     )
-    with connect(database_url_of(postgres, conn)) as worker_session:
+    with connect(database_url_of(postgres, conn), "rowembed-worker") as worker_session:
         worker_session.execute("SELECT rowembed.register_worker()")  # a live claim token
         with exporter(database_url_of(postgres, conn)) as url:
             samples = scrape(url)
@@ -140,6 +140,8 @@ def test_the_scrape_reports_what_the_database_holds(
     assert of(samples, duration, vectorizer="docs", quantile="0.99") == pytest.approx(2.98)
     assert of(samples, "rowembed_padding_ratio", vectorizer="docs") == pytest.approx(1.5)
     assert of(samples, "rowembed_live_claims") == 1
+    assert of(samples, "rowembed_connected_processes", kind="worker") == 1
+    assert of(samples, "rowembed_connected_processes", kind="dispatcher") == 0
     age = "rowembed_worker_last_batch_age_seconds"
     assert 5 <= of(samples, age, worker="host-a:1") < 65  # type: ignore[operator]
     assert 7200 <= of(samples, age, worker="host-b:2") < 7260  # type: ignore[operator]
