@@ -17,22 +17,23 @@ _SENTENCE_ENDS = frozenset(".!?;:")
 class ChunkPlan:
     """How a vectorizer cuts rows: chunks of at most `tokens` tokens as the model
     reads them (its special tokens and the passage instruction included; None:
-    the model's limit), `overlap` text tokens shared by neighbours, at most
-    `max_chunks` chunks per row."""
+    the model's limit), `overlap` text tokens shared by neighbours (None: an
+    eighth of a chunk), at most `max_chunks` chunks per row."""
 
     tokens: int | None
-    overlap: int
+    overlap: int | None
     max_chunks: int
 
-    def size(self, limit: int, reserved: int) -> int:
-        """Text tokens per chunk for a model that reads `limit` tokens, of which
-        `reserved` are its special tokens and the instruction."""
+    def window(self, limit: int, reserved: int) -> tuple[int, int]:
+        """(text tokens per chunk, overlap) for a model that reads `limit`
+        tokens, of which `reserved` are its special tokens and the instruction."""
         size = min(self.tokens or limit, limit) - reserved
         if size < 1 or self.max_chunks < 1:
             raise ValueError("chunks must hold at least one token of text")
-        if not 0 <= self.overlap < size:
-            raise ValueError(f"chunk overlap must be in [0, {size}), not {self.overlap}")
-        return size
+        overlap = size // 8 if self.overlap is None else self.overlap
+        if not 0 <= overlap < size:
+            raise ValueError(f"chunk overlap must be in [0, {size}), not {overlap}")
+        return size, overlap
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ class Encoder(BatchedModel):
         with self._tokenizing:
             head, tail = self._special_tokens()
             prefix = head + self.tokenizer(instruction, add_special_tokens=False)["input_ids"]
-            size = plan.size(self.max_length, len(prefix) + len(tail))
+            size, overlap = plan.window(self.max_length, len(prefix) + len(tail))
             bounded = [t[: size * plan.max_chunks * CHARS_PER_TOKEN] for t in texts]
             batch = self.tokenizer(
                 bounded,
@@ -125,7 +125,7 @@ class Encoder(BatchedModel):
         for text, full, row_ids, offsets in zip(
             bounded, texts, batch["input_ids"], batch["offset_mapping"], strict=True
         ):
-            found, left = windows(text, offsets, size, plan.overlap, plan.max_chunks)
+            found, left = windows(text, offsets, size, overlap, plan.max_chunks)
             spans.append([(w.start_char, w.end_char) for w in found])
             cut.append(left or len(text) < len(full))
             for w in found:

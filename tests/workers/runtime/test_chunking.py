@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -21,7 +22,7 @@ def test_windows_cover_every_token_with_the_overlap() -> None:
     found, cut = windows(text, offsets, size=30, overlap=5, max_chunks=10)
     assert not cut
     assert found[0].first == 0 and found[-1].end == 100
-    for before, after in zip(found, found[1:]):
+    for before, after in itertools.pairwise(found):
         assert after.first == before.end - 5
     assert all(w.end - w.first <= 30 for w in found)
     assert text[found[1].start_char : found[1].end_char].startswith("w25 ")
@@ -46,11 +47,11 @@ def test_a_row_beyond_max_chunks_is_cut_and_says_so() -> None:
 
 
 def test_plan_sizes_are_checked() -> None:
-    assert ChunkPlan(None, 64, 10).size(512, 2) == 510
-    assert ChunkPlan(128, 64, 10).size(512, 2) == 126
-    assert ChunkPlan(1024, 64, 10).size(512, 2) == 510
+    assert ChunkPlan(None, 64, 10).window(512, 2) == (510, 64)
+    assert ChunkPlan(128, None, 10).window(512, 2) == (126, 15)
+    assert ChunkPlan(1024, 0, 10).window(512, 2) == (510, 0)
     with pytest.raises(ValueError, match="overlap"):
-        ChunkPlan(66, 64, 10).size(512, 2)
+        ChunkPlan(66, 64, 10).window(512, 2)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_long_text_chunks_are_whole_model_inputs_that_cover_the_text(encoder: En
     spans = chunked.spans[0]
     assert len(spans) > 10 and not chunked.cut[0]
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
-    assert all(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # neighbours overlap
+    assert all(b[0] < a[1] for a, b in itertools.pairwise(spans))  # neighbours overlap
     assert all(len(ids) <= 128 for ids in chunked.tokenized.ids)
     assert chunked.tokenized.truncated == 0
     # Each chunk's input is what the tokenizer makes of the instruction and its text.
