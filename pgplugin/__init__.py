@@ -24,6 +24,8 @@ from .migrations import MigrationError, migrate
 from .vectorizers import (
     Vectorizer,
     VectorizerNotFound,
+    alter_vectorizer,
+    cancel_alter,
     create_vectorizer,
     drop_vectorizer,
     get_vectorizer,
@@ -45,6 +47,8 @@ __all__ = [
     "MigrationError",
     "Vectorizer",
     "VectorizerNotFound",
+    "alter_vectorizer",
+    "cancel_alter",
     "connect",
     "create_vectorizer",
     "drop_vectorizer",

@@ -149,6 +149,47 @@ def drop_vectorizer(
         call(conn, "drop_vectorizer", name=name, drop_destination=drop_destination)
 
 
+# alter_vectorizer's options, passed by name when given.
+_ALTER_OPTIONS = (
+    "model",
+    "dimensions",
+    "chunking",
+    "chunk_tokens",
+    "chunk_overlap",
+    "max_chunks",
+    "storage",
+    "index_method",
+    "min_similarity",
+    "query_instruction",
+    "passage_instruction",
+    "keep_old",
+)
+
+
+def alter_vectorizer(conn: psycopg.Connection[Any], name: str, **options: Any) -> Vectorizer:
+    """`rowembed.alter_vectorizer(name, ...)`: starts building the replacement
+    (returned); searches use `name` as it is until the replacement switches in."""
+    unknown = set(options) - set(_ALTER_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+    given = {key: value for key, value in options.items() if value is not None}
+    with conn.transaction():
+        new_id = scalar(conn, "alter_vectorizer", name=name, **given)
+    return get_vectorizer(conn, new_id)
+
+
+def cancel_alter(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Drops `name`'s replacement in progress; whether there was one."""
+    with conn.transaction():
+        return bool(scalar(conn, "cancel_alter", name=name))
+
+
+def complete_alters(conn: psycopg.Connection[Any]) -> list[str]:
+    """Switches complete replacements in (their tables' owner's right); the names switched."""
+    with conn.transaction():
+        return [name for (name,) in call(conn, "complete_alters").fetchall()]
+
+
 def set_min_similarity(conn: psycopg.Connection[Any], name: str, min_similarity: float) -> None:
     call(conn, "set_min_similarity", name=name, min_similarity=float(min_similarity))
 

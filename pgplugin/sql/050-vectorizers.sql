@@ -283,6 +283,9 @@ DECLARE
     event text;
 BEGIN
     v := rowembed._vectorizer_named(drop_vectorizer.name);
+    IF (rowembed._replacement_of(v)).id IS NOT NULL THEN  -- a rebuild in progress goes first
+        PERFORM rowembed.drop_vectorizer((rowembed._replacement_of(v)).name);
+    END IF;
     FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
         IF rowembed._qualified(v.source) IS NOT NULL THEN
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
