@@ -25,6 +25,8 @@ from .migrations import MigrationError, migrate
 from .vectorizers import (
     Vectorizer,
     VectorizerNotFound,
+    alter_vectorizer,
+    cancel_alter,
     create_vectorizer,
     drop_vectorizer,
     get_vectorizer,
@@ -46,6 +48,8 @@ __all__ = [
     "MigrationError",
     "Vectorizer",
     "VectorizerNotFound",
+    "alter_vectorizer",
+    "cancel_alter",
     "connect",
     "create_vectorizer",
     "drop_vectorizer",

@@ -61,7 +61,22 @@ class Outcome:
     seq: int
     action: Action
     text_hash: bytes | None = None
-    vector: np.ndarray | None = None
+    vector: np.ndarray | None = None  # chunked: one row per chunk
+    spans: list[tuple[int, int]] | None = None  # chunked: each chunk's characters
+
+    def stage_rows(self) -> list[tuple[Any, ...]]:
+        """Rows of the write's stage table: (seq, action, text_hash, chunk,
+        chunk_start, chunk_end, chunks, embedding)."""
+        if self.spans is None or self.action is not Action.WRITE:
+            return [(self.seq, self.action.value, self.text_hash, None, None, None, 0, self.vector)]
+        if not self.spans:  # text without a token: no chunk, the old ones go
+            return [(self.seq, self.action.value, self.text_hash, None, None, None, 0, None)]
+        assert self.vector is not None and len(self.vector) == len(self.spans)
+        count = len(self.spans)
+        return [
+            (self.seq, self.action.value, self.text_hash, n, start, end, count, vector)
+            for n, ((start, end), vector) in enumerate(zip(self.spans, self.vector, strict=True))
+        ]
 
 
 @dataclass(frozen=True)
@@ -101,41 +116,19 @@ class Queue:
         # float4 vectors whatever the column's storage: the INSERT casts to halfvec.
         self._create_stage = sql.SQL("""
             CREATE TEMP TABLE IF NOT EXISTS {stage}
-                (seq bigint, action text, text_hash bytea, embedding vector)
+                (seq bigint, action text, text_hash bytea, chunk int, chunk_start int,
+                 chunk_end int, chunks int, embedding vector)
                 ON COMMIT DELETE ROWS
         """).format(stage=stage)
         self._copy_stage = sql.SQL(
-            "COPY {stage} (seq, action, text_hash, embedding) FROM STDIN (FORMAT BINARY)"
+            "COPY {stage} (seq, action, text_hash, chunk, chunk_start, chunk_end, chunks,"
+            " embedding) FROM STDIN (FORMAT BINARY)"
         ).format(stage=stage)
-        emb = sql.Identifier(v.embedding_column)
-        self._write = sql.SQL("""
-            WITH locked AS (
-                SELECT q.seq FROM {queue} AS q JOIN {stage} AS st ON st.seq = q.seq
-                FOR UPDATE OF q SKIP LOCKED
-            ), done AS (
-                DELETE FROM {queue} AS q USING locked WHERE q.seq = locked.seq
-                RETURNING q.seq, {q_keys}
-            ), removed AS (
-                DELETE FROM {dest} AS e USING done JOIN {stage} AS st ON st.seq = done.seq
-                 WHERE st.action = 'delete' AND ({e_keys}) = ({done_keys})
-                RETURNING 1
-            ), written AS (
-                INSERT INTO {dest} ({keys}, {emb}, text_hash, embedded_at)
-                SELECT {done_keys}, st.embedding, st.text_hash, now()
-                  FROM done JOIN {stage} AS st ON st.seq = done.seq
-                 WHERE st.action = 'write'
-                ON CONFLICT ({keys}) DO UPDATE
-                   SET {emb} = excluded.{emb}, text_hash = excluded.text_hash,
-                       embedded_at = excluded.embedded_at
-                RETURNING 1
-            )
-            SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM written),
-                   (SELECT count(*) FROM removed)
-        """).format(
+        self._write = (_CHUNKED_WRITE if v.chunked else _WRITE).format(
             queue=v.queue,
             stage=stage,
             dest=v.destination,
-            emb=emb,
+            emb=sql.Identifier(v.embedding_column),
             keys=_keys(pk),
             q_keys=_keys(pk, "q"),
             e_keys=_keys(pk, "e"),
@@ -194,9 +187,10 @@ class Queue:
                 conn.execute(self._create_stage)
                 staged.add(self._stage_name)
             with conn.cursor().copy(self._copy_stage) as copy:
-                copy.set_types(["int8", "text", "bytea", "vector"])
+                copy.set_types(["int8", "text", "bytea", "int4", "int4", "int4", "int4", "vector"])
                 for o in outcomes:
-                    copy.write_row((o.seq, o.action.value, o.text_hash, o.vector))
+                    for row in o.stage_rows():
+                        copy.write_row(row)
             completed, written, deleted = conn.execute(self._write).fetchone()  # type: ignore[misc]
         return WriteResult(completed, written, deleted)
 
@@ -222,6 +216,67 @@ class Queue:
         row = conn.execute(query).fetchone()
         return bool(row and row[0])
 
+
+# Completes the entries still at the claimed seq (skipping those another
+# transaction holds), and writes or deletes their rows' embeddings.
+_WRITE = sql.SQL("""
+    WITH locked AS (
+        SELECT q.seq FROM {queue} AS q JOIN {stage} AS st ON st.seq = q.seq
+        FOR UPDATE OF q SKIP LOCKED
+    ), done AS (
+        DELETE FROM {queue} AS q USING locked WHERE q.seq = locked.seq
+        RETURNING q.seq, {q_keys}
+    ), removed AS (
+        DELETE FROM {dest} AS e USING done JOIN {stage} AS st ON st.seq = done.seq
+         WHERE st.action = 'delete' AND ({e_keys}) = ({done_keys})
+        RETURNING 1
+    ), written AS (
+        INSERT INTO {dest} ({keys}, {emb}, text_hash, embedded_at)
+        SELECT {done_keys}, st.embedding, st.text_hash, now()
+          FROM done JOIN {stage} AS st ON st.seq = done.seq
+         WHERE st.action = 'write'
+        ON CONFLICT ({keys}) DO UPDATE
+           SET {emb} = excluded.{emb}, text_hash = excluded.text_hash,
+               embedded_at = excluded.embedded_at
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM written),
+           (SELECT count(*) FROM removed)
+""")
+
+# The same for a chunked destination: all of a row's chunks are replaced
+# together. Chunks from the new count up go (all of them for a deleted row), the
+# others are upserted: the two touch different rows of one statement.
+_CHUNKED_WRITE = sql.SQL("""
+    WITH locked AS (
+        SELECT q.seq FROM {queue} AS q JOIN {stage} AS st ON st.seq = q.seq
+        FOR UPDATE OF q SKIP LOCKED
+    ), done AS (
+        DELETE FROM {queue} AS q USING locked WHERE q.seq = locked.seq
+        RETURNING q.seq, {q_keys}
+    ), per_row AS (
+        SELECT DISTINCT ON (st.seq) st.seq, st.action, st.chunks FROM {stage} AS st
+    ), removed AS (
+        DELETE FROM {dest} AS e USING done JOIN per_row AS st ON st.seq = done.seq
+         WHERE st.action <> 'keep' AND ({e_keys}) = ({done_keys}) AND e.chunk >= st.chunks
+        RETURNING st.seq, st.action
+    ), written AS (
+        INSERT INTO {dest} ({keys}, chunk, chunk_start, chunk_end, {emb}, text_hash, embedded_at)
+        SELECT {done_keys}, st.chunk, st.chunk_start, st.chunk_end, st.embedding, st.text_hash,
+               now()
+          FROM done JOIN {stage} AS st ON st.seq = done.seq
+         WHERE st.action = 'write' AND st.chunk IS NOT NULL
+        ON CONFLICT ({keys}, chunk) DO UPDATE
+           SET {emb} = excluded.{emb}, text_hash = excluded.text_hash,
+               chunk_start = excluded.chunk_start, chunk_end = excluded.chunk_end,
+               embedded_at = excluded.embedded_at
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM done),
+           (SELECT count(*) FROM done JOIN per_row AS st ON st.seq = done.seq
+             WHERE st.action = 'write'),
+           (SELECT count(DISTINCT seq) FROM removed WHERE action = 'delete')
+""")
 
 _LOG_BATCH = sql.SQL("""
     INSERT INTO rowembed.batch_stats (vectorizer_id, worker, claimed, embedded, written,

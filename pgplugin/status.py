@@ -30,6 +30,8 @@ class VectorizerStatus:
     index: str | None
     id: int
     problem: str | None  # why the vectorizer cannot work now; None when it can
+    chunks: int | None = None  # a chunked vectorizer's embeddings (embedded counts rows)
+    rebuild: str | None = None  # a model change in progress (alter_vectorizer)
 
     @property
     def pending(self) -> int:
@@ -54,7 +56,8 @@ def status(conn: psycopg.Connection[Any], name: str | None = None) -> list[Vecto
     with conn.cursor(row_factory=class_row(VectorizerStatus)) as cur:
         rows = cur.execute(
             "SELECT name, source::text, model, queued, in_flight, failed, embedded,"
-            " rows_per_second, eta_seconds, backfill, storage, index, id, problem"
+            " rows_per_second, eta_seconds, backfill, storage, index, id, problem, chunks,"
+            " rebuild"
             " FROM rowembed.status() WHERE %(name)s::text IS NULL OR name = %(name)s",
             {"name": name},
         ).fetchall()

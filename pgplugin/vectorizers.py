@@ -29,6 +29,10 @@ _OPTIONS = (
     "index_method",
     "defer_index_above",
     "passage_instruction",
+    "chunking",
+    "chunk_tokens",
+    "chunk_overlap",
+    "max_chunks",
 )
 
 
@@ -57,6 +61,15 @@ class Vectorizer:
     index_method: str
     index_state: str
     problem: str | None  # why it cannot work now (rowembed._problem()); None when it can
+    chunking: str = "none"  # 'tokens': rows embedded in chunks, one destination row each
+    chunk_tokens: int | None = None  # None: the model's limit
+    chunk_overlap: int | None = None  # None: an eighth of a chunk
+    max_chunks: int = 100
+    replaces: str | None = None  # the vectorizer this one is being built to replace
+
+    @property
+    def chunked(self) -> bool:
+        return self.chunking != "none"
 
     @property
     def source(self) -> sql.Identifier:
@@ -84,7 +97,9 @@ _SELECT = sql.SQL("""
            qn.nspname::text AS queue_schema, qc.relname::text AS queue_table,
            v.min_similarity, v.query_instruction, v.passage_instruction, v.rerank_model,
            v.max_attempts, v.storage, v.index_method, v.index_state,
-           rowembed._problem(v) AS problem
+           rowembed._problem(v) AS problem, v.chunking, v.chunk_tokens, v.chunk_overlap,
+           v.max_chunks, (SELECT r.name FROM rowembed.vectorizer r WHERE r.id = v.replaces)
+               AS replaces
     FROM rowembed.vectorizer v
     JOIN pg_class sc ON sc.oid = v.source JOIN pg_namespace sn ON sn.oid = sc.relnamespace
     JOIN pg_class dc ON dc.oid = v.destination JOIN pg_namespace dn ON dn.oid = dc.relnamespace
@@ -132,6 +147,47 @@ def drop_vectorizer(
 ) -> None:
     with conn.transaction():
         call(conn, "drop_vectorizer", name=name, drop_destination=drop_destination)
+
+
+# alter_vectorizer's options, passed by name when given.
+_ALTER_OPTIONS = (
+    "model",
+    "dimensions",
+    "chunking",
+    "chunk_tokens",
+    "chunk_overlap",
+    "max_chunks",
+    "storage",
+    "index_method",
+    "min_similarity",
+    "query_instruction",
+    "passage_instruction",
+    "keep_old",
+)
+
+
+def alter_vectorizer(conn: psycopg.Connection[Any], name: str, **options: Any) -> Vectorizer:
+    """`rowembed.alter_vectorizer(name, ...)`: starts building the replacement
+    (returned); searches use `name` as it is until the replacement switches in."""
+    unknown = set(options) - set(_ALTER_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+    given = {key: value for key, value in options.items() if value is not None}
+    with conn.transaction():
+        new_id = scalar(conn, "alter_vectorizer", name=name, **given)
+    return get_vectorizer(conn, new_id)
+
+
+def cancel_alter(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Drops `name`'s replacement in progress; whether there was one."""
+    with conn.transaction():
+        return bool(scalar(conn, "cancel_alter", name=name))
+
+
+def complete_alters(conn: psycopg.Connection[Any]) -> list[str]:
+    """Switches complete replacements in (their tables' owner's right); the names switched."""
+    with conn.transaction():
+        return [name for (name,) in call(conn, "complete_alters").fetchall()]
 
 
 def set_min_similarity(conn: psycopg.Connection[Any], name: str, min_similarity: float) -> None:

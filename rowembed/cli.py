@@ -193,6 +193,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             f" {_count(r.failed):>7} {_count(r.embedded):>9} {rate:>8} {eta_text:>8}"
             f"  {r.backfill or '-'}; {r.storage}, {r.index or '-'}"
         )
+        if r.chunks is not None:
+            print(f"{'':<20} {_count(r.chunks)} chunks")
+        if r.rebuild:
+            print(f"{'':<20} {r.rebuild}")
         if r.problem:
             print(f"{'':<20} BROKEN: {r.problem}")
     return 0
@@ -254,6 +258,51 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                 if now.pending == 0 and now.backfill and not now.backfill.startswith("running"):
                     return 0
                 time.sleep(1)
+
+
+def cmd_alter(args: argparse.Namespace) -> int:
+    import time
+
+    from rowembed.pgplugin import alter_vectorizer, cancel_alter, connect
+    from rowembed.pgplugin.status import status
+    from rowembed.pgplugin.vectorizers import complete_alters
+
+    with connect(_settings(args).require_database()) as conn:
+        if args.cancel:
+            cancelled = cancel_alter(conn, args.name)
+            print(f"{args.name}: {'rebuild cancelled' if cancelled else 'no rebuild in progress'}")
+            return 0
+        options = {
+            key: getattr(args, key)
+            for key in (
+                "model",
+                "dimensions",
+                "chunking",
+                "chunk_tokens",
+                "chunk_overlap",
+                "max_chunks",
+                "storage",
+                "index_method",
+            )
+        }
+        next_ = alter_vectorizer(conn, args.name, keep_old=args.keep_old, **options)
+        print(
+            f"{args.name}: rebuilding as {next_.name} ({next_.model}); searches use {args.name}"
+            " as it is until the rebuild is complete (rowembed status shows progress)"
+        )
+        if not args.wait:
+            return 0
+        while True:
+            if args.name in complete_alters(conn):
+                print(f"{args.name}: switched to the rebuilt embeddings")
+                return 0
+            (now,) = status(conn, next_.name) or (None,)
+            if now is None:  # cancelled meanwhile, or switched by the dispatcher
+                switched = not any(r.name == next_.name for r in status(conn))
+                print(f"{args.name}: {'switched' if switched else 'rebuild ended'}")
+                return 0
+            print(f"{next_.name}: {now.rebuild}", flush=True)
+            time.sleep(2)
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
@@ -479,6 +528,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer samples and rows")
     bench.add_argument("--json", action="store_true")
 
+    alter = sub.add_parser(
+        "alter", help="change a vectorizer's model or chunking, rebuilt beside it (no downtime)"
+    )
+    alter.add_argument("name", help="vectorizer name")
+    alter.add_argument("--model", help="a Hugging Face encoder (hub id or directory)")
+    alter.add_argument("--dimensions", type=int, help="the model's output size if unknown")
+    alter.add_argument("--chunking", choices=["none", "tokens"])
+    alter.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: the model's)")
+    alter.add_argument("--chunk-overlap", type=int, help="tokens shared by neighbouring chunks")
+    alter.add_argument("--max-chunks", type=int, help="chunks per row at most")
+    alter.add_argument("--storage", choices=["vector", "halfvec"])
+    alter.add_argument("--index-method", choices=["hnsw", "hnsw_binary", "none"])
+    alter.add_argument("--keep-old", action="store_true", help="keep the old embeddings table")
+    alter.add_argument("--wait", action="store_true", help="return once switched")
+    alter.add_argument("--cancel", action="store_true", help="stop a rebuild in progress")
+
     demo = sub.add_parser("demo", help="the whole path on embedded PostgreSQL and Redis")
     demo.add_argument("--rows", type=int, default=2000, help="docstrings to load")
     return parser
@@ -493,6 +558,7 @@ COMMANDS = {
     "status": cmd_status,
     "errors": cmd_errors,
     "backfill": cmd_backfill,
+    "alter": cmd_alter,
     "index": cmd_index,
     "calibrate": cmd_calibrate,
     "retry": cmd_retry,

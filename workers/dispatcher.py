@@ -21,6 +21,7 @@ from rowembed.pgplugin.backfill import top_up_backfills
 from rowembed.pgplugin.indexes import build_index, indexes_to_build
 from rowembed.pgplugin.queries import query_requests_waiting, rerank_requests_waiting
 from rowembed.pgplugin.queue import prune_batch_stats, vectorizers_with_work
+from rowembed.pgplugin.vectorizers import complete_alters
 
 from . import policy
 from .queues import QUERY_QUEUE, RERANK_QUEUE
@@ -90,6 +91,8 @@ class Dispatcher:
                         self.send_hint(vectorizer_id, changes)
                     prune_batch_stats(conn)
                     self.indexes.start_due(conn)
+                    for name in complete_alters(conn):
+                        log.info("dispatcher: %s switched to its rebuilt embeddings", name)
                     if query_requests_waiting(conn):  # a lost task or a dead worker
                         self.send_queries()
                     if rerank_requests_waiting(conn):

@@ -11,15 +11,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import psycopg
 
 from rowembed.pgplugin.queue import Action, Claim, Outcome, Queue, QueuedRow
 from rowembed.pgplugin.vectorizers import Vectorizer
 
-from .runtime import Encoded, Tokenized
+from .runtime import Chunked, ChunkPlan, Encoded, Tokenized
 from .runtime.isolate import DimensionMismatch, Isolated, encode_isolating
 from .runtime.stages import StageClock, timed
 
@@ -42,6 +43,8 @@ class TextEncoder(Protocol):
     ) -> Encoded: ...
 
     def encode(self, texts: Sequence[str]) -> Encoded: ...
+
+    def chunk(self, texts: Sequence[str], plan: ChunkPlan, instruction: str = "") -> Chunked: ...
 
 
 @dataclass
@@ -72,6 +75,10 @@ class Claimed:
     to_embed: list[QueuedRow]
     tokenized: Tokenized | None  # None when tokenizing failed: the model stage records why
     started: float
+    # A chunked vectorizer's: the inputs are chunks (`tokenized` holds them), and
+    # rows whose text could not be cut have an error (index into to_embed).
+    chunked: Chunked | None = None
+    errors: dict[int, str] = field(default_factory=dict)
 
     @property
     def seqs(self) -> list[int]:
@@ -118,6 +125,10 @@ def take_batch(
         else:
             outcomes.append(Outcome(row.seq, row.action))
     tokenized = None
+    if to_embed and queue.vectorizer.chunked:
+        with timed(clock, "tokenize"):
+            chunked, errors = _chunk(encoder, queue.vectorizer, to_embed)
+        return Claimed(claim, outcomes, to_embed, chunked.tokenized, started, chunked, errors)
     if to_embed:
         try:
             with timed(clock, "tokenize"):
@@ -125,6 +136,38 @@ def take_batch(
         except Exception:
             log.debug("tokenizing failed; the model stage will record the error", exc_info=True)
     return Claimed(claim, outcomes, to_embed, tokenized, started)
+
+
+def _chunk(
+    encoder: TextEncoder, v: Vectorizer, rows: Sequence[QueuedRow]
+) -> tuple[Chunked, dict[int, str]]:
+    """The rows' texts in chunks (without the passage instruction, which each
+    chunk gets again); when that fails, row by row, and errors for those that fail."""
+    plan = ChunkPlan(v.chunk_tokens, v.chunk_overlap, v.max_chunks)
+    instruction = v.passage_instruction
+    texts = [t.removeprefix(instruction) for t in _texts(rows)]
+    try:
+        return encoder.chunk(texts, plan, instruction), {}
+    except Exception:
+        log.debug("chunking a batch failed; chunking its rows one by one", exc_info=True)
+    ids: list[list[int]] = []
+    chunk_texts: list[str] = []
+    spans: list[list[tuple[int, int]]] = []
+    cut: list[bool] = []
+    errors: dict[int, str] = {}
+    for i, text in enumerate(texts):
+        try:
+            one = encoder.chunk([text], plan, instruction)
+        except Exception as exc:
+            errors[i] = f"chunking failed: {type(exc).__name__}: {exc}"
+            spans.append([])
+            cut.append(False)
+            continue
+        ids += one.tokenized.ids
+        chunk_texts += one.tokenized.texts
+        spans += one.spans
+        cut += one.cut
+    return Chunked(Tokenized(chunk_texts, ids, [False] * len(ids)), spans, cut), errors
 
 
 def _texts(rows: Sequence[QueuedRow]) -> list[str]:
@@ -143,6 +186,8 @@ def embed_batch(
     if not claimed.to_embed:
         return Isolated()
     tokenized = claimed.tokenized
+    if claimed.chunked is not None and not tokenized.ids:  # type: ignore[union-attr]
+        return Isolated()
     if tokenized is None:
         texts = _texts(claimed.to_embed)
         return encode_isolating(
@@ -150,7 +195,7 @@ def embed_batch(
         )
     return encode_isolating(
         lambda part: _checked(encoder, vectorizer).encode_tokenized(tokenized.subset(part), clock),
-        range(len(claimed.to_embed)),
+        range(len(tokenized.ids)),  # rows, or a chunked vectorizer's chunks
         abort_on=abort_on,
     )
 
@@ -167,27 +212,30 @@ def store_batch(
     """The store stage: write the vectors, record failures, log the batch."""
     vectorizer = queue.vectorizer
     to_embed = claimed.to_embed
-    outcomes = claimed.outcomes + [
-        Outcome(to_embed[i].seq, Action.WRITE, to_embed[i].text_hash, vector)
-        for i, vector in result.vectors.items()
-    ]
+    if claimed.chunked is None:
+        written, errors = _row_outcomes(claimed, result)
+        truncated = result.truncated
+    else:
+        written, errors = _chunked_outcomes(claimed, claimed.chunked, result)
+        truncated = sum(claimed.chunked.cut)
+    outcomes = claimed.outcomes + written
     report = BatchReport(
         claimed=len(claimed.seqs),
         unchanged=sum(o.action is Action.KEEP for o in claimed.outcomes),
-        embedded=len(result.vectors),
-        failed=len(result.errors),
-        truncated=result.truncated,
+        embedded=len(written),
+        failed=len(errors),
+        truncated=truncated,
         tokens=result.tokens,
         padded_tokens=result.padded_tokens,
     )
-    if result.errors:
-        queue.record_failures(conn, {to_embed[i].seq: error for i, error in result.errors.items()})
+    if errors:
+        queue.record_failures(conn, {to_embed[i].seq: error for i, error in errors.items()})
         log.warning(
             "vectorizer %s: %d of %d rows failed: %s",
             vectorizer.name,
-            len(result.errors),
+            len(errors),
             len(to_embed),
-            next(iter(result.errors.values())),
+            next(iter(errors.values())),
         )
     if outcomes:
         with timed(clock, "write"):
@@ -198,6 +246,35 @@ def store_batch(
     report.seconds = time.monotonic() - claimed.started
     queue.log_batch(conn, {**asdict(report), "worker": worker})
     return report
+
+
+def _row_outcomes(claimed: Claimed, result: Isolated) -> tuple[list[Outcome], dict[int, str]]:
+    rows = claimed.to_embed
+    return [
+        Outcome(rows[i].seq, Action.WRITE, rows[i].text_hash, vector)
+        for i, vector in result.vectors.items()
+    ], result.errors
+
+
+def _chunked_outcomes(
+    claimed: Claimed, chunked: Chunked, result: Isolated
+) -> tuple[list[Outcome], dict[int, str]]:
+    """A row is written with all its chunks or not at all: one chunk that fails
+    fails the row."""
+    rows = claimed.to_embed
+    outcomes: list[Outcome] = []
+    errors = dict(claimed.errors)
+    for i, inputs in enumerate(chunked.inputs_of()):
+        if i in errors:
+            continue
+        failed = next((result.errors[n] for n in inputs if n in result.errors), None)
+        if failed is not None:
+            errors[i] = failed
+            continue
+        vectors = np.stack([result.vectors[n] for n in inputs]) if inputs else None
+        spans = chunked.spans[i]
+        outcomes.append(Outcome(rows[i].seq, Action.WRITE, rows[i].text_hash, vectors, spans))
+    return outcomes, errors
 
 
 def run_batch(

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .policy import ClaimSize
-    from .runtime import Encoded, Encoder, Reranker, Tokenized
+    from .runtime import Chunked, ChunkPlan, Encoded, Encoder, Reranker, Tokenized
     from .runtime.stages import StageClock
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,9 @@ class LazyEncoder:
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         return self._encoder().encode(texts)
+
+    def chunk(self, texts: Sequence[str], plan: ChunkPlan, instruction: str = "") -> Chunked:
+        return self._encoder().chunk(texts, plan, instruction)
 
 
 _state: WorkerState | None = None

@@ -39,17 +39,26 @@ BEGIN
 END
 $body$;
 
+-- SQL text: the text columns of `alias` joined by the separator, what a chunk's
+-- offsets count characters of.
+CREATE OR REPLACE FUNCTION rowembed._columns_text_sql(v rowembed.vectorizer, alias text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('concat_ws(%L, %s)', v.separator,
+                  string_agg(format('%s.%I::text', alias, c), ', ' ORDER BY o))
+    FROM unnest(v.text_columns) WITH ORDINALITY AS u(c, o)
+$$;
+
 -- The embedded text of a row: the vectorizer's passage instruction, then its text
 -- columns (of the row aliased `alias`) joined by its separator; NULL when those
 -- are blank (nothing to embed). The worker reads it and the backfill compares its
 -- hash: one definition for both.
 CREATE OR REPLACE FUNCTION rowembed._text_sql(v rowembed.vectorizer, alias text) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT format('%s rowembed._nonblank(concat_ws(%L, %s))',
+    SELECT format('%s rowembed._nonblank(%s)',
                   CASE WHEN v.passage_instruction <> ''
                        THEN format('%L ||', v.passage_instruction) ELSE '' END,
-                  v.separator, string_agg(format('%s.%I::text', alias, c), ', ' ORDER BY o))
-    FROM unnest(v.text_columns) WITH ORDINALITY AS u(c, o)
+                  rowembed._columns_text_sql(v, alias))
 $$;
 
 CREATE OR REPLACE FUNCTION rowembed._nonblank(t text) RETURNS text

@@ -304,8 +304,8 @@ $body$;
 
 -- The current text of claimed entries' rows: (seq, the embedded text or NULL when
 -- the row is gone or its text blank, that text's hash, the stored embedding's
--- hash). Read in a statement after the claim, so its snapshot is newer than every
--- change the claimed seqs stand for.
+-- hash, which a chunked row's chunks share). Read in a statement after the claim,
+-- so its snapshot is newer than every change the claimed seqs stand for.
 CREATE OR REPLACE FUNCTION rowembed.read_claimed(vectorizer_id int, seqs bigint[])
 RETURNS TABLE (seq bigint, text text, text_hash bytea, stored_hash bytea)
 LANGUAGE plpgsql STABLE AS $body$
@@ -316,7 +316,8 @@ BEGIN
     PERFORM rowembed._check_sees_every_row(v.source);
     RETURN QUERY EXECUTE format(
         'SELECT q.seq, t.text, rowembed._text_hash(t.text), e.text_hash'
-        '  FROM %s AS q LEFT JOIN %s AS s ON %s LEFT JOIN %s AS e ON %s'
+        '  FROM %s AS q LEFT JOIN %s AS s ON %s'
+        '  LEFT JOIN LATERAL (SELECT e.text_hash FROM %s AS e WHERE %s LIMIT 1) AS e ON true'
         ' CROSS JOIN LATERAL (SELECT %s AS text) AS t'
         ' WHERE q.seq = ANY ($1)',
         rowembed._qualified(v.queue_table), rowembed._qualified(v.source),

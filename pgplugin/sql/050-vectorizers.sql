@@ -74,13 +74,19 @@ CREATE OR REPLACE FUNCTION rowembed.create_vectorizer(
     storage text DEFAULT 'vector',
     index_method text DEFAULT 'hnsw',
     defer_index_above bigint DEFAULT 100000,
-    passage_instruction text DEFAULT NULL
+    passage_instruction text DEFAULT NULL,
+    chunking text DEFAULT 'none',
+    chunk_tokens int DEFAULT NULL,
+    chunk_overlap int DEFAULT NULL,
+    max_chunks int DEFAULT 100
 ) RETURNS int
 LANGUAGE plpgsql AS $body$
 DECLARE
     -- Column names rowembed adds beside the key in its own tables.
-    reserved constant name[] := ARRAY['seq', 'priority', 'attempts', 'lease_until',
+    reserved name[] := ARRAY['seq', 'priority', 'attempts', 'lease_until',
         'claimed_by', 'last_error', 'failed_at', 'enqueued_at', 'text_hash', 'embedded_at'];
+    -- And beside the key of a chunked destination.
+    chunk_columns constant name[] := ARRAY['chunk', 'chunk_start', 'chunk_end'];
     src_schema name;
     src_table name;
     src_kind "char";
@@ -140,6 +146,21 @@ BEGIN
             create_vectorizer.source, quote_ident(missing);
     END IF;
 
+    IF create_vectorizer.chunking IS NULL
+       OR create_vectorizer.chunking NOT IN ('none', 'tokens') THEN
+        RAISE EXCEPTION 'rowembed: chunking must be none or tokens, not %',
+            coalesce(quote_literal(create_vectorizer.chunking), 'NULL');
+    ELSIF create_vectorizer.chunking = 'tokens' THEN
+        reserved := reserved || chunk_columns;
+        IF create_vectorizer.chunk_tokens < 8 THEN
+            RAISE EXCEPTION 'rowembed: chunk_tokens must be at least 8';
+        ELSIF create_vectorizer.chunk_overlap < 0
+              OR create_vectorizer.chunk_overlap >= create_vectorizer.chunk_tokens / 2 THEN
+            RAISE EXCEPTION 'rowembed: chunk_overlap must be at least 0 and under half of chunk_tokens';
+        ELSIF create_vectorizer.max_chunks IS NULL OR create_vectorizer.max_chunks < 1 THEN
+            RAISE EXCEPTION 'rowembed: max_chunks must be at least 1';
+        END IF;
+    END IF;
     SELECT c INTO missing FROM unnest(pk_cols || create_vectorizer.embedding_column) AS u(c)
     WHERE u.c = ANY (reserved) LIMIT 1;
     IF FOUND THEN
@@ -199,17 +220,24 @@ BEGIN
     -- The durable queue: one entry per changed row, whatever the number of changes.
     PERFORM rowembed._create_queue(queue, key_defs, keys);
 
+    -- Chunked: one row per chunk, its characters in the embedded text
+    -- (embedded_text() without the passage instruction); text_hash is the row's.
     EXECUTE format(
-        'CREATE TABLE %I.%I (%s, %I %s(%s) NOT NULL, text_hash bytea NOT NULL,'
-        ' embedded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
-        dest_schema, dest_table, key_defs, create_vectorizer.embedding_column,
-        create_vectorizer.storage, create_vectorizer.dimensions, keys);
+        'CREATE TABLE %I.%I (%s, %s %I %s(%s) NOT NULL, text_hash bytea NOT NULL,'
+        ' embedded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s%s))',
+        dest_schema, dest_table, key_defs,
+        CASE WHEN create_vectorizer.chunking = 'tokens'
+             THEN 'chunk int NOT NULL, chunk_start int NOT NULL, chunk_end int NOT NULL,'
+             ELSE '' END,
+        create_vectorizer.embedding_column,
+        create_vectorizer.storage, create_vectorizer.dimensions, keys,
+        CASE WHEN create_vectorizer.chunking = 'tokens' THEN ', chunk' ELSE '' END);
 
     INSERT INTO rowembed.vectorizer (
         id, name, source, pk_columns, pk_types, text_columns, separator, model, dimensions,
         destination, embedding_column, queue_table, min_similarity, query_instruction,
         rerank_model, max_attempts, storage, index_method, defer_index_above,
-        passage_instruction)
+        passage_instruction, chunking, chunk_tokens, chunk_overlap, max_chunks)
     OVERRIDING SYSTEM VALUE
     VALUES (
         new_id,
@@ -226,7 +254,9 @@ BEGIN
         create_vectorizer.storage, create_vectorizer.index_method,
         create_vectorizer.defer_index_above,
         coalesce(create_vectorizer.passage_instruction,
-                 rowembed.default_passage_instruction(create_vectorizer.model)));
+                 rowembed.default_passage_instruction(create_vectorizer.model)),
+        create_vectorizer.chunking, create_vectorizer.chunk_tokens,
+        create_vectorizer.chunk_overlap, create_vectorizer.max_chunks);
 
     PERFORM rowembed._install_triggers(new_id);
 
@@ -253,6 +283,9 @@ DECLARE
     event text;
 BEGIN
     v := rowembed._vectorizer_named(drop_vectorizer.name);
+    IF (rowembed._replacement_of(v)).id IS NOT NULL THEN  -- a rebuild in progress goes first
+        PERFORM rowembed.drop_vectorizer((rowembed._replacement_of(v)).name);
+    END IF;
     FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
         IF rowembed._qualified(v.source) IS NOT NULL THEN
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',

@@ -4,11 +4,13 @@
 -- rows, the planner's estimate (an exact count would read the whole table).
 -- in_flight: claimed by a live worker; queued: the rest, entries backing off included.
 -- problem: why the vectorizer cannot work (rowembed._problem()), counts NULL when
--- they cannot be read. The vectorizers of the current role only.
+-- they cannot be read. chunks: a chunked vectorizer's destination rows (embedded
+-- counts source rows). rebuild: a model change in progress (alter_vectorizer). The vectorizers of the current role only.
 CREATE OR REPLACE FUNCTION rowembed.status()
 RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight bigint,
                failed bigint, embedded bigint, rows_per_second float8, eta_seconds float8,
-               backfill text, storage text, index text, id int, problem text)
+               backfill text, storage text, index text, id int, problem text, chunks bigint,
+               rebuild text)
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer;
@@ -21,7 +23,13 @@ BEGIN
         id := v.id;
         storage := format('%s(%s)', v.storage, v.dimensions);
         problem := rowembed._problem(v);
-        queued := NULL; in_flight := NULL; failed := NULL; embedded := NULL;
+        queued := NULL; in_flight := NULL; failed := NULL; embedded := NULL; chunks := NULL;
+        rebuild := CASE
+            WHEN v.replaces IS NOT NULL THEN format('replaces %s: %s',
+                (SELECT z.name FROM rowembed.vectorizer AS z WHERE z.id = v.replaces),
+                coalesce(rowembed._switch_blocker(v), 'switching'))
+            WHEN (rowembed._replacement_of(v)).id IS NOT NULL
+                THEN format('being rebuilt as %s', (rowembed._replacement_of(v)).name) END;
         rows_per_second := NULL; eta_seconds := NULL; backfill := NULL; index := NULL;
         BEGIN  -- one vectorizer's failure is its problem, not everyone's
             EXECUTE format(
@@ -32,7 +40,16 @@ BEGIN
                 rowembed._held_sql(), rowembed._qualified(v.queue_table))
                 INTO STRICT queued, in_flight, failed USING live;
             embedded := rowembed._row_estimate(v.destination, 1000001);
-            IF embedded <= 1000000 THEN
+            IF v.chunking <> 'none' THEN  -- embedded counts rows, chunks their chunks
+                chunks := embedded;
+                embedded := NULL;
+                IF chunks <= 1000000 THEN
+                    EXECUTE format('SELECT count(DISTINCT (%s)), count(*) FROM %s',
+                                   rowembed._columns(v.pk_columns),
+                                   rowembed._qualified(v.destination))
+                        INTO embedded, chunks;
+                END IF;
+            ELSIF embedded <= 1000000 THEN
                 EXECUTE format('SELECT count(*) FROM %s', rowembed._qualified(v.destination))
                     INTO embedded;
             END IF;

@@ -67,25 +67,23 @@ BEGIN
 END
 $body$;
 
--- The query behind search() and similar(). Parameters: $1 query vector, $2 k,
--- $3 threshold, $4 a row to leave out (similar()), $5 a jsonb filter on the source
--- row (to_jsonb(row) @> filter), $6 candidates (k, or more for re-scoring). The
--- index answers the inner ORDER BY ... LIMIT, joined to the source so a filter is
--- applied while the index is walked (with pgvector's iterative scan, a selective
--- filter still yields k rows); with a binary-quantized index the inner query
--- orders by hamming distance and the outer one re-scores exactly. The threshold
--- filters the result.
-CREATE OR REPLACE FUNCTION rowembed._search_sql(v rowembed.vectorizer, exclude_row boolean)
+-- The candidates behind search() and similar(): (similarity, s, chunk, chunk_start,
+-- chunk_end, key) of the $6 embeddings nearest the query vector $1 whose source
+-- row passes the filter. Parameters: $1 query vector, $4 a row to leave out
+-- (similar()), $5 a jsonb filter on the source row (to_jsonb(row) @> filter), $6
+-- candidates. The index answers the ORDER BY ... LIMIT, joined to the source so a
+-- filter is applied while the index is walked (with pgvector's iterative scan, a
+-- selective filter still yields $6 rows); with a binary-quantized index it orders
+-- by hamming distance and the similarity is exact. A chunked vectorizer's
+-- candidates are chunks, several per row.
+CREATE OR REPLACE FUNCTION rowembed._candidates_sql(v rowembed.vectorizer, exclude_row boolean)
 RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format(
-        'SELECT h.similarity, h.s FROM ('
-        ' SELECT 1 - %1$s AS similarity, s FROM %2$s AS e'
+        'SELECT 1 - %1$s AS similarity, s, %7$s, (%8$s) AS key FROM %2$s AS e'
         ' JOIN %3$s AS s ON %4$s'
         ' WHERE ($5 IS NULL OR to_jsonb(s) @> $5) %5$s'
-        ' ORDER BY %6$s LIMIT $6) AS h'
-        ' WHERE h.similarity >= $3'
-        ' ORDER BY h.similarity DESC LIMIT $2',
+        ' ORDER BY %6$s LIMIT $6',
         rowembed._distance_sql(v, format('e.%I', v.embedding_column)),
         rowembed._qualified(v.destination), rowembed._qualified(v.source),
         rowembed._equal(v.pk_columns, 'e', 's'),
@@ -96,8 +94,63 @@ LANGUAGE sql STABLE AS $$
         CASE WHEN v.index_method = 'hnsw_binary' AND v.index_state = 'built'
             THEN format('binary_quantize(e.%1$I)::bit(%2$s) <~> binary_quantize($1)::bit(%2$s)',
                         v.embedding_column, v.dimensions)
-            ELSE rowembed._distance_sql(v, format('e.%I', v.embedding_column)) END)
+            ELSE rowembed._distance_sql(v, format('e.%I', v.embedding_column)) END,
+        CASE WHEN v.chunking = 'none'
+            THEN 'NULL::int AS chunk, NULL::int AS chunk_start, NULL::int AS chunk_end'
+            ELSE 'e.chunk, e.chunk_start, e.chunk_end' END,
+        'ROW(' || rowembed._columns(v.pk_columns, 's') || ')')
 $$;
+
+-- The query behind search() and similar(): the candidates, each row's best chunk
+-- (a chunked vectorizer), at or above the threshold $3, the best $2 first, with
+-- the chunk's text as the snippet.
+CREATE OR REPLACE FUNCTION rowembed._search_sql(v rowembed.vectorizer, exclude_row boolean)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format(
+        'SELECT h.similarity, h.s, h.chunk, h.chunk_start, h.chunk_end,'
+        '       substr(%2$s, h.chunk_start + 1, h.chunk_end - h.chunk_start)'
+        '  FROM (%1$s) AS h'
+        ' WHERE h.similarity >= $3'
+        ' ORDER BY h.similarity DESC LIMIT $2',
+        CASE WHEN v.chunking = 'none' THEN rowembed._candidates_sql(v, exclude_row)
+            ELSE format('SELECT DISTINCT ON (c.key) * FROM (%s) AS c'
+                        ' ORDER BY c.key, c.similarity DESC',
+                        rowembed._candidates_sql(v, exclude_row)) END,
+        rowembed._columns_text_sql(v, '(h.s)'))
+$$;
+
+-- Candidates for k rows: k, or with a binary-quantized index k times the
+-- rowembed.rescore_factor (else 40). A chunked vectorizer's rows hold several
+-- chunks: the candidates grow (at most 8 rounds of four times as many) until
+-- they hold k rows or all there are. Parameters as _search_sql's.
+CREATE OR REPLACE FUNCTION rowembed._candidates_for_rows(
+    v rowembed.vectorizer, exclude_row boolean, query vector, k int, item anyelement,
+    filter jsonb)
+RETURNS int
+LANGUAGE plpgsql AS $body$
+DECLARE
+    wanted int := rowembed._candidates(v, k);
+    candidates int := wanted;
+    found_rows bigint;
+    found_chunks bigint;
+    old text[];
+BEGIN
+    IF v.chunking = 'none' THEN
+        RETURN candidates;
+    END IF;
+    FOR round IN 1..8 LOOP
+        old := rowembed._search_settings(candidates, true);
+        EXECUTE format('SELECT count(DISTINCT c.key), count(*) FROM (%s) AS c',
+                       rowembed._candidates_sql(v, exclude_row))
+            INTO found_rows, found_chunks USING query, k, NULL::float8, item, filter, candidates;
+        PERFORM rowembed._restore_search_settings(old);
+        EXIT WHEN found_rows >= wanted OR found_chunks < candidates;
+        candidates := candidates * 4;
+    END LOOP;
+    RETURN candidates;
+END
+$body$;
 
 -- pgvector's setting; NULL-safe before the extension's library is loaded in a session.
 CREATE OR REPLACE FUNCTION rowembed._ef_search() RETURNS text
@@ -154,14 +207,15 @@ CREATE OR REPLACE FUNCTION rowembed.search(
     min_similarity float8 DEFAULT NULL,
     vectorizer text DEFAULT NULL,
     filter jsonb DEFAULT NULL)
-RETURNS TABLE (similarity float8, item anyelement)
+RETURNS TABLE (similarity float8, item anyelement, chunk int, chunk_start int, chunk_end int,
+               snippet text)
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
-    candidates int := rowembed._candidates(v, k);
+    candidates int := rowembed._candidates_for_rows(v, false, query, k, source, filter);
     old text[];
 BEGIN
-    old := rowembed._search_settings(candidates, filter IS NOT NULL);
+    old := rowembed._search_settings(candidates, filter IS NOT NULL OR v.chunking <> 'none');
     RETURN QUERY EXECUTE rowembed._search_sql(v, false)
         USING query, k, rowembed._threshold(v, min_similarity), NULL::text, filter, candidates;
     PERFORM rowembed._restore_search_settings(old);
@@ -177,15 +231,17 @@ CREATE OR REPLACE FUNCTION rowembed.similar(
     min_similarity float8 DEFAULT NULL,
     vectorizer text DEFAULT NULL,
     filter jsonb DEFAULT NULL)
-RETURNS TABLE (similarity float8, similar_item anyelement)
+RETURNS TABLE (similarity float8, similar_item anyelement, chunk int, chunk_start int,
+               chunk_end int, snippet text)
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(item), vectorizer);
-    candidates int := rowembed._candidates(v, k);
+    candidates int;
     old text[];
     query vector;
 BEGIN
-    EXECUTE format('SELECT %I::vector FROM %s WHERE (%s) = (%s)',
+    -- A chunked row is compared by the mean of its chunks.
+    EXECUTE format('SELECT avg(%I)::vector FROM %s WHERE (%s) = (%s)',
         v.embedding_column, rowembed._qualified(v.destination), rowembed._columns(v.pk_columns),
         rowembed._columns(v.pk_columns, '($1)'))
         INTO query USING item;
@@ -193,6 +249,7 @@ BEGIN
         RETURN;  -- the row has no embedding (yet, or its text is empty)
     END IF;
     -- Leaving the row out is a filter.
+    candidates := rowembed._candidates_for_rows(v, true, query, k, item, filter);
     old := rowembed._search_settings(candidates, true);
     RETURN QUERY EXECUTE rowembed._search_sql(v, true)
         USING query, k, rowembed._threshold(v, min_similarity), item, filter, candidates;
@@ -211,8 +268,8 @@ RETURNS SETOF text
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
-    candidates int := rowembed._candidates(v, k);
-    old text[] := rowembed._search_settings(candidates, filter IS NOT NULL);
+    candidates int := rowembed._candidates_for_rows(v, false, query, k, source, filter);
+    old text[] := rowembed._search_settings(candidates, filter IS NOT NULL OR v.chunking <> 'none');
 BEGIN
     RETURN QUERY EXECUTE 'EXPLAIN (COSTS OFF) ' || rowembed._search_sql(v, false)
         USING query, k, rowembed._threshold(v, NULL), NULL::text, filter, candidates;

@@ -223,7 +223,8 @@ $body$;
 -- Rows of a table most similar to a query text: search() with the text embedded
 -- by the vectorizer's model on the workers (see embed_query). With `rerank`,
 -- `candidates` rows are retrieved and the k that the vectorizer's cross-encoder
--- scores highest are returned, best first, with their `rerank_score`.
+-- scores highest are returned, best first, with their `rerank_score`. A chunked
+-- vectorizer's rows come with their best chunk (as search()).
 -- Usage: SELECT similarity, (item).* FROM rowembed.search_text(NULL::docs, 'key rotation', 10)
 CREATE OR REPLACE FUNCTION rowembed.search_text(
     source anyelement,
@@ -235,20 +236,24 @@ CREATE OR REPLACE FUNCTION rowembed.search_text(
     timeout_seconds float8 DEFAULT NULL,
     rerank boolean DEFAULT false,
     candidates int DEFAULT 100)
-RETURNS TABLE (similarity float8, item anyelement, rerank_score float8)
+RETURNS TABLE (similarity float8, item anyelement, rerank_score float8, chunk int,
+               chunk_start int, chunk_end int, snippet text)
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
     query_vector vector := rowembed.embed_query(v.name, query, timeout_seconds);
 BEGIN
     IF NOT rerank THEN
-        RETURN QUERY SELECT s.similarity, s.item, NULL::float8 FROM rowembed.search(
-            source, query_vector, k, min_similarity, v.name, filter) AS s;
+        RETURN QUERY SELECT s.similarity, s.item, NULL::float8, s.chunk, s.chunk_start,
+                            s.chunk_end, s.snippet
+                       FROM rowembed.search(source, query_vector, k, min_similarity, v.name,
+                                            filter) AS s;
         RETURN;
     END IF;
+    -- The cross-encoder reads a chunked row's best chunk, else the row's text.
     RETURN QUERY
         WITH found AS (
-            SELECT s.similarity, s.item, rowembed.embedded_text(s.item, v.name) AS text,
+            SELECT s.*, coalesce(s.snippet, rowembed.embedded_text(s.item, v.name)) AS text,
                    row_number() OVER () AS n
               FROM rowembed.search(source, query_vector, greatest(k, candidates),
                                    min_similarity, v.name, filter) AS s
@@ -257,7 +262,8 @@ BEGIN
                                    (SELECT array_agg(f.text ORDER BY f.n) FROM found AS f),
                                    timeout_seconds) AS scores
         )
-        SELECT f.similarity, f.item, sc.scores[f.n]::float8
+        SELECT f.similarity, f.item, sc.scores[f.n]::float8, f.chunk, f.chunk_start,
+               f.chunk_end, f.snippet
           FROM found AS f, scored AS sc
          ORDER BY sc.scores[f.n] DESC, f.similarity DESC
          LIMIT k;

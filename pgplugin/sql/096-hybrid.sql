@@ -80,7 +80,8 @@ $body$;
 -- each `candidates` deep, by reciprocal rank fusion: a row's score is
 -- vector_weight / (rrf_k + its vector rank) + text_weight / (rrf_k + its text
 -- rank), a leg it is missing from adding nothing. Both legs are index-backed
--- (HNSW, GIN). Needs enable_text_search().
+-- (HNSW, GIN). A chunked vectorizer's rows come with the vector leg's best chunk.
+-- Needs enable_text_search().
 CREATE OR REPLACE FUNCTION rowembed.hybrid_search(
     source anyelement,
     query text,
@@ -93,7 +94,8 @@ CREATE OR REPLACE FUNCTION rowembed.hybrid_search(
     vector_weight float8 DEFAULT 1,
     text_weight float8 DEFAULT 1,
     timeout_seconds float8 DEFAULT NULL)
-RETURNS TABLE (score float8, item anyelement, similarity float8, text_rank float8)
+RETURNS TABLE (score float8, item anyelement, similarity float8, text_rank float8, chunk int,
+               chunk_start int, chunk_end int, snippet text)
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
@@ -109,7 +111,7 @@ BEGIN
     query_vector := rowembed.embed_query(v.name, query, timeout_seconds);
     RETURN QUERY EXECUTE format($q$
         WITH by_vector AS (
-            SELECT s.item, s.similarity, row_number() OVER (ORDER BY s.similarity DESC) AS r
+            SELECT s.*, row_number() OVER (ORDER BY s.similarity DESC) AS r
               FROM rowembed.search($1, $2, $3, $4, $5, $6) AS s
         ), words AS (
             SELECT websearch_to_tsquery(%2$L::regconfig, $7) AS q
@@ -122,7 +124,8 @@ BEGIN
              LIMIT $3
         )
         SELECT coalesce($8 / ($10 + bv.r), 0) + coalesce($9 / ($10 + bt.r), 0),
-               coalesce(bv.item, bt.item), bv.similarity, bt.rank::float8
+               coalesce(bv.item, bt.item), bv.similarity, bt.rank::float8, bv.chunk,
+               bv.chunk_start, bv.chunk_end, bv.snippet
           FROM by_vector AS bv FULL JOIN by_text AS bt ON %4$s
          ORDER BY 1 DESC, 3 DESC NULLS LAST
          LIMIT $11

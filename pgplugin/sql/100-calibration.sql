@@ -24,26 +24,52 @@ DECLARE
     topk float8[] := '{}';
     background float8[];
     old text[];
+    keys text;
+    own_keys jsonb[];
 BEGIN
     v := rowembed._vectorizer_named(similarity_profile.name);
     dest := rowembed._qualified(v.destination);
-    IF own_rows THEN
-        EXECUTE format('SELECT array_agg(%I::vector) FROM (SELECT %I FROM %s'
-                       ' ORDER BY random() LIMIT $1) r', v.embedding_column, v.embedding_column, dest)
-            INTO queries USING sample;
-    END IF;
-    old := rowembed._search_settings(k + 1, false);
-    FOREACH q IN ARRAY coalesce(queries, '{}') LOOP
-        EXECUTE format('SELECT array_agg(s ORDER BY s DESC) FROM (SELECT 1 - %1$s AS s'
-                       ' FROM %2$s ORDER BY %1$s LIMIT $2) t',
-                       rowembed._distance_sql(v, quote_ident(v.embedding_column)), dest)
-            INTO sims USING q, k + own_rows::int;
+    IF v.chunking <> 'none' THEN
+        -- Rows, not chunks: a sampled row asks with the mean of its chunks, and
+        -- its neighbours are rows by their best chunk, the row itself left out.
+        keys := rowembed._columns(v.pk_columns);
         IF own_rows THEN
-            sims := sims[2:];  -- the row itself
+            EXECUTE format('SELECT array_agg(r.q), array_agg(r.k) FROM (SELECT avg(%I)::vector AS q,'
+                           ' jsonb_build_array(%s) AS k FROM %s GROUP BY %s'
+                           ' ORDER BY random() LIMIT $1) AS r', v.embedding_column, keys, dest, keys)
+                INTO queries, own_keys USING sample;
         END IF;
-        top1 := top1 || sims[1];
-        topk := topk || sims;
-    END LOOP;
+        old := rowembed._search_settings(8 * (k + 1), false);
+        FOR i IN 1..coalesce(cardinality(queries), 0) LOOP
+            EXECUTE format('SELECT array_agg(t.s ORDER BY t.s DESC) FROM (SELECT max(1 - %1$s) AS s'
+                           ' FROM (SELECT %3$s, %4$I FROM %2$s ORDER BY %1$s LIMIT 8 * ($2 + 1)) c'
+                           ' WHERE $3 IS NULL OR jsonb_build_array(%3$s) <> $3'
+                           ' GROUP BY %3$s ORDER BY 1 DESC LIMIT $2) AS t',
+                           rowembed._distance_sql(v, quote_ident(v.embedding_column)), dest, keys,
+                           v.embedding_column)
+                INTO sims USING queries[i], k, own_keys[i];
+            top1 := top1 || sims[1];
+            topk := topk || sims;
+        END LOOP;
+    ELSE
+        IF own_rows THEN
+            EXECUTE format('SELECT array_agg(%I::vector) FROM (SELECT %I FROM %s'
+                           ' ORDER BY random() LIMIT $1) r', v.embedding_column, v.embedding_column, dest)
+                INTO queries USING sample;
+        END IF;
+        old := rowembed._search_settings(k + 1, false);
+        FOREACH q IN ARRAY coalesce(queries, '{}') LOOP
+            EXECUTE format('SELECT array_agg(s ORDER BY s DESC) FROM (SELECT 1 - %1$s AS s'
+                           ' FROM %2$s ORDER BY %1$s LIMIT $2) t',
+                           rowembed._distance_sql(v, quote_ident(v.embedding_column)), dest)
+                INTO sims USING q, k + own_rows::int;
+            IF own_rows THEN
+                sims := sims[2:];  -- the row itself
+            END IF;
+            top1 := top1 || sims[1];
+            topk := topk || sims;
+        END LOOP;
+    END IF;
     PERFORM rowembed._restore_search_settings(old);
     EXECUTE format('SELECT array_agg(1 - (r.%1$I::vector <=> qv)) FROM unnest($1) AS qv,'
                    ' (SELECT %1$I FROM %2$s ORDER BY random() LIMIT $2) AS r',

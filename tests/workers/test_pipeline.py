@@ -14,7 +14,7 @@ from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.queue import Action, Outcome, Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers.pipeline import drain, run_batch
-from rowembed.workers.runtime import Encoded, Encoder, Tokenized
+from rowembed.workers.runtime import Chunked, ChunkPlan, Encoded, Encoder, Tokenized
 
 from ..conftest import MODEL
 
@@ -42,6 +42,9 @@ class CountingEncoder:
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         return self.encode_tokenized(self.tokenize(texts))
+
+    def chunk(self, texts: Sequence[str], plan: ChunkPlan, instruction: str = "") -> Chunked:
+        return self.encoder.chunk(texts, plan, instruction)
 
 
 def setup(conn: Conn, table: str, bodies: dict[int, str | None]) -> Vectorizer:

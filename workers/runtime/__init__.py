@@ -4,11 +4,14 @@ Imports neither Celery nor psycopg; the workers and the CLI wrap it.
 """
 
 from .batching import plan_batches
-from .encoder import Encoded, Encoder, Tokenized
+from .chunking import ChunkPlan
+from .encoder import Chunked, Encoded, Encoder, Tokenized
 from .models import ModelNotFoundError, PoolingConfig, resolve_model_path
 from .reranker import Reranker, Scored
 
 __all__ = [
+    "ChunkPlan",
+    "Chunked",
     "Encoded",
     "Encoder",
     "ModelNotFoundError",

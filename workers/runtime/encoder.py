@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from .batching import padded_tokens, plan_batches
-from .forward import BatchedModel, Loaded
+from .chunking import ChunkPlan, windows
+from .forward import CHARS_PER_TOKEN, BatchedModel, Loaded
 from .models import Pooling
 from .stages import StageClock, timed
 
@@ -35,6 +36,23 @@ class Tokenized:
             [self.ids[i] for i in indices],
             [self.cut[i] for i in indices],
         )
+
+
+@dataclass(frozen=True)
+class Chunked:
+    """Texts cut into chunks: one model input per chunk, texts' chunks in order."""
+
+    tokenized: Tokenized
+    spans: list[list[tuple[int, int]]]  # per text: each chunk's [start, end) characters
+    cut: list[bool]  # per text: text was left beyond the last chunk allowed
+
+    def inputs_of(self) -> list[range]:
+        """Per text, the indices of its chunks' inputs."""
+        ranges, first = [], 0
+        for spans in self.spans:
+            ranges.append(range(first, first + len(spans)))
+            first += len(spans)
+        return ranges
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,49 @@ class Encoder(BatchedModel):
             for e, b, t in zip(batch.encodings, bounded, texts, strict=True)
         ]
         return Tokenized(bounded, batch["input_ids"], cut)
+
+    def chunk(self, texts: Sequence[str], plan: ChunkPlan, instruction: str = "") -> Chunked:
+        """`texts` (without the passage instruction) cut into chunks on token
+        boundaries of this model's tokenizer; each chunk's input is the
+        instruction and its tokens between the model's special tokens, so none
+        is truncated."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(f"{self.name}: chunking needs a fast tokenizer (character offsets)")
+        with self._tokenizing:
+            head, tail = self._special_tokens()
+            prefix = head + self.tokenizer(instruction, add_special_tokens=False)["input_ids"]
+            size, overlap = plan.window(self.max_length, len(prefix) + len(tail))
+            bounded = [t[: size * plan.max_chunks * CHARS_PER_TOKEN] for t in texts]
+            batch = self.tokenizer(
+                bounded,
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+        chunk_texts: list[str] = []
+        ids: list[list[int]] = []
+        spans: list[list[tuple[int, int]]] = []
+        cut: list[bool] = []
+        for text, full, row_ids, offsets in zip(
+            bounded, texts, batch["input_ids"], batch["offset_mapping"], strict=True
+        ):
+            found, left = windows(text, offsets, size, overlap, plan.max_chunks)
+            spans.append([(w.start_char, w.end_char) for w in found])
+            cut.append(left or len(text) < len(full))
+            for w in found:
+                chunk_texts.append(instruction + text[w.start_char : w.end_char])
+                ids.append(prefix + row_ids[w.first : w.end] + tail)
+        return Chunked(Tokenized(chunk_texts, ids, [False] * len(ids)), spans, cut)
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text ([CLS] and [SEP], ...)."""
+        bare = self.tokenizer("rowembed", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("rowembed")["input_ids"]
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return full[:start], full[start + len(bare) :]
+        raise ValueError(f"{self.name}: cannot tell the tokenizer's special tokens apart")
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         tokenized = self.tokenize(texts)
