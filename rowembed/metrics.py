@@ -67,6 +67,16 @@ class _Families:
             "Rows in the destination (the planner's estimate above a million)",
             labels=v,
         )
+        self.chunks = GaugeMetricFamily(
+            "rowembed_embedded_chunks",
+            "A chunked vectorizer's destination rows (rowembed_embedded_rows counts source rows)",
+            labels=v,
+        )
+        self.rebuilding = GaugeMetricFamily(
+            "rowembed_vectorizer_rebuilding",
+            "1 while a model change (alter_vectorizer) rebuilds it or builds it as a replacement",
+            labels=v,
+        )
         self.lag = GaugeMetricFamily(
             "rowembed_oldest_pending_age_seconds",
             "Age of the oldest queued change (parked ones aside); 0 when none waits",
@@ -146,11 +156,13 @@ class RowembedCollector(Collector):
         for s in vectorizers:
             label = [s.name]
             f.broken.add_metric(label, 1 if s.problem else 0)
+            f.rebuilding.add_metric(label, 1 if s.rebuild else 0)
             for family, value in (
                 (f.queued, s.queued),
                 (f.in_flight, s.in_flight),
                 (f.failed, s.failed),
                 (f.embedded, s.embedded),
+                (f.chunks, s.chunks),
             ):
                 if value is not None:
                     family.add_metric(label, value)

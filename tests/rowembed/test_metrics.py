@@ -20,6 +20,7 @@ from psycopg import sql
 
 from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import connect, create_vectorizer
+from rowembed.pgplugin.vectorizers import alter_vectorizer
 
 from ..conftest import MODEL, wait_until
 
@@ -152,7 +153,7 @@ def test_a_broken_vectorizer_loses_its_own_samples_only(
     own_db: Conn, postgres: EmbeddedPostgres
 ) -> None:
     conn = own_db
-    for name in ("good", "odd", "gone"):
+    for name in ("good", "odd", "gone", "chunked"):
         conn.execute(
             sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(sql.Identifier(name))
         )
@@ -162,6 +163,8 @@ def test_a_broken_vectorizer_loses_its_own_samples_only(
     create_vectorizer(conn, "good", ["body"], model=MODEL)
     odd = create_vectorizer(conn, "odd", ["body"], model=MODEL)
     create_vectorizer(conn, "gone", ["body"], model=MODEL)
+    create_vectorizer(conn, "chunked", ["body"], model=MODEL, chunking="tokens")
+    alter_vectorizer(conn, "good", min_similarity=0.5)  # a rebuild beside it
     # Its queue's lag query now fails (status() does not read that column).
     conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN enqueued_at TO queued_at").format(odd.queue))
     conn.execute("DROP TABLE gone")
@@ -176,6 +179,10 @@ def test_a_broken_vectorizer_loses_its_own_samples_only(
     assert of(samples, "rowembed_oldest_pending_age_seconds", vectorizer="odd") is None
     assert of(samples, "rowembed_vectorizer_broken", vectorizer="gone") == 1
     assert of(samples, "rowembed_vectorizer_broken", vectorizer="good") == 0
+    assert of(samples, "rowembed_vectorizer_rebuilding", vectorizer="good") == 1
+    assert of(samples, "rowembed_vectorizer_rebuilding", vectorizer="odd") == 0
+    assert of(samples, "rowembed_embedded_chunks", vectorizer="chunked") == 0
+    assert of(samples, "rowembed_embedded_chunks", vectorizer="odd") is None
 
 
 def test_an_unreachable_database_is_up_0_not_a_failed_scrape(tmp_path: Any) -> None:
