@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 
-from rowembed.logs import LOG_FORMATS, configure_logging
+from rowembed.logs import LOG_FORMATS, configure_logging, libraries_log_through_logging
 from rowembed.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise SettingsError(f"unknown queues {sorted(unknown)}; choose from {sorted(QUEUES)}")
     queues = ",".join(QUEUES[q] for q in args.queues.split(","))
     if args.log_format == "json":
-        _celery_notices_through_logging()
+        libraries_log_through_logging()
     dispatcher = None
     if not args.no_dispatcher:
         dispatcher = subprocess.Popen(
@@ -79,19 +79,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
             dispatcher.terminate()
             dispatcher.wait(10)
     return 0
-
-
-def _celery_notices_through_logging() -> None:
-    """Celery writes its shutdown notices ("worker: Warm shutdown") straight to
-    stdout with os.write, past logging; as log records they come out as JSON too."""
-    import celery.apps.worker
-
-    notices = logging.getLogger("celery.apps.worker")
-
-    def say(message: str, file: Any = None) -> None:
-        notices.info(message.strip())
-
-    celery.apps.worker.safe_say = say
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:

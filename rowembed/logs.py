@@ -50,3 +50,21 @@ def configure_logging(level: str, log_format: str) -> None:
         logging.captureWarnings(True)
     else:
         logging.basicConfig(level=level.upper(), format=TEXT_FORMAT)
+
+
+def libraries_log_through_logging() -> None:
+    """For a worker with JSON logs, before it forks its pool: what Celery and
+    transformers write past the root logger goes through it too. Celery writes
+    its shutdown notice ("worker: Warm shutdown") with os.write to stdout;
+    transformers gives its loggers a handler of its own and stops propagation."""
+    import celery.apps.worker
+    from transformers.utils import logging as transformers_logging
+
+    notices = logging.getLogger("celery.apps.worker")
+
+    def say(message: str, file: object = None) -> None:
+        notices.info(message.strip())
+
+    celery.apps.worker.safe_say = say
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()

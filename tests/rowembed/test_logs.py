@@ -39,3 +39,21 @@ def test_an_unknown_log_format_in_the_environment_is_named() -> None:
     )
     assert result.returncode == 2
     assert "ROWEMBED_LOG_FORMAT='xml'" in result.stderr
+
+
+def test_a_json_worker_logs_transformers_warnings_as_json_too() -> None:
+    """transformers gives its loggers a plain-text handler of its own."""
+    probe = (
+        "from rowembed.logs import configure_logging, libraries_log_through_logging\n"
+        "configure_logging('INFO', 'json')\n"
+        "libraries_log_through_logging()\n"
+        "from transformers.utils import logging\n"
+        "logging.get_logger('transformers.modeling_utils').warning('weights not used')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    (line,) = result.stderr.splitlines()
+    entry = json.loads(line)
+    assert entry["logger"] == "transformers.modeling_utils"
+    assert entry["message"] == "weights not used"
