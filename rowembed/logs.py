@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import datetime, timezone
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-# Fields Celery's task logger adds to its records, kept in the JSON object.
-_TASK_FIELDS = ("task_id", "task_name")
+
+def _current_task() -> tuple[str, str] | None:
+    """(id, name) of the Celery task this process runs now, if any; Celery is
+    looked at only where it is loaded already (a worker)."""
+    state = sys.modules.get("celery._state")
+    task = state.get_current_task() if state is not None else None
+    if task is None or not task.request.id:
+        return None
+    return task.request.id, task.name
 
 
 class JsonFormatter(logging.Formatter):
     """A record as one line of JSON: time (UTC, ISO 8601), level, logger, process,
-    message, and the exception (its traceback in one string) when there is one."""
+    message; task_id and task_name when a Celery task logged it; the exception
+    (its traceback in one string) when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -28,10 +37,9 @@ class JsonFormatter(logging.Formatter):
             "process": record.process,
             "message": record.getMessage(),
         }
-        for field in _TASK_FIELDS:
-            value = getattr(record, field, None)
-            if value not in (None, "???"):
-                entry[field] = value
+        task = _current_task()
+        if task is not None:  # which task logged it: a worker's lines can be grouped by task
+            entry["task_id"], entry["task_name"] = task
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -253,11 +253,16 @@ def test_the_compose_commands_migrate_embed_search_and_export(
 
     # ROWEMBED_LOG_FORMAT=json: every line the long-running services wrote is JSON
     # (no Celery banner, no plain warning).
+    logged: dict[str, list[dict[str, Any]]] = {}
     for name, _, log in processes:
         lines = [line for line in log.read_text().splitlines() if line.strip()]
         assert lines, f"{name} logged nothing"
-        for line in lines:
-            try:
-                json.loads(line)
-            except ValueError:
-                pytest.fail(f"{name} logged a line that is not JSON: {line!r}")
+        try:
+            logged[name] = [json.loads(line) for line in lines]
+        except ValueError as exc:
+            pytest.fail(f"{name} logged a line that is not JSON: {exc.doc!r}")
+    # What a task logs names the task.
+    assert any(
+        entry["logger"] == "rowembed.workers.tasks" and entry.get("task_name") == "rowembed.embed"
+        for entry in logged["worker"]
+    )
