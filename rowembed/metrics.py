@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 from prometheus_client import CollectorRegistry, start_http_server
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_SECONDS = 60.0  # rows/s and tokens/s: the average over the last minute
 BATCH_WINDOW_SECONDS = 300.0  # batch duration quantiles and padding: the last 5 minutes
 QUANTILES = (0.5, 0.9, 0.99)
+
+T = TypeVar("T")
 
 
 class _Families:
@@ -197,7 +199,7 @@ class RowembedCollector(Collector):
             f.changes.add_metric([], created)
 
 
-def _isolated(read: Any, what: str) -> Any:
+def _isolated(read: Callable[[], T], what: str) -> T | None:
     """`read()`, or None when its SQL fails (logged): one failing part of a scrape
     (a broken vectorizer, a privilege this role lacks) leaves out its samples only."""
     try:
