@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import alter_vectorizer, cancel_alter, connect, create_vectorizer
 from rowembed.pgplugin.status import status
 from rowembed.pgplugin.vectorizers import complete_alters, get_vectorizer, list_vectorizers
 from rowembed.workers.runtime import Encoder
 from rowembed.workers.runtime.models import bundled_model_path
 
-from ..conftest import MODEL, WorkerProcess, wait_until
+from ..conftest import MODEL, WorkerProcess, database_with_worker, wait_until
 
 Conn = psycopg.Connection[Any]
 
@@ -62,14 +64,25 @@ def count(conn: Conn, query: sql.Composable, params: list[Any] | None = None) ->
     return int(row[0])
 
 
+@pytest.fixture(scope="module")
+def stack(
+    postgres: EmbeddedPostgres, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, WorkerProcess]]:
+    log = tmp_path_factory.mktemp("model-change-worker") / "worker.log"
+    with database_with_worker(postgres, redis_url, log) as stack:
+        yield stack
+
+
+@pytest.fixture
+def db(stack: tuple[str, WorkerProcess]) -> Iterator[Conn]:
+    with connect(stack[0]) as c:
+        yield c
+
+
 def test_a_model_change_keeps_searches_answering_and_misses_no_row(
-    conn: Conn,
-    database_url: str,
-    worker: WorkerProcess,
-    table: str,
-    cls_model: Path,
-    encoder: Encoder,
+    db: Conn, stack: tuple[str, WorkerProcess], table: str, cls_model: Path, encoder: Encoder
 ) -> None:
+    conn, database_url = db, stack[0]
     rows = 1500
     t = fill(conn, table, rows)
     v = create_vectorizer(conn, table, ["body"], model=MODEL)
