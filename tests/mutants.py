@@ -320,6 +320,41 @@ MUTATIONS = (
         "THEN '' ELSE '' END",
         ("tests/workers/test_pipeline.py",),
     ),
+    Mutation(
+        "chunked write leaves old chunks behind",
+        "pgplugin/queue.py",
+        "AND e.chunk >= st.chunks",
+        "AND e.chunk >= st.chunks + 1000000",
+        ("tests/workers/test_chunked_pipeline.py",),
+    ),
+    Mutation(
+        "chunked search returns chunks, not rows",
+        "pgplugin/sql/090-search.sql",
+        "ELSE format('SELECT DISTINCT ON (c.key) * FROM (%s) AS c'",
+        "ELSE format('SELECT * FROM (%s) AS c'",
+        ("tests/pgplugin/test_chunked_search.py",),
+    ),
+    Mutation(
+        "chunked search candidates never grow",
+        "pgplugin/sql/090-search.sql",
+        "        candidates := candidates * 4;",
+        "        candidates := candidates;",
+        ("tests/pgplugin/test_chunked_search.py",),
+    ),
+    Mutation(
+        "replacement switched in before it is complete",
+        "pgplugin/sql/075-model-change.sql",
+        "    IF waiting > 0 THEN",
+        "    IF false THEN",
+        ("tests/pgplugin/test_model_change.py",),
+    ),
+    Mutation(
+        "a table's replacement used implicitly",
+        "pgplugin/sql/090-search.sql",
+        "         WHERE z.source = rel AND z.replaces IS NULL) > 1 THEN",
+        "         WHERE z.source = rel) > 1 THEN",
+        ("tests/pgplugin/test_model_change.py",),
+    ),
 )
 
 
