@@ -125,12 +125,11 @@ class Queue:
             " embedding) FROM STDIN (FORMAT BINARY)"
         ).format(stage=stage)
         self._write = (_CHUNKED_WRITE if v.chunked else _WRITE).format(
-            queue=v.queue,
+            complete=_COMPLETE.format(queue=v.queue, stage=stage, q_keys=_keys(pk, "q")),
             stage=stage,
             dest=v.destination,
             emb=sql.Identifier(v.embedding_column),
             keys=_keys(pk),
-            q_keys=_keys(pk, "q"),
             e_keys=_keys(pk, "e"),
             done_keys=_keys(pk, "done"),
         )
@@ -217,16 +216,19 @@ class Queue:
         return bool(row and row[0])
 
 
-# Completes the entries still at the claimed seq (skipping those another
-# transaction holds), and writes or deletes their rows' embeddings.
-_WRITE = sql.SQL("""
-    WITH locked AS (
+# The stale-write guard, shared by both writes: `done` holds the entries still
+# at the claimed seq (those another transaction holds are skipped), completed.
+_COMPLETE = sql.SQL("""locked AS (
         SELECT q.seq FROM {queue} AS q JOIN {stage} AS st ON st.seq = q.seq
         FOR UPDATE OF q SKIP LOCKED
     ), done AS (
         DELETE FROM {queue} AS q USING locked WHERE q.seq = locked.seq
         RETURNING q.seq, {q_keys}
-    ), removed AS (
+    )""")
+
+# Writes or deletes the embeddings of the entries `done` completed.
+_WRITE = sql.SQL("""
+    WITH {complete}, removed AS (
         DELETE FROM {dest} AS e USING done JOIN {stage} AS st ON st.seq = done.seq
          WHERE st.action = 'delete' AND ({e_keys}) = ({done_keys})
         RETURNING 1
@@ -248,13 +250,7 @@ _WRITE = sql.SQL("""
 # together. Chunks from the new count up go (all of them for a deleted row), the
 # others are upserted: the two touch different rows of one statement.
 _CHUNKED_WRITE = sql.SQL("""
-    WITH locked AS (
-        SELECT q.seq FROM {queue} AS q JOIN {stage} AS st ON st.seq = q.seq
-        FOR UPDATE OF q SKIP LOCKED
-    ), done AS (
-        DELETE FROM {queue} AS q USING locked WHERE q.seq = locked.seq
-        RETURNING q.seq, {q_keys}
-    ), per_row AS (
+    WITH {complete}, per_row AS (
         SELECT DISTINCT ON (st.seq) st.seq, st.action, st.chunks FROM {stage} AS st
     ), removed AS (
         DELETE FROM {dest} AS e USING done JOIN per_row AS st ON st.seq = done.seq

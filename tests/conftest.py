@@ -198,6 +198,23 @@ def worker(
     process.stop()
 
 
+@contextmanager
+def database_with_worker(
+    postgres: EmbeddedPostgres, redis_url: str, log: Path
+) -> Iterator[tuple[str, WorkerProcess]]:
+    """A migrated database of its own and a worker (with its dispatcher) on it
+    only: the session's worker serves the shared database, where tests that
+    drain queues in-process expect no other worker. Yields (URL, worker)."""
+    with new_database(postgres) as admin:
+        migrate(admin)
+        url = postgres.url.replace("/postgres?", f"/{admin.info.dbname}?")
+        process = WorkerProcess(url, redis_url, log).start()
+        try:
+            yield url, process
+        finally:
+            process.stop()
+
+
 class Stack:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp

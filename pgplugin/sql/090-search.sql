@@ -21,13 +21,16 @@ BEGIN
         END IF;
         RETURN found_;
     END IF;
-    SELECT string_agg(z.name, ', ') INTO names FROM rowembed.vectorizer AS z WHERE z.source = rel;
+    -- A replacement being built (alter_vectorizer) is only used by name.
+    SELECT string_agg(z.name, ', ') INTO names FROM rowembed.vectorizer AS z
+     WHERE z.source = rel AND z.replaces IS NULL;
     IF names IS NULL THEN
         RAISE EXCEPTION 'rowembed: table % has no vectorizer', rel
             USING HINT = 'Create one with rowembed.create_vectorizer().';
     END IF;
-    SELECT * INTO found_ FROM rowembed.vectorizer AS z WHERE z.source = rel;
-    IF (SELECT count(*) FROM rowembed.vectorizer AS z WHERE z.source = rel) > 1 THEN
+    SELECT * INTO found_ FROM rowembed.vectorizer AS z WHERE z.source = rel AND z.replaces IS NULL;
+    IF (SELECT count(*) FROM rowembed.vectorizer AS z
+         WHERE z.source = rel AND z.replaces IS NULL) > 1 THEN
         RAISE EXCEPTION 'rowembed: table % has several vectorizers (%)', rel, names
             USING HINT = 'Pass vectorizer => ''name''.';
     END IF;

@@ -16,12 +16,12 @@ from psycopg import sql
 
 from rowembed import search
 from rowembed.dev.embedded import EmbeddedPostgres
-from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers.runtime import Encoder, Reranker
 
-from ..conftest import MODEL, WorkerProcess, new_database, wait_until
+from ..conftest import MODEL, WorkerProcess, database_with_worker, wait_until
 from ..rowembed.test_cli import rowembed
 
 Conn = psycopg.Connection[Any]
@@ -33,23 +33,22 @@ TEXTS = {
 
 
 @pytest.fixture(scope="module")
-def text_db(postgres: EmbeddedPostgres) -> Iterator[str]:
-    """A database of this module's, migrated; its URL."""
-    with new_database(postgres) as admin:
-        migrate(admin)
-        yield postgres.url.replace("/postgres?", f"/{admin.info.dbname}?")
+def text_stack(
+    postgres: EmbeddedPostgres, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, WorkerProcess]]:
+    log = tmp_path_factory.mktemp("text-worker") / "worker.log"
+    with database_with_worker(postgres, redis_url, log) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
-def text_worker(
-    text_db: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    """A worker (and dispatcher) on this module's database only: a session-wide
-    one would also serve the other modules' databases and queues."""
-    log = tmp_path_factory.mktemp("text-worker") / "worker.log"
-    process = WorkerProcess(text_db, redis_url, log).start()
-    yield process
-    process.stop()
+def text_db(text_stack: tuple[str, WorkerProcess]) -> str:
+    return text_stack[0]
+
+
+@pytest.fixture(scope="module")
+def text_worker(text_stack: tuple[str, WorkerProcess]) -> WorkerProcess:
+    return text_stack[1]
 
 
 @pytest.fixture

@@ -77,6 +77,9 @@ def assert_current(conn: Conn, v: Vectorizer, encoder: Encoder, sample: int = 20
     assert conn.execute(
         sql.SQL("SELECT count(*) FROM {} WHERE failed_at IS NULL").format(v.queue)
     ).fetchone() == (0,)
+    if v.chunked:
+        assert_chunks_current(conn, v, encoder, sample)
+        return
     rows = conn.execute(
         sql.SQL(
             "SELECT s.body, e.embedding FROM docs s JOIN {} e USING (id) ORDER BY random() LIMIT %s"
@@ -84,6 +87,30 @@ def assert_current(conn: Conn, v: Vectorizer, encoder: Encoder, sample: int = 20
         [sample],
     ).fetchall()
     expected = encoder.encode([body for body, _ in rows]).vectors
+    for (_, stored), want in zip(rows, expected, strict=True):
+        assert np.abs(stored.to_numpy() - want).max() < 1e-5
+
+
+def assert_chunks_current(conn: Conn, v: Vectorizer, encoder: Encoder, sample: int) -> None:
+    """A chunked row's chunks are numbered 0..n-1, one text_hash, the last ending
+    at the text's end: no chunk of an older text left; a sample's vectors are
+    the model's for each chunk's text."""
+    bad = conn.execute(
+        sql.SQL("""
+        SELECT e.id FROM {} e JOIN docs s USING (id) GROUP BY e.id, s.body
+        HAVING count(*) <> max(e.chunk) + 1 OR count(DISTINCT e.text_hash) <> 1
+            OR max(e.chunk_end) <> length(s.body)
+    """).format(v.destination)
+    ).fetchall()
+    assert bad == []
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT substr(s.body, e.chunk_start + 1, e.chunk_end - e.chunk_start), e.embedding"
+            " FROM docs s JOIN {} e USING (id) ORDER BY random() LIMIT %s"
+        ).format(v.destination),
+        [sample],
+    ).fetchall()
+    expected = encoder.encode([text for text, _ in rows]).vectors
     for (_, stored), want in zip(rows, expected, strict=True):
         assert np.abs(stored.to_numpy() - want).max() < 1e-5
 
@@ -186,13 +213,18 @@ def test_duplicate_hints_and_requeues_cost_no_extra_model_calls(
         assert_current(conn, v, encoder)
 
 
+@pytest.mark.parametrize(
+    "chunking",
+    [{}, {"chunking": "tokens", "chunk_tokens": 10, "chunk_overlap": 2}],
+    ids=["rows", "chunks"],
+)
 def test_random_history_with_concurrent_writers_and_three_workers(
-    stack: Stack, encoder: Encoder
+    stack: Stack, encoder: Encoder, chunking: dict[str, Any]
 ) -> None:
     keys, writers, ops_per_writer = 40, 4, 60
     with connect(stack.pg.url) as conn:
         docs_table(conn, 0)
-        v = create_vectorizer(conn, "docs", ["body"], model=MODEL)
+        v = create_vectorizer(conn, "docs", ["body"], model=MODEL, **chunking)
         # Record every embedding ever stored, in the order the stores committed.
         conn.execute("CREATE TABLE audit (n bigserial, id int, text_hash bytea)")
         conn.execute("""CREATE FUNCTION audit_store() RETURNS trigger LANGUAGE plpgsql AS $$
