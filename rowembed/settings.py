@@ -18,7 +18,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-_TEXT = {"device", "attention", "index_memory"}
+_TEXT = {"device", "attention", "index_memory", "log_format"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Settings:
     index_memory: str = "1GB"  # maintenance_work_mem of a deferred index build
     index_workers: int = 4  # max_parallel_maintenance_workers of that build
     query_cache_rows: int = 10_000  # query vectors kept for SQL callers (search_text)
+    metrics_port: int = 9464  # `rowembed metrics` (Prometheus exporter)
+    log_format: str = "text"  # text, or json: one JSON object per line
 
     @classmethod
     def from_env(cls) -> Settings:

