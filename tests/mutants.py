@@ -344,7 +344,7 @@ MUTATIONS = (
     Mutation(
         "replacement switched in before it is complete",
         "pgplugin/sql/075-model-change.sql",
-        "    IF waiting > 0 THEN",
+        "    IF waits.backfill > 0 THEN",
         "    IF false THEN",
         ("tests/pgplugin/test_model_change.py",),
     ),

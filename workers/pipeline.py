@@ -186,8 +186,8 @@ def embed_batch(
     if not claimed.to_embed:
         return Isolated()
     tokenized = claimed.tokenized
-    if claimed.chunked is not None and not tokenized.ids:  # type: ignore[union-attr]
-        return Isolated()
+    if claimed.chunked is not None and not claimed.chunked.tokenized.ids:
+        return Isolated()  # no row had a token of text
     if tokenized is None:
         texts = _texts(claimed.to_embed)
         return encode_isolating(

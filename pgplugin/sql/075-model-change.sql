@@ -114,34 +114,53 @@ BEGIN
 END
 $body$;
 
--- Why replacement `next` cannot take over yet, or NULL when it can: every row
--- embedded (backfill done, queue empty: a failed row waits for retry or
--- cancel), its index built.
+-- Why replacement `next` cannot take over yet, or NULL when it can: every
+-- existing row embedded (its backfill done and drained; a failed row waits for
+-- retry or cancel), its live changes no further behind than those of the
+-- vectorizer it replaces (under a steady write load neither queue is ever
+-- empty; the changes still queued are worked on after the switch as before it),
+-- its index built.
 CREATE OR REPLACE FUNCTION rowembed._switch_blocker(next rowembed.vectorizer) RETURNS text
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
-    waiting bigint;
-    failed bigint;
+    old rowembed.vectorizer;
+    waits record;
+    old_waits record;
 BEGIN
+    SELECT * INTO old FROM rowembed.vectorizer AS z WHERE z.id = next.replaces;
     IF rowembed._problem(next) IS NOT NULL THEN
         RETURN rowembed._problem(next);
     ELSIF EXISTS (SELECT FROM rowembed.backfill AS b
                    WHERE b.vectorizer_id = next.id AND b.state <> 'done') THEN
         RETURN 'its backfill is not done';
     END IF;
-    EXECUTE format('SELECT count(*) FILTER (WHERE failed_at IS NULL),'
-                   ' count(*) FILTER (WHERE failed_at IS NOT NULL) FROM %s',
-                   rowembed._qualified(next.queue_table))
-        INTO waiting, failed;
-    IF waiting > 0 THEN
-        RETURN format('%s rows wait to be embedded', waiting);
-    ELSIF failed > 0 THEN
-        RETURN format('%s rows failed (rowembed errors %s; retry or cancel_alter)', failed,
-                      next.name);
+    waits := rowembed._queue_counts(next.queue_table);
+    old_waits := rowembed._queue_counts(old.queue_table);
+    IF waits.backfill > 0 THEN
+        RETURN format('%s rows of its backfill wait to be embedded', waits.backfill);
+    ELSIF waits.failed > 0 THEN
+        RETURN format('%s rows failed (rowembed errors %s; retry or cancel_alter)',
+                      waits.failed, next.name);
+    ELSIF waits.changes > old_waits.changes THEN
+        RETURN format('%s changes wait to be embedded (%s in %s)', waits.changes,
+                      old_waits.changes, old.name);
     ELSIF next.index_method <> 'none' AND next.index_state <> 'built' THEN
         RETURN 'its index is not built yet';
     END IF;
     RETURN NULL;
+END
+$body$;
+
+-- A queue's entries: backfill and live changes waiting, and parked (failed).
+CREATE OR REPLACE FUNCTION rowembed._queue_counts(
+    queue regclass, OUT backfill bigint, OUT changes bigint, OUT failed bigint)
+LANGUAGE plpgsql STABLE AS $body$
+BEGIN
+    EXECUTE format('SELECT count(*) FILTER (WHERE failed_at IS NULL AND priority = $1),'
+                   ' count(*) FILTER (WHERE failed_at IS NULL AND priority <> $1),'
+                   ' count(*) FILTER (WHERE failed_at IS NOT NULL) FROM %s',
+                   rowembed._qualified(queue))
+        INTO backfill, changes, failed USING rowembed.backfill_priority();
 END
 $body$;
 
@@ -192,9 +211,9 @@ BEGIN
     FOR next IN SELECT z.* FROM rowembed._visible_vectorizers() AS z
                   JOIN pg_class AS c ON c.oid = z.destination
                  WHERE z.replaces IS NOT NULL AND pg_has_role(c.relowner, 'USAGE') LOOP
-        CONTINUE WHEN rowembed._switch_blocker(next) IS NOT NULL;
         SELECT * INTO old FROM rowembed.vectorizer AS z WHERE z.id = next.replaces;
         BEGIN
+            CONTINUE WHEN rowembed._switch_blocker(next) IS NOT NULL;
             PERFORM rowembed._switch(old, next);
             RETURN NEXT old.name;
         EXCEPTION WHEN OTHERS THEN

@@ -24,14 +24,15 @@ BEGIN
         storage := format('%s(%s)', v.storage, v.dimensions);
         problem := rowembed._problem(v);
         queued := NULL; in_flight := NULL; failed := NULL; embedded := NULL; chunks := NULL;
-        rebuild := CASE
-            WHEN v.replaces IS NOT NULL THEN format('replaces %s: %s',
-                (SELECT z.name FROM rowembed.vectorizer AS z WHERE z.id = v.replaces),
-                coalesce(rowembed._switch_blocker(v), 'switching'))
-            WHEN (rowembed._replacement_of(v)).id IS NOT NULL
-                THEN format('being rebuilt as %s', (rowembed._replacement_of(v)).name) END;
+        rebuild := NULL;
         rows_per_second := NULL; eta_seconds := NULL; backfill := NULL; index := NULL;
         BEGIN  -- one vectorizer's failure is its problem, not everyone's
+            rebuild := CASE
+                WHEN v.replaces IS NOT NULL THEN format('replaces %s: %s',
+                    (SELECT z.name FROM rowembed.vectorizer AS z WHERE z.id = v.replaces),
+                    coalesce(rowembed._switch_blocker(v), 'switching'))
+                WHEN (rowembed._replacement_of(v)).id IS NOT NULL
+                    THEN format('being rebuilt as %s', (rowembed._replacement_of(v)).name) END;
             EXECUTE format(
                 'SELECT count(*) FILTER (WHERE failed_at IS NULL AND NOT held),'
                 '       count(*) FILTER (WHERE failed_at IS NULL AND held),'

@@ -18,6 +18,7 @@ from psycopg import sql
 
 from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import alter_vectorizer, cancel_alter, connect, create_vectorizer
+from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.status import status
 from rowembed.pgplugin.vectorizers import complete_alters, get_vectorizer, list_vectorizers
 from rowembed.workers.runtime import Encoder
@@ -140,6 +141,7 @@ def test_a_model_change_keeps_searches_answering_and_misses_no_row(
 
     assert failures == [] and len(answers) > 10 and set(answers) == {10}
     after = get_vectorizer(conn, v.name)
+    wait_until(lambda: Queue(after).is_drained(conn), timeout=60)  # changes queued at the switch
     # Same name, same table name, new model and chunks; the old tables are gone.
     assert (after.id, after.destination_table, after.chunking) == (
         next_.id,
@@ -176,7 +178,7 @@ def test_a_rebuild_waits_until_complete_and_cancel_leaves_the_old_one_intact(
     # Nothing embedded yet (no worker here): no switch, and status says why.
     assert complete_alters(own_db) == []
     (pending,) = status(own_db, next_.name)
-    assert pending.rebuild == f"replaces {v.name}: 30 rows wait to be embedded"
+    assert pending.rebuild == f"replaces {v.name}: 30 rows of its backfill wait to be embedded"
     assert (
         count(
             own_db,
