@@ -1,7 +1,8 @@
 """The invariants (README, Guarantees) under real faults: killed workers, a restarted
 Redis, a restarted PostgreSQL, duplicate hints, concurrent writers, poison rows,
 and a least-privilege worker role. Each test gets its own PostgreSQL and Redis
-(so restarting them disturbs nothing else) and its own worker processes."""
+(so restarting them disturbs nothing else) and its own worker processes: two
+minutes in all, so they run as `make soak` (CI runs it after `make test`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers.runtime import Encoder
 
 from ..conftest import MODEL, Stack, wait_until
+
+pytestmark = pytest.mark.soak
 
 Conn = psycopg.Connection[Any]
 WORDS = [
