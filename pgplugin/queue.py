@@ -19,6 +19,7 @@ are claimable again at once, not after their lease.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -101,6 +102,9 @@ def _keys(columns: Sequence[str], alias: str | None = None) -> sql.Composable:
     )
 
 
+# How long a write waits before it tries once more the entries it skipped.
+SKIPPED_RETRY_SECONDS = 0.02
+
 # Stage tables already created, per connection (temp tables live as long as the session).
 _staged: WeakKeyDictionary[psycopg.Connection[Any], set[str]] = WeakKeyDictionary()
 
@@ -179,7 +183,27 @@ class Queue:
         return [QueuedRow(*row) for row in rows.fetchall()]
 
     def write(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> WriteResult:
-        """Store vectors and complete entries, in one short transaction."""
+        """Store vectors and complete entries, in one short transaction; entries
+        skipped while still at their claimed seq get one more try, shortly after:
+        another worker's claim can hold their rows for a moment (PostgreSQL keeps
+        the lock of a row it rechecked and then passed over)."""
+        done, result = self._write_once(conn, outcomes)
+        if len(done) == len(outcomes):
+            return result
+        waiting = self._still_queued(conn, [o.seq for o in outcomes if o.seq not in done])
+        if not waiting:  # changed meanwhile: their new version is queued
+            return result
+        time.sleep(SKIPPED_RETRY_SECONDS)
+        _, again = self._write_once(conn, [o for o in outcomes if o.seq in waiting])
+        return WriteResult(
+            result.completed + again.completed,
+            result.written + again.written,
+            result.deleted + again.deleted,
+        )
+
+    def _write_once(
+        self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]
+    ) -> tuple[set[int], WriteResult]:
         with conn.transaction():
             staged = _staged.setdefault(conn, set())
             if self._stage_name not in staged:
@@ -190,8 +214,12 @@ class Queue:
                 for o in outcomes:
                     for row in o.stage_rows():
                         copy.write_row(row)
-            completed, written, deleted = conn.execute(self._write).fetchone()  # type: ignore[misc]
-        return WriteResult(completed, written, deleted)
+            done, written, deleted = conn.execute(self._write).fetchone()  # type: ignore[misc]
+        return set(done), WriteResult(len(done), written, deleted)
+
+    def _still_queued(self, conn: psycopg.Connection[Any], seqs: list[int]) -> set[int]:
+        query = sql.SQL("SELECT seq FROM {} WHERE seq = ANY (%s)").format(self.vectorizer.queue)
+        return {seq for (seq,) in conn.execute(query, [seqs])}
 
     def record_failures(self, conn: psycopg.Connection[Any], errors: dict[int, str]) -> None:
         """`errors`: seq -> message. Back-off and parking are rowembed.record_failures()'s."""
@@ -242,7 +270,7 @@ _WRITE = sql.SQL("""
                embedded_at = excluded.embedded_at
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM written),
+    SELECT (SELECT coalesce(array_agg(seq), '{{}}') FROM done), (SELECT count(*) FROM written),
            (SELECT count(*) FROM removed)
 """)
 
@@ -268,7 +296,7 @@ _CHUNKED_WRITE = sql.SQL("""
                embedded_at = excluded.embedded_at
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM done),
+    SELECT (SELECT coalesce(array_agg(seq), '{{}}') FROM done),
            (SELECT count(*) FROM done JOIN per_row AS st ON st.seq = done.seq
              WHERE st.action = 'write'),
            (SELECT count(DISTINCT seq) FROM removed WHERE action = 'delete')
