@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import tempfile
 import threading
@@ -28,31 +27,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from rowembed.dev.bench import wait_for, worker_process
+from rowembed.dev.bench import cls_pooling_model, wait_for, worker_process
 from rowembed.dev.demo import services
 from rowembed.dev.sample_tables import create_text_table
 from rowembed.pgplugin import alter_vectorizer, connect, create_vectorizer, get_vectorizer, migrate
 from rowembed.settings import Settings
 from rowembed.workers.runtime import Encoder
-from rowembed.workers.runtime.models import bundled_model_path
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 K = 10
-
-
-def cls_model(root: Path) -> Path:
-    target = root / "minilm-cls"
-    shutil.copytree(bundled_model_path(MODEL), target)
-    (target / "1_Pooling" / "config.json").write_text(
-        json.dumps(
-            {
-                "word_embedding_dimension": 384,
-                "pooling_mode_cls_token": True,
-                "pooling_mode_mean_tokens": False,
-            }
-        )
-    )
-    return target
 
 
 def count(conn: psycopg.Connection[Any], query: sql.Composable) -> int:
@@ -79,7 +62,7 @@ def main() -> int:
         worker_process(database_url, redis_url, {}),
         connect(database_url) as conn,
     ):
-        new_model = cls_model(Path(tmp))
+        new_model = cls_pooling_model(Path(tmp))
         migrate(conn)
         create_text_table(conn, "bench_model_change", texts)
         v = create_vectorizer(conn, "bench_model_change", ["body"], model=MODEL)

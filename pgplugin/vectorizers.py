@@ -150,7 +150,7 @@ def drop_vectorizer(
 
 
 # alter_vectorizer's options, passed by name when given.
-_ALTER_OPTIONS = (
+ALTER_OPTIONS = (
     "model",
     "dimensions",
     "chunking",
@@ -169,7 +169,7 @@ _ALTER_OPTIONS = (
 def alter_vectorizer(conn: psycopg.Connection[Any], name: str, **options: Any) -> Vectorizer:
     """`rowembed.alter_vectorizer(name, ...)`: starts building the replacement
     (returned); searches use `name` as it is until the replacement switches in."""
-    unknown = set(options) - set(_ALTER_OPTIONS)
+    unknown = set(options) - set(ALTER_OPTIONS)
     if unknown:
         raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
     given = {key: value for key, value in options.items() if value is not None}

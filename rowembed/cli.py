@@ -252,27 +252,16 @@ def cmd_alter(args: argparse.Namespace) -> int:
 
     from rowembed.pgplugin import alter_vectorizer, cancel_alter, connect
     from rowembed.pgplugin.status import status
-    from rowembed.pgplugin.vectorizers import complete_alters
+    from rowembed.pgplugin.vectorizers import ALTER_OPTIONS, complete_alters
 
     with connect(_settings(args).require_database()) as conn:
         if args.cancel:
             cancelled = cancel_alter(conn, args.name)
             print(f"{args.name}: {'rebuild cancelled' if cancelled else 'no rebuild in progress'}")
             return 0
-        options = {
-            key: getattr(args, key)
-            for key in (
-                "model",
-                "dimensions",
-                "chunking",
-                "chunk_tokens",
-                "chunk_overlap",
-                "max_chunks",
-                "storage",
-                "index_method",
-            )
-        }
-        next_ = alter_vectorizer(conn, args.name, keep_old=args.keep_old, **options)
+        # The CLI's flags are the SQL function's options (--chunk-tokens: chunk_tokens).
+        options = {key: getattr(args, key) for key in ALTER_OPTIONS if hasattr(args, key)}
+        next_ = alter_vectorizer(conn, args.name, **options)
         print(
             f"{args.name}: rebuilding as {next_.name} ({next_.model}); searches use {args.name}"
             " as it is until the rebuild is complete (rowembed status shows progress)"

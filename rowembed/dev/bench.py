@@ -11,11 +11,13 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +60,20 @@ def drained(conn: Conn, v: Vectorizer) -> bool:
 def drop_if_exists(conn: Conn, name: str) -> None:
     with contextlib.suppress(psycopg.Error):
         drop_vectorizer(conn, name)
+
+
+def cls_pooling_model(directory: Path) -> Path:
+    """A second encoder of the same size, offline: the bundled MiniLM copied
+    into `directory`, pooling its [CLS] token (other vectors, same dimensions)."""
+    from rowembed.workers.runtime.models import bundled_model_path
+
+    target = directory / "minilm-cls"
+    shutil.copytree(bundled_model_path("sentence-transformers/all-MiniLM-L6-v2"), target)
+    pooling = target / "1_Pooling" / "config.json"
+    config = json.loads(pooling.read_text())
+    config.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)
+    pooling.write_text(json.dumps(config))
+    return target
 
 
 @contextlib.contextmanager

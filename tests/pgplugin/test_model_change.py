@@ -4,8 +4,6 @@ leaves every row embedded by the new model; cancel leaves the old one intact."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +14,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from rowembed.dev.bench import cls_pooling_model
 from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import alter_vectorizer, cancel_alter, connect, create_vectorizer
 from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.status import status
 from rowembed.pgplugin.vectorizers import complete_alters, get_vectorizer, list_vectorizers
 from rowembed.workers.runtime import Encoder
-from rowembed.workers.runtime.models import bundled_model_path
 
 from ..conftest import MODEL, WorkerProcess, database_with_worker, wait_until
 
@@ -32,18 +30,7 @@ Conn = psycopg.Connection[Any]
 @pytest.fixture(scope="module")
 def cls_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another encoder of the same size: the bundled model pooling its [CLS] token."""
-    target = tmp_path_factory.mktemp("cls-model") / "minilm-cls"
-    shutil.copytree(bundled_model_path(MODEL), target)
-    (target / "1_Pooling" / "config.json").write_text(
-        json.dumps(
-            {
-                "word_embedding_dimension": 384,
-                "pooling_mode_cls_token": True,
-                "pooling_mode_mean_tokens": False,
-            }
-        )
-    )
-    return target
+    return cls_pooling_model(tmp_path_factory.mktemp("cls-model"))
 
 
 def fill(conn: Conn, table: str, rows: int) -> sql.Identifier:

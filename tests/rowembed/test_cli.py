@@ -180,6 +180,37 @@ def test_backfill_and_status_from_the_shell(
     assert "cancelled" in cancelled.stdout
 
 
+def test_alter_status_and_cancel_from_the_shell(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    conn.execute("CREATE TABLE cli_alter (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO cli_alter SELECT i, 'row ' || i FROM generate_series(1, 5) i")
+    create_vectorizer(conn, "cli_alter", ["body"], model=MODEL)
+    altered = rowembed(
+        "alter",
+        "cli_alter",
+        "--chunking",
+        "tokens",
+        "--chunk-tokens",
+        "64",
+        database_url=database_url,
+    )
+    assert altered.returncode == 0, altered.stderr
+    assert "rebuilding as cli_alter.next" in altered.stdout
+    (next_,) = conn.execute(
+        "SELECT chunking, chunk_tokens FROM rowembed.vectorizer WHERE name = 'cli_alter.next'"
+    ).fetchall()
+    assert next_ == ("tokens", 64)
+    status = rowembed("status", database_url=database_url).stdout
+    assert "being rebuilt as cli_alter.next" in status
+    assert "replaces cli_alter: 5 rows of its backfill wait to be embedded" in status
+    cancelled = rowembed("alter", "cli_alter", "--cancel", database_url=database_url)
+    assert "rebuild cancelled" in cancelled.stdout
+    assert conn.execute(
+        "SELECT count(*) FROM rowembed.vectorizer WHERE name LIKE 'cli_alter%'"
+    ).fetchone() == (1,)
+
+
 def test_index_defer_and_build_from_the_shell(
     conn: psycopg.Connection[Any], database_url: str
 ) -> None:
