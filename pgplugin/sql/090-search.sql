@@ -111,8 +111,7 @@ CREATE OR REPLACE FUNCTION rowembed._search_sql(v rowembed.vectorizer, exclude_r
 RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format(
-        'SELECT h.similarity, h.s, h.chunk, h.chunk_start, h.chunk_end,'
-        '       substr(%2$s, h.chunk_start + 1, h.chunk_end - h.chunk_start)'
+        'SELECT h.similarity, h.s, h.chunk, h.chunk_start, h.chunk_end, %2$s'
         '  FROM (%1$s) AS h'
         ' WHERE h.similarity >= $3'
         ' ORDER BY h.similarity DESC LIMIT $2',
@@ -120,7 +119,9 @@ LANGUAGE sql STABLE AS $$
             ELSE format('SELECT DISTINCT ON (c.key) * FROM (%s) AS c'
                         ' ORDER BY c.key, c.similarity DESC',
                         rowembed._candidates_sql(v, exclude_row)) END,
-        rowembed._columns_text_sql(v, '(h.s)'))
+        CASE WHEN v.chunking = 'none' THEN 'NULL::text'
+            ELSE format('substr(%s, h.chunk_start + 1, h.chunk_end - h.chunk_start)',
+                        rowembed._columns_text_sql(v, '(h.s)')) END)
 $$;
 
 -- Candidates for k rows: k, or with a binary-quantized index k times the
