@@ -383,6 +383,13 @@ MUTATIONS = (
         "*([]),",
         ("tests/test_stack.py",),
     ),
+    Mutation(
+        "entries skipped at the write never tried again",
+        "pgplugin/queue.py",
+        "        if not waiting:  # changed meanwhile",
+        "        if True:  # changed meanwhile",
+        ("tests/workers/test_pipeline.py",),
+    ),
 )
 
 

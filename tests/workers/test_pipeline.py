@@ -384,3 +384,29 @@ def test_an_entry_the_application_held_during_the_write_waits_for_no_lease(
         app.execute("ROLLBACK")
         # The worker's session lives on, as it does between tasks.
         assert Queue(v).claim(conn, 10, 300).seqs == [seq_of_two]
+
+
+def test_an_entry_held_for_a_moment_at_the_write_is_completed_on_a_second_try(
+    conn: Conn, table: str, encoder: Encoder, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session holds the row lock of a claimed entry during the write (as a
+    worker's claim can, for a moment), then lets go: the write tries the entry
+    once more and completes it, instead of leaving it to be embedded again."""
+    v = setup(conn, table, {1: "held for a moment"})
+    queue = Queue(v)
+    claim = queue.claim(conn, 10, 60)
+    (row,) = queue.read(conn, claim.seqs)
+    vector = encoder.encode([row.text or ""]).vectors[0]
+    with connect(database_url) as holder:
+        holder.execute("BEGIN")
+        holder.execute(sql.SQL("SELECT FROM {} FOR UPDATE").format(v.queue))
+        still_queued = Queue._still_queued
+
+        def let_go_then_look(self: Queue, c: Conn, seqs: list[int]) -> set[int]:
+            holder.execute("COMMIT")  # after the first try skipped it
+            return still_queued(self, c, seqs)
+
+        monkeypatch.setattr(Queue, "_still_queued", let_go_then_look)
+        result = queue.write(conn, [Outcome(row.seq, Action.WRITE, row.text_hash, vector)])
+    assert (result.completed, result.written) == (1, 1)
+    assert queued(conn, v) == [] and list(stored(conn, v)) == [1]
