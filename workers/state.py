@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +32,17 @@ class WorkerState:
         self._encoders: dict[str, LazyEncoder] = {}
         self._rerankers: dict[str, Reranker] = {}
         self._claim_size: ClaimSize | None = None
+        self._name: str | None = None
+
+    @property
+    def name(self) -> str:
+        """host:pid/device, as batch_stats.worker records it (and metrics label it)."""
+        if self._name is None:
+            from .runtime.forward import pick_device
+
+            device = pick_device(self.settings.device)
+            self._name = f"{socket.gethostname()}:{os.getpid()}/{device}"
+        return self._name
 
     def claim_size(self) -> ClaimSize:
         """Adapts to this process's measured rate; a batch aims at a third of the

@@ -6,8 +6,6 @@ so CUDA initialises in the child."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from dataclasses import asdict
 from typing import Any
@@ -52,7 +50,7 @@ def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
                     limit=limit,
                     lease_seconds=state.settings.lease_seconds,
                     time_budget=state.settings.task_seconds,
-                    worker=f"{socket.gethostname()}:{os.getpid()}",
+                    worker=state.name,
                     # Between batches: another table's live changes must not wait.
                     should_stop=lambda: policy.should_hand_back(app, reader, vectorizer_id),
                     abort_on=(SoftTimeLimitExceeded,),

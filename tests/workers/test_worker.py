@@ -69,6 +69,11 @@ def test_insert_update_delete_are_reflected(
 
     conn.execute(sql.SQL("DELETE FROM {} WHERE id = 1").format(t))
     assert embedding_of(conn, v, by_id, [1]) is None
+    # Batches name their worker process and its device (metrics label workers so).
+    workers = conn.execute(
+        "SELECT DISTINCT worker FROM rowembed.batch_stats WHERE vectorizer_id = %s", [v.id]
+    ).fetchall()
+    assert workers and all(w.endswith("/cpu") and ":" in w for (w,) in workers)
 
 
 def test_existing_rows_are_backfilled(conn: Conn, worker: WorkerProcess, table: str) -> None:
