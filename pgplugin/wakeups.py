@@ -1,17 +1,47 @@
-"""Wake-ups: rowembed's SQL sends NOTIFY on one channel when a queue gains entries."""
+"""Wake-ups: how the dispatcher learns that a queue gained entries.
+
+Live changes are found by polling (`change_clock`, `change_marks`): the capture
+triggers send no NOTIFY, which would serialize the application's commits.
+Management calls (a backfill started, failed rows retried) and SQL callers
+waiting for a query vector or rerank scores still NOTIFY on one channel: those
+are not the application's writes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
 
-# pg_notify(CHANNEL, 'N'): rows of vectorizer N changed; 'N backfill': a backfill
-# queued rows of N (no hurry: behind live changes); 'query' / 'rerank': a SQL
-# caller waits for a query vector (rowembed.query_request) or rerank scores.
+from ._call import call
+
+# pg_notify(CHANNEL, 'N'): rows of vectorizer N were queued by a management call;
+# 'N backfill': a backfill queued rows of N (no hurry: behind live changes);
+# 'query' / 'rerank': a SQL caller waits for a query vector
+# (rowembed.query_request) or rerank scores.
 CHANNEL = "rowembed"
+
+
+class ChangeClock(NamedTuple):
+    """rowembed.change_clock(): the last value drawn from change_seq, and the
+    current snapshot's xmin and xmax (transaction ids)."""
+
+    seq: int
+    xmin: int
+    xmax: int
+
+
+def change_clock(conn: psycopg.Connection[Any]) -> ChangeClock:
+    row = call(conn, "change_clock").fetchone()
+    assert row is not None
+    return ChangeClock(*row)
+
+
+def change_marks(conn: psycopg.Connection[Any]) -> dict[int, int]:
+    """{vectorizer id: seq of its newest queued live change}, for those with any."""
+    return dict(call(conn, "change_marks").fetchall())
 
 
 def listen(conn: psycopg.Connection[Any]) -> None:

@@ -93,6 +93,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
         settings.require_database(),
         hints,
         sweep_seconds=settings.sweep_seconds,
+        poll_seconds=settings.poll_seconds,
         backfill_chunk=settings.backfill_chunk,
         index_memory=settings.index_memory,
         index_workers=settings.index_workers,
@@ -354,10 +355,34 @@ def _models(args: argparse.Namespace, settings: Settings) -> Models:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.write_load:
+        from rowembed.dev import write_load
+
+        args.rows = args.rows or write_load.DEFAULT_ROWS  # per table
+        return write_load.main(settings, args)
     from rowembed.dev.bench import main as bench_main
 
-    settings = _settings(args)
-    return bench_main(settings, args.rows, args.model, args.json, args.quick)
+    return bench_main(settings, args.rows or 2000, args.model, args.json, args.quick)
+
+
+def add_write_load_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the write-load bench (`rowembed bench --write-load`, bench/write_load.py)."""
+    p.add_argument(
+        "--clients",
+        type=lambda s: [int(c) for c in s.split(",")],
+        default=[1, 4, 16, 64],
+        help="write load: client counts, comma-separated (1,4,16,64)",
+    )
+    p.add_argument("--seconds", type=float, default=10, help="write load: each pgbench run (10)")
+    p.add_argument("--runs", type=int, default=3, help="write load: runs per table and count (3)")
+    p.add_argument(
+        "--lag-seconds",
+        type=float,
+        default=20,
+        help="write load: updates with a worker running, lag sampled (20; 0: skip)",
+    )
+    p.add_argument("--lag-rows", type=int, default=2000, help="write load: live table rows (2000)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -499,10 +524,18 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("name", help="vectorizer name")
 
     bench = sub.add_parser("bench", help="throughput, database path, trigger cost, freshness")
-    bench.add_argument("--rows", type=int, default=2000, help="docstrings embedded")
+    bench.add_argument(
+        "--rows", type=int, help="docstrings embedded (2000); with --write-load, rows per table"
+    )
     bench.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     bench.add_argument("--quick", action="store_true", help="fewer samples and rows")
     bench.add_argument("--json", action="store_true")
+    bench.add_argument(
+        "--write-load",
+        action="store_true",
+        help="instead: pgbench against a plain table and its vectorized twin, durable commits",
+    )
+    add_write_load_arguments(bench)
 
     alter = sub.add_parser(
         "alter", help="change a vectorizer's model or chunking, rebuilt beside it (no downtime)"

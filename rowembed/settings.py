@@ -32,6 +32,7 @@ class Settings:
     lease_seconds: float = 300.0
     task_seconds: float = 10.0
     sweep_seconds: float = 5.0
+    poll_seconds: float = 0.05  # the dispatcher's look at the change clock
     max_pending_hints: int = 8
     backfill_chunk: int = 10_000
     index_memory: str = "1GB"  # maintenance_work_mem of a deferred index build

@@ -390,6 +390,27 @@ MUTATIONS = (
         "        if True:  # changed meanwhile",
         ("tests/workers/test_pipeline.py",),
     ),
+    Mutation(
+        "live changes wait for the sweep (no wake-up)",
+        "workers/dispatcher.py",
+        "                    self.send_hint(vectorizer_id, True)\n",
+        "                    pass\n",
+        ("tests/workers/test_dispatcher.py",),
+    ),
+    Mutation(
+        "a change committed late is not looked for",
+        "workers/dispatcher.py",
+        "            woken = list(marks)\n",
+        "            woken = [v for v, mark in marks.items() if self.marks.get(v) != mark]\n",
+        ("tests/workers/test_dispatcher.py",),
+    ),
+    Mutation(
+        "the capture sends NOTIFY in the application's transaction",
+        "pgplugin/sql/040-capture.sql",
+        "            %4$s;\n            RETURN NULL;",
+        "            %4$s;\n            PERFORM pg_notify('rowembed', '');  RETURN NULL;",
+        ("tests/pgplugin/test_vectorizers.py",),
+    ),
 )
 
 

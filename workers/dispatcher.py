@@ -1,4 +1,5 @@
-"""Turns NOTIFY wake-ups and a periodic sweep into embed hints on the broker.
+"""Turns polls of the change clock, NOTIFY wake-ups and a periodic sweep into
+embed hints on the broker.
 
 Hints are cheap and duplicates harmless (a task that finds nothing claimable
 returns at once), so the dispatcher errs towards sending; it only holds back
@@ -36,6 +37,7 @@ class Dispatcher:
         send_hint: Callable[[int, bool], None],  # (vectorizer id, urgent)
         *,
         sweep_seconds: float = 5.0,
+        poll_seconds: float = 0.05,
         retry_max_seconds: float = 30.0,
         backfill_chunk: int = 10_000,
         index_memory: str = "1GB",
@@ -48,6 +50,7 @@ class Dispatcher:
         self.send_queries = send_queries  # SQL callers' query texts wait
         self.send_reranks = send_reranks  # SQL callers' rerank requests wait
         self.sweep_seconds = sweep_seconds
+        self.poll_seconds = poll_seconds
         self.retry_max_seconds = retry_max_seconds
         self.backfill_chunk = backfill_chunk
         self.listening = threading.Event()  # set while subscribed to notifications
@@ -83,6 +86,7 @@ class Dispatcher:
             wakeups.listen(conn)
             log.info("dispatcher: listening")
             self.listening.set()
+            watch = ChangeWatch()
             next_sweep = 0.0
             while not stop.is_set():
                 if time.monotonic() >= next_sweep:
@@ -98,12 +102,12 @@ class Dispatcher:
                     if rerank_requests_waiting(conn):
                         self.send_reranks()
                     next_sweep = time.monotonic() + self.sweep_seconds
-                notes = list(conn.notifies(timeout=min(1.0, self.sweep_seconds), stop_after=1))
-                self._answer_callers(notes)  # a caller waits: at once
-                # Collapse a burst of notifications into one hint per vectorizer.
-                burst = list(conn.notifies(timeout=0.02))
-                self._answer_callers(burst)
-                notes += burst
+                for vectorizer_id in watch.poll(
+                    wakeups.change_clock(conn), lambda: wakeups.change_marks(conn)
+                ):
+                    self.send_hint(vectorizer_id, True)
+                notes = list(conn.notifies(timeout=self.poll_seconds, stop_after=1))
+                self._answer_callers(notes)
                 for vectorizer_id, urgent in wakeups.woken(notes).items():
                     self.send_hint(vectorizer_id, urgent)
 
@@ -113,6 +117,44 @@ class Dispatcher:
             self.send_queries()
         if "rerank" in requested:
             self.send_reranks()
+
+
+class ChangeWatch:
+    """Which vectorizers have new live changes, from polls of the change clock
+    (rowembed.change_clock(): one sequence read; no lock, nothing in the
+    application's transactions).
+
+    The marks (each vectorizer's newest queued live change) are read only while
+    the sequence moves, or while a transaction that may have drawn a value is
+    still open; a vectorizer whose mark moved, either way, is named. Once the
+    last of those transactions has ended, every vectorizer with live changes
+    queued is named once more: a change that committed after a newer one was
+    seen, while that one was still queued, is found then. A hint too many is
+    harmless; the sweep still finds anything this misses."""
+
+    def __init__(self) -> None:
+        self.seq: int | None = None
+        self.open_below = 0  # an xmax seen when the sequence moved
+        self.watching = False
+        self.marks: dict[int, int] = {}
+
+    def poll(
+        self, clock: wakeups.ChangeClock, read_marks: Callable[[], dict[int, int]]
+    ) -> list[int]:
+        if clock.seq != self.seq:
+            self.seq = clock.seq
+            self.open_below = clock.xmax
+            self.watching = True
+        if not self.watching:
+            return []
+        marks = read_marks()
+        if clock.xmin >= self.open_below:  # every transaction that drew a value has ended
+            self.watching = False
+            woken = list(marks)
+        else:
+            woken = [vid for vid, mark in marks.items() if self.marks.get(vid) != mark]
+        self.marks = marks
+        return woken
 
 
 class IndexBuilds:

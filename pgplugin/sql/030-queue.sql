@@ -272,6 +272,49 @@ BEGIN
 END
 $body$;
 
+-- The change signal. The capture triggers send no NOTIFY: a transaction that
+-- sent one commits behind PostgreSQL's global notify lock, so every writer of
+-- every vectorized table would commit one at a time, cluster-wide. The
+-- dispatcher polls these two instead (workers/dispatcher.py, ChangeWatch).
+
+-- The last value drawn from change_seq (moved by every change and backfill
+-- row, before its transaction commits), then the xmin and xmax of a snapshot
+-- taken after that read (VOLATILE: each statement takes a new one). Every
+-- transaction that drew a value up to `seq` has an id below that xmax, so once
+-- a later clock's xmin has passed it, all of them have ended. A sequence read.
+CREATE OR REPLACE FUNCTION rowembed.change_clock(OUT seq bigint, OUT xmin bigint, OUT xmax bigint)
+LANGUAGE plpgsql VOLATILE AS $body$
+BEGIN
+    seq := coalesce(pg_sequence_last_value('rowembed.change_seq'::regclass), 0);
+    SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint
+      INTO xmin, xmax FROM pg_current_snapshot() AS s;
+END
+$body$;
+
+-- Per vectorizer of the current role with live changes queued (not parked):
+-- the newest one's seq. Reads one index entry per queue.
+CREATE OR REPLACE FUNCTION rowembed.change_marks()
+RETURNS TABLE (id int, mark bigint)
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
+        BEGIN
+            EXECUTE format('SELECT max(seq) FROM %s WHERE priority = $1 AND failed_at IS NULL',
+                           rowembed._qualified(v.queue_table))
+                INTO mark USING rowembed.change_priority();
+        EXCEPTION WHEN OTHERS THEN  -- dropped or altered meanwhile: status() shows it
+            mark := NULL;
+        END;
+        IF mark IS NOT NULL THEN
+            id := v.id;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$body$;
+
 -- Vectorizers of the current role with entries a worker may claim now, and
 -- whether any of those is a live change rather than backfill: what the
 -- dispatcher's sweep sends hints for (a lost hint is found here). Reads the first

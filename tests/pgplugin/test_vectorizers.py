@@ -83,18 +83,30 @@ def test_bge_defaults(conn: Conn, table: str) -> None:
     assert queue(conn, v) == {}
 
 
-def test_insert_notifies_the_dispatcher(conn: Conn, database_url: str, table: str) -> None:
+def test_writes_send_no_notify_and_move_the_change_marks(
+    conn: Conn, database_url: str, table: str
+) -> None:
+    """A NOTIFY in the application's transaction would serialize every writer's
+    commit behind PostgreSQL's notify lock: changes are found by polling."""
     make_docs(conn, table, 0)
     v = create_vectorizer(conn, table, ["body"], model=MODEL)
+    t = sql.Identifier(table)
+
+    def mark() -> int | None:
+        return dict(conn.execute("SELECT * FROM rowembed.change_marks()").fetchall()).get(v.id)
+
+    clock = conn.execute("SELECT seq FROM rowembed.change_clock()").fetchone()
+    assert clock is not None and mark() is None
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute("LISTEN rowembed")
-        conn.execute(
-            sql.SQL("INSERT INTO {} (id, body) VALUES (1, 'x'), (2, 'y')").format(
-                sql.Identifier(table)
-            )
-        )
-        payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
-    assert payloads == [str(v.id)]
+        conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (1, 'x'), (2, 'y')").format(t))
+        inserted = mark()
+        conn.execute(sql.SQL("UPDATE {} SET body = 'z' WHERE id = 1").format(t))
+        updated = mark()
+        assert list(listener.notifies(timeout=0.5)) == []
+    assert inserted is not None and updated is not None and updated > inserted > clock[0]
+    after = conn.execute("SELECT seq FROM rowembed.change_clock()").fetchone()
+    assert after is not None and after[0] == updated
 
 
 def test_update_of_embedded_text_requeues_and_other_columns_do_not(conn: Conn, table: str) -> None:

@@ -1,4 +1,5 @@
-"""The dispatcher against the real database: wake-ups and the sweep become hints."""
+"""The dispatcher: polls of the change clock, wake-ups and the sweep become hints
+(against the real database); ChangeWatch's rule alone."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from typing import Any
 import psycopg
 
 from rowembed.pgplugin import create_vectorizer
-from rowembed.workers.dispatcher import Dispatcher
+from rowembed.pgplugin.wakeups import ChangeClock
+from rowembed.workers.dispatcher import ChangeWatch, Dispatcher
 
 from ..conftest import MODEL, wait_until
 
 
-def test_notify_and_sweep_become_hints(
+def test_changes_and_sweep_become_hints(
     conn: psycopg.Connection[Any], database_url: str, table: str
 ) -> None:
     """Live changes give urgent hints, backfills background ones."""
@@ -42,13 +44,13 @@ def test_notify_and_sweep_become_hints(
         thread.join(10)
     assert not thread.is_alive()
 
-    # Notifications are lost while no dispatcher listens: the start-up sweep finds
-    # the work, and says whether live changes are among it.
+    # Nothing is heard while no dispatcher runs: at its start it finds the work,
+    # and says whether live changes are among it.
     hints.clear()
     thread = threading.Thread(target=dispatcher.run, args=(stop := threading.Event(),))
     thread.start()
     try:
-        wait_until(lambda: hints == [(v.id, False)], timeout=10)  # backfill rows only
+        wait_until(lambda: set(hints) == {(v.id, False)}, timeout=10)  # backfill rows only
     finally:
         stop.set()
         thread.join(10)
@@ -57,7 +59,7 @@ def test_notify_and_sweep_become_hints(
     thread = threading.Thread(target=dispatcher.run, args=(stop := threading.Event(),))
     thread.start()
     try:
-        wait_until(lambda: hints == [(v.id, True)], timeout=10)
+        wait_until(lambda: set(hints) == {(v.id, True)}, timeout=10)
     finally:
         stop.set()
         thread.join(10)
@@ -95,3 +97,70 @@ def test_unreachable_database_is_retried_until_stopped() -> None:
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_a_change_committed_after_a_newer_one_was_seen_is_hinted(
+    conn: psycopg.Connection[Any], database_url: str, table: str
+) -> None:
+    """Transactions commit out of the order of their seqs: a change whose
+    transaction ends after a newer change was seen (and is still queued) moves
+    no mark, and is found once the last open transaction ends."""
+    conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
+    v = create_vectorizer(conn, table, ["body"], model=MODEL, backfill=False)
+    hints: list[int] = []
+    stop = threading.Event()
+    dispatcher = Dispatcher(
+        database_url,
+        lambda vid, urgent: hints.append(vid) if vid == v.id and urgent else None,
+        sweep_seconds=3600,
+    )
+    thread = threading.Thread(target=dispatcher.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(dispatcher.listening.is_set, timeout=10)
+        with psycopg.connect(database_url) as late:
+            late.execute(f"INSERT INTO {table} VALUES (1, 'drew the older seq')")
+            conn.execute(f"INSERT INTO {table} VALUES (2, 'committed first')")
+            wait_until(lambda: v.id in hints, timeout=10)
+            stop.wait(0.5)  # the dispatcher has looked again, and nothing moved
+            hints.clear()
+            late.commit()
+        wait_until(lambda: v.id in hints, timeout=5)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def marks_reader(*answers: dict[int, int]) -> tuple[list[int], Any]:
+    """A read_marks that answers in turn, and the list its calls are counted in."""
+    calls: list[int] = []
+
+    def read() -> dict[int, int]:
+        calls.append(1)
+        return answers[len(calls) - 1]
+
+    return calls, read
+
+
+def test_change_watch_reads_marks_only_while_the_clock_says_so() -> None:
+    watch = ChangeWatch()
+    calls, read = marks_reader({1: 10}, {1: 12, 2: 11})
+    assert watch.poll(ChangeClock(seq=10, xmin=100, xmax=100), read) == [1]
+    assert watch.poll(ChangeClock(seq=10, xmin=101, xmax=101), read) == []  # idle
+    assert len(calls) == 1
+    assert watch.poll(ChangeClock(seq=12, xmin=105, xmax=105), read) == [1, 2]
+    assert len(calls) == 2
+
+
+def test_change_watch_names_moved_marks_while_open_and_all_once_settled() -> None:
+    watch = ChangeWatch()
+    calls, read = marks_reader({1: 5, 2: 7}, {1: 5, 2: 7}, {1: 6, 2: 7}, {1: 6, 2: 7})
+    # Transaction 90 drew a seq and is still open (xmin 90 < xmax 95).
+    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=95), read) == [1, 2]
+    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=96), read) == []
+    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=96), read) == [1]  # moved down or up
+    # It ended: every vectorizer with live changes is named once more, then quiet.
+    assert watch.poll(ChangeClock(seq=7, xmin=96, xmax=97), read) == [1, 2]
+    assert watch.poll(ChangeClock(seq=7, xmin=97, xmax=97), read) == []
+    assert len(calls) == 4
