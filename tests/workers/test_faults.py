@@ -6,7 +6,10 @@ minutes in all, so they run as `make soak` (CI runs it after `make test`)."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -168,6 +171,42 @@ def test_redis_restart_drops_hints_but_no_work(stack: Stack, encoder: Encoder) -
         stack.redis.start()  # empty: the hints for those rows were never delivered
         wait_until(lambda: embedded_count(conn, v) == 100, timeout=120)
         assert drained(conn, v)
+        assert_current(conn, v, encoder)
+
+
+def test_changes_made_while_no_dispatcher_runs_are_embedded_when_one_starts(
+    stack: Stack, encoder: Encoder
+) -> None:
+    """Nothing in the writer's transaction signals a change: a dispatcher that
+    starts later finds what was queued meanwhile."""
+    with connect(stack.pg.url) as conn:
+        docs_table(conn, 0)
+        stack.worker("worker", args=("--concurrency", "1", "--no-dispatcher"))
+        v = create_vectorizer(conn, "docs", ["body"], model=MODEL)
+        conn.execute(
+            "INSERT INTO docs SELECT i, 'written while no dispatcher ran ' || i, 'x'"
+            " FROM generate_series(1, 50) i"
+        )
+        time.sleep(2)
+        assert embedded_count(conn, v) == 0  # no hint: the worker waits
+        with (stack.tmp / "dispatcher.log").open("ab") as log:
+            dispatcher = subprocess.Popen(
+                [sys.executable, "-m", "rowembed", "dispatcher"],
+                env={
+                    **os.environ,
+                    "ROWEMBED_DATABASE_URL": stack.pg.url,
+                    "ROWEMBED_REDIS_URL": stack.redis.url,
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until(lambda: embedded_count(conn, v) == 50, timeout=120)
+            conn.execute("UPDATE docs SET body = 'changed while it runs' WHERE id = 7")
+            wait_until(lambda: drained(conn, v), timeout=60)
+        finally:
+            dispatcher.terminate()
+            dispatcher.wait(10)
         assert_current(conn, v, encoder)
 
 
