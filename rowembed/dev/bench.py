@@ -77,8 +77,11 @@ def cls_pooling_model(directory: Path) -> Path:
 
 
 @contextlib.contextmanager
-def worker_process(database_url: str, redis_url: str, env: dict[str, str]) -> Iterator[None]:
-    """`rowembed worker` (and its dispatcher) for the length of the block."""
+def worker_process(
+    database_url: str, redis_url: str, env: dict[str, str], stdout: Any = None
+) -> Iterator[None]:
+    """`rowembed worker` (and its dispatcher) for the length of the block;
+    `stdout`: where its banner and logs go (inherited when None)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", "worker"],
         env={
@@ -87,6 +90,7 @@ def worker_process(database_url: str, redis_url: str, env: dict[str, str]) -> It
             "ROWEMBED_REDIS_URL": redis_url,
             **env,
         },
+        stdout=stdout,
     )
     try:
         yield

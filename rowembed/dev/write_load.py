@@ -19,6 +19,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +30,7 @@ from typing import Any
 import psycopg
 
 from rowembed.dev.embedded import EmbeddedPostgres, EmbeddedRedis
-from rowembed.pgplugin import connect, create_vectorizer, migrate, wakeups
+from rowembed.pgplugin import connect, create_vectorizer, drop_vectorizer, migrate, wakeups
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.settings import Settings
 from rowembed.workers.dispatcher import Dispatcher
@@ -158,6 +159,7 @@ def throughput(
             print(
                 f"  {op:6} {n:3} clients: plain {plain:8.0f} tps, vectorized {vectorized:8.0f}"
                 f" tps, ratio {vectorized / plain:.2f}",
+                file=sys.stderr,  # progress; stdout may be --json
                 flush=True,
             )
     return results
@@ -185,7 +187,8 @@ def lag_under_load(
         v = create_vectorizer(conn, "write_load_live", ["body"], model=MODEL)
         redis = EmbeddedRedis().start()
         try:
-            with worker_process(url, redis.url, {"ROWEMBED_LOG_FORMAT": "text"}):
+            # The worker's banner and logs go to stderr: stdout may be --json.
+            with worker_process(url, redis.url, {}, stdout=sys.stderr):
                 wait_for(lambda: oldest_change_age(conn, v) == 0, timeout=600, interval=0.2)
                 script = workdir / "update_live.sql"
                 script.write_text(SCRIPTS["update"].format(table="write_load_live", rows=rows))
@@ -234,7 +237,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 create_table(conn, table, args.rows)
             v = create_vectorizer(conn, TABLES["vectorized"], ["body"], model=MODEL, backfill=False)
             figures: dict[str, Any] = {"server": server_settings(conn), "prefilled_rows": args.rows}
-            print(f"server: {figures['server']}", flush=True)
+            print(f"server: {figures['server']}", file=sys.stderr, flush=True)
             hints: list[int] = []
             with dispatcher_thread(url, settings.poll_seconds, hints):
                 figures["throughput"] = throughput(
@@ -246,6 +249,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 "change_clock_us": time_calls(conn, wakeups.change_clock, 500),
                 "change_marks_us": time_calls(conn, wakeups.change_marks, 500),
             }
+            drop_vectorizer(conn, v.name)  # its backlog is not the lag phase's work
         if args.lag_seconds > 0:
             figures["lag"] = lag_under_load(
                 url, pgbench, max(args.clients), args.lag_seconds, args.lag_rows, workdir
