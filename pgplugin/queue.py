@@ -94,6 +94,17 @@ class WriteResult:
     completed: int  # queue entries removed
     written: int
     deleted: int
+    failed: int = 0  # entries whose own write failed, recorded as failures
+
+
+# Errors of one row's write (a constraint or a trigger the destination's owner
+# added, a value out of range): that row fails, the rest of its batch is written.
+# Any other error (a dropped table, a lost connection) is the batch's.
+ROW_WRITE_ERRORS = (
+    psycopg.errors.IntegrityError,
+    psycopg.errors.DataError,
+    psycopg.errors.RaiseException,
+)
 
 
 def _keys(columns: Sequence[str], alias: str | None = None) -> sql.Composable:
@@ -187,34 +198,59 @@ class Queue:
         skipped while still at their claimed seq get one more try, shortly after:
         another worker's claim can hold their rows for a moment (PostgreSQL keeps
         the lock of a row it rechecked and then passed over)."""
-        done, result = self._write_once(conn, outcomes)
-        if len(done) == len(outcomes):
+        done, result = self._write_isolating(conn, outcomes)
+        if len(done) + result.failed == len(outcomes):
             return result
         waiting = self._still_queued(conn, [o.seq for o in outcomes if o.seq not in done])
-        if not waiting:  # changed meanwhile: their new version is queued
+        if not waiting:  # changed meanwhile (or failed): their new version is queued
             return result
         time.sleep(SKIPPED_RETRY_SECONDS)
-        _, again = self._write_once(conn, [o for o in outcomes if o.seq in waiting])
+        _, again = self._write_isolating(conn, [o for o in outcomes if o.seq in waiting])
         return WriteResult(
             result.completed + again.completed,
             result.written + again.written,
             result.deleted + again.deleted,
+            result.failed + again.failed,
         )
+
+    def _write_isolating(
+        self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]
+    ) -> tuple[set[int], WriteResult]:
+        """The batch's write; when a row's write fails, each row alone, and the
+        rows that fail so are recorded as failures (back-off, then parked)."""
+        try:
+            return self._write_once(conn, outcomes)
+        except ROW_WRITE_ERRORS as error:
+            if len(outcomes) == 1:
+                self.record_failures(conn, {outcomes[0].seq: f"writing the embedding: {error}"})
+                return set(), WriteResult(0, 0, 0, failed=1)
+        done: set[int] = set()
+        total = WriteResult(0, 0, 0)
+        for outcome in outcomes:
+            alone_done, alone = self._write_isolating(conn, [outcome])
+            done |= alone_done
+            total = WriteResult(
+                total.completed + alone.completed,
+                total.written + alone.written,
+                total.deleted + alone.deleted,
+                total.failed + alone.failed,
+            )
+        return done, total
 
     def _write_once(
         self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]
     ) -> tuple[set[int], WriteResult]:
+        staged = _staged.setdefault(conn, set())
         with conn.transaction():
-            staged = _staged.setdefault(conn, set())
             if self._stage_name not in staged:
                 conn.execute(self._create_stage)
-                staged.add(self._stage_name)
             with conn.cursor().copy(self._copy_stage) as copy:
                 copy.set_types(["int8", "text", "bytea", "int4", "int4", "int4", "int4", "vector"])
                 for o in outcomes:
                     for row in o.stage_rows():
                         copy.write_row(row)
             done, written, deleted = conn.execute(self._write).fetchone()  # type: ignore[misc]
+        staged.add(self._stage_name)  # committed: a rolled back write takes the table with it
         return set(done), WriteResult(len(done), written, deleted)
 
     def _still_queued(self, conn: psycopg.Connection[Any], seqs: list[int]) -> set[int]:

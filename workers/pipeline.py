@@ -242,7 +242,8 @@ def store_batch(
             written = queue.write(conn, outcomes)
         report.written = written.written
         report.deleted = written.deleted
-        report.superseded = len(outcomes) - written.completed
+        report.failed += written.failed
+        report.superseded = len(outcomes) - written.completed - written.failed
     report.seconds = time.monotonic() - claimed.started
     queue.log_batch(conn, {**asdict(report), "worker": worker})
     return report

@@ -61,30 +61,23 @@ BEGIN
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$s_updated() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-        DECLARE
-            moved_embedding %2$s.%8$I%%TYPE;
-            moved_hash bytea;
-        BEGIN %10$s
+        BEGIN %8$s
             IF (%3$s) IS DISTINCT FROM (%4$s) THEN
                 -- Both keys are queued: the old one so the worker confirms it is gone
                 -- (in a key swap it is not) and any claim on it is voided.
                 INSERT INTO %5$s (%6$s, seq, priority)
-                VALUES (%3$s, nextval('rowembed.change_seq'), %9$s),
-                       (%4$s, nextval('rowembed.change_seq'), %9$s) %7$s;
-                DELETE FROM %2$s WHERE (%6$s) = (%3$s)
-                RETURNING %8$I, text_hash INTO moved_embedding, moved_hash;
-                IF FOUND THEN
-                    INSERT INTO %2$s (%6$s, %8$I, text_hash) VALUES (%4$s, moved_embedding, moved_hash)
-                    ON CONFLICT (%6$s) DO UPDATE
-                    SET %8$I = excluded.%8$I, text_hash = excluded.text_hash, embedded_at = now();
-                END IF;
+                VALUES (%3$s, nextval('rowembed.change_seq'), %7$s),
+                       (%4$s, nextval('rowembed.change_seq'), %7$s) %9$s;
+                -- Every row of the old key (all chunks of a chunked one) moves to
+                -- the new key, replacing what was there.
+                DELETE FROM %2$s WHERE (%6$s) = (%4$s);
+                UPDATE %2$s SET (%6$s) = ROW(%4$s) WHERE (%6$s) = (%3$s);
             ELSE
                 INSERT INTO %5$s (%6$s, seq, priority)
-                VALUES (%4$s, nextval('rowembed.change_seq'), %9$s) %7$s;
+                VALUES (%4$s, nextval('rowembed.change_seq'), %7$s) %9$s;
             END IF;
             RETURN NULL;
-        END $fn$ $f$, fn, dest, old_key, new_key, queue, keys, upsert,
-        v.embedding_column, live_priority, guard);
+        END $fn$ $f$, fn, dest, old_key, new_key, queue, keys, live_priority, guard, upsert);
 
     -- DELETE: the embedding goes in the same transaction; the queue entry too, which
     -- also voids any claim a worker holds on it (its write then finds nothing to do).

@@ -15,9 +15,10 @@ END
 $body$;
 
 -- Why a vectorizer cannot work now, or NULL: its source, queue or destination
--- is gone, a key or embedded column was renamed or dropped, a change trigger is
--- missing. status() shows it; the sweep, backfills and workers skip such a
--- vectorizer, and the others go on.
+-- is gone, a key or embedded column was renamed or dropped, the source joined a
+-- partition or inheritance hierarchy, a change trigger is missing. status()
+-- shows it; the sweep, backfills and workers skip such a vectorizer, and the
+-- others go on.
 CREATE OR REPLACE FUNCTION rowembed._problem(v rowembed.vectorizer) RETURNS text
 LANGUAGE plpgsql STABLE AS $body$
 DECLARE
@@ -36,6 +37,11 @@ BEGIN
      LIMIT 1;
     IF FOUND THEN
         RETURN format('column %I of %s was renamed or dropped', missing, v.source);
+    END IF;
+    IF (SELECT c.relispartition FROM pg_class AS c WHERE c.oid = v.source)
+       OR EXISTS (SELECT FROM pg_inherits AS i WHERE v.source IN (i.inhrelid, i.inhparent)) THEN
+        RETURN format('%s became a partition or joined an inheritance hierarchy: rows written'
+                      ' through a parent or kept in a child are not captured', v.source);
     END IF;
     SELECT e.t INTO missing FROM unnest(ARRAY['insert', 'update', 'delete', 'truncate']) AS e(t)
      WHERE NOT EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = v.source

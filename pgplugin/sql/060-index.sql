@@ -11,18 +11,20 @@ $$;
 
 -- The statement that builds vectorizer `vectorizer_id`'s index (NULL for index_method
 -- none). CONCURRENTLY cannot run inside a function: clients execute that form.
+-- Named by the vectorizer's id: a model change's switch renames its table, and
+-- the next replacement's index must not find that name taken.
 CREATE OR REPLACE FUNCTION rowembed._index_sql(vectorizer_id int, online boolean)
 RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format('CREATE INDEX %s IF NOT EXISTS %I ON %s USING hnsw (%s)',
         CASE WHEN online THEN 'CONCURRENTLY' ELSE '' END,
-        left(c.relname || '_' || v.embedding_column || '_idx', 63),
+        'rowembed_' || v.id || '_vector_idx',
         rowembed._qualified(v.destination),
         CASE v.index_method
             WHEN 'hnsw' THEN format('%I %s_cosine_ops', v.embedding_column, v.storage)
             ELSE format('(binary_quantize(%I)::bit(%s)) bit_hamming_ops',
                         v.embedding_column, v.dimensions) END)
-      FROM rowembed.vectorizer AS v JOIN pg_class AS c ON c.oid = v.destination
+      FROM rowembed.vectorizer AS v
      WHERE v.id = vectorizer_id AND v.index_method <> 'none'
 $$;
 
@@ -68,13 +70,21 @@ BEGIN
 END
 $body$;
 
--- The CREATE INDEX CONCURRENTLY statement of a deferred index (NULL when the
--- index is built or there is none). Run it outside a transaction block, then
--- call rowembed.index_built(name).
+-- Whether vectorizer `v` lacks its vector index: deferred, or built once and
+-- dropped since (by hand, or by a failed build).
+CREATE OR REPLACE FUNCTION rowembed._index_wanted(v rowembed.vectorizer) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT v.index_method <> 'none'
+       AND (v.index_state = 'deferred' OR rowembed._vector_index(v) IS NULL)
+$$;
+
+-- The CREATE INDEX CONCURRENTLY statement of an index deferred or missing (NULL
+-- when the index is there or there is none). Run it outside a transaction
+-- block, then call rowembed.index_built(name).
 CREATE OR REPLACE FUNCTION rowembed.index_sql(name text) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT rowembed._index_sql(v.id, true) FROM rowembed.vectorizer AS v
-     WHERE v.name = index_sql.name AND v.index_state = 'deferred'
+     WHERE v.name = index_sql.name AND rowembed._index_wanted(v)
 $$;
 
 -- Records that a deferred index is built (true) if a valid one now exists.
@@ -100,7 +110,7 @@ LANGUAGE sql AS $$
      WHERE z.name = index_failed.name AND z.index_state = 'deferred'
 $$;
 
--- Deferred indexes whose backlog has drained (no backfill running, no backfill
+-- Deferred or missing indexes whose backlog has drained (no backfill running, no backfill
 -- entry left in the queue) and that the current role may build (it owns the
 -- destination and may record the result in rowembed.vectorizer) and no other
 -- session is building: what the dispatcher builds.
@@ -111,7 +121,7 @@ DECLARE
 BEGIN
     FOR v IN
         SELECT z.* FROM rowembed.vectorizer AS z JOIN pg_class AS c ON c.oid = z.destination
-         WHERE z.index_state = 'deferred' AND pg_has_role(c.relowner, 'USAGE')
+         WHERE rowembed._index_wanted(z) AND pg_has_role(c.relowner, 'USAGE')
            AND has_table_privilege('rowembed.vectorizer', 'UPDATE')
            AND NOT EXISTS (SELECT 1 FROM rowembed.backfill AS b
                             WHERE b.vectorizer_id = z.id AND b.state = 'running')

@@ -194,7 +194,11 @@ BEGIN
      WHERE z.id = next.id;
     IF NOT next.keep_replaced THEN
         PERFORM rowembed.drop_vectorizer(old_name);
+    ELSE
+        PERFORM rowembed._install_triggers(old.id);
     END IF;
+    -- The trigger functions name the tables they write: both were renamed.
+    PERFORM rowembed._install_triggers(next.id);
 END
 $body$;
 

@@ -197,6 +197,40 @@ def test_a_poison_row_is_isolated_backs_off_and_is_parked(
     assert queued(conn, v) == []
 
 
+@pytest.mark.parametrize("fault", ["check", "trigger"])
+def test_a_row_whose_write_fails_is_isolated_and_recorded(
+    conn: Conn, table: str, encoder: Encoder, fault: str
+) -> None:
+    """The destination's owner may add a constraint or a trigger that rejects a
+    row: that row fails with the error, the rest of its batch is written."""
+    v = setup(conn, table, {i: f"ordinary text {i}" for i in range(1, 9)})
+    if fault == "check":
+        conn.execute(sql.SQL("ALTER TABLE {} ADD CHECK (id <> 5)").format(v.destination))
+    else:
+        conn.execute(
+            "CREATE FUNCTION refuse_five() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN IF NEW.id = 5 THEN RAISE EXCEPTION 'no five here'; END IF;"
+            " RETURN NEW; END$$"
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER refuse_five BEFORE INSERT ON {} FOR EACH ROW"
+                " EXECUTE FUNCTION refuse_five()"
+            ).format(v.destination)
+        )
+    report = run(conn, v, encoder)
+    assert (report.written, report.failed, report.superseded) == (7, 1, 0)
+    assert sorted(stored(conn, v)) == [1, 2, 3, 4, 6, 7, 8]
+    ((key, error),) = conn.execute(
+        "SELECT key, last_error FROM rowembed.errors() WHERE vectorizer = %s", [v.name]
+    ).fetchall()
+    assert key == {"id": 5}
+    assert "writing the embedding" in error
+    assert ("check constraint" if fault == "check" else "no five here") in error
+    if fault == "trigger":
+        conn.execute("DROP FUNCTION refuse_five() CASCADE")
+
+
 def test_a_changed_poison_row_starts_over(conn: Conn, table: str, encoder: Encoder) -> None:
     v = setup(conn, table, {1: "poison pill"})
     run(conn, v, CountingEncoder(encoder, fail_on="poison"))
