@@ -48,9 +48,10 @@ def oldest_pending_seconds(conn: psycopg.Connection[Any], vectorizer: Vectorizer
     aside; 0 when none waits): how far its embeddings lag behind its table."""
     row = conn.execute(
         sql.SQL(
-            "SELECT coalesce(extract(epoch FROM now() - min(enqueued_at))::float8, 0)"
-            " FROM {} WHERE failed_at IS NULL"
-        ).format(vectorizer.queue)
+            "SELECT coalesce(extract(epoch FROM now() - least("
+            "(SELECT min(enqueued_at) FROM {} WHERE failed_at IS NULL),"
+            " (SELECT min(logged_at) FROM {})))::float8, 0)"
+        ).format(vectorizer.queue, vectorizer.change_log)
     ).fetchone()
     return 0.0 if row is None else float(row[0])
 

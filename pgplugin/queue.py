@@ -242,6 +242,8 @@ class Queue:
     ) -> tuple[set[int], WriteResult]:
         staged = _staged.setdefault(conn, set())
         with conn.transaction():
+            # Changes logged since the claim give their entries a new seq first.
+            call(conn, "fold_changes_of", vectorizer_id=self.vectorizer.id)
             if self._stage_name not in staged:
                 conn.execute(self._create_stage)
             with conn.cursor().copy(self._copy_stage) as copy:
@@ -272,10 +274,12 @@ class Queue:
         conn.execute(_LOG_BATCH, {**stats, "vectorizer_id": self.vectorizer.id})
 
     def is_drained(self, conn: psycopg.Connection[Any]) -> bool:
-        """No entry left but parked ones (cheap: polled beside a running worker)."""
-        query = sql.SQL("SELECT NOT EXISTS (SELECT FROM {} WHERE failed_at IS NULL)").format(
-            self.vectorizer.queue
-        )
+        """No entry left but parked ones, no change left to fold (cheap: polled
+        beside a running worker)."""
+        query = sql.SQL(
+            "SELECT NOT EXISTS (SELECT FROM {} WHERE failed_at IS NULL)"
+            " AND NOT EXISTS (SELECT FROM {})"
+        ).format(self.vectorizer.queue, self.vectorizer.change_log)
         row = conn.execute(query).fetchone()
         return bool(row and row[0])
 

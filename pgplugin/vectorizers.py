@@ -83,6 +83,11 @@ class Vectorizer:
     def queue(self) -> sql.Identifier:
         return sql.Identifier(self.queue_schema, self.queue_table)
 
+    @property
+    def change_log(self) -> sql.Identifier:
+        """Where the triggers log INSERTs and UPDATEs until folded into the queue."""
+        return sql.Identifier("rowembed", f"changes_{self.id}")
+
 
 class VectorizerNotFound(LookupError):
     pass

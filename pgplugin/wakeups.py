@@ -1,7 +1,8 @@
 """Wake-ups: how the dispatcher learns that a queue gained entries.
 
-Live changes are found by polling (`change_clock`, `change_marks`): the capture
-triggers send no NOTIFY, which would serialize the application's commits.
+Live changes are found by polling (`change_clock`, then `fold_changes` while
+it moves): the capture triggers send no NOTIFY, which would serialize the
+application's commits.
 Management calls (a backfill started, failed rows retried) and SQL callers
 waiting for a query vector or rerank scores still NOTIFY on one channel: those
 are not the application's writes.
@@ -39,9 +40,9 @@ def change_clock(conn: psycopg.Connection[Any]) -> ChangeClock:
     return ChangeClock(*row)
 
 
-def change_marks(conn: psycopg.Connection[Any]) -> dict[int, int]:
-    """{vectorizer id: seq of its newest queued live change}, for those with any."""
-    return dict(call(conn, "change_marks").fetchall())
+def fold_changes(conn: psycopg.Connection[Any]) -> list[int]:
+    """Moves the logged changes into the queues; returns the vectorizers that gained some."""
+    return [vid for vid, _ in call(conn, "fold_changes").fetchall()]
 
 
 def listen(conn: psycopg.Connection[Any]) -> None:

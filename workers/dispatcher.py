@@ -90,6 +90,7 @@ class Dispatcher:
             next_sweep = 0.0
             while not stop.is_set():
                 if time.monotonic() >= next_sweep:
+                    wakeups.fold_changes(conn)  # whatever no poll folded: the hints follow
                     top_up_backfills(conn, self.backfill_chunk)
                     for vectorizer_id, changes in vectorizers_with_work(conn):
                         self.send_hint(vectorizer_id, changes)
@@ -103,7 +104,7 @@ class Dispatcher:
                         self.send_reranks()
                     next_sweep = time.monotonic() + self.sweep_seconds
                 for vectorizer_id in watch.poll(
-                    wakeups.change_clock(conn), lambda: wakeups.change_marks(conn)
+                    wakeups.change_clock(conn), lambda: wakeups.fold_changes(conn)
                 ):
                     self.send_hint(vectorizer_id, True)
                 notes = list(conn.notifies(timeout=self.poll_seconds, stop_after=1))
@@ -124,37 +125,27 @@ class ChangeWatch:
     (rowembed.change_clock(): one sequence read; no lock, nothing in the
     application's transactions).
 
-    The marks (each vectorizer's newest queued live change) are read only while
-    the sequence moves, or while a transaction that may have drawn a value is
-    still open; a vectorizer whose mark moved, either way, is named. Once the
-    last of those transactions has ended, every vectorizer with live changes
-    queued is named once more: a change that committed after a newer one was
-    seen, while that one was still queued, is found then. A hint too many is
-    harmless; the sweep still finds anything this misses."""
+    The change logs are folded into the queues only while the sequence moves,
+    or while a transaction that may have drawn a value is still open: a
+    vectorizer whose fold moved changes is named. The last fold runs once all
+    of those transactions have ended, so a change that committed late is
+    folded then. The sweep folds too, and finds anything this misses."""
 
     def __init__(self) -> None:
         self.seq: int | None = None
         self.open_below = 0  # an xmax seen when the sequence moved
         self.watching = False
-        self.marks: dict[int, int] = {}
 
-    def poll(
-        self, clock: wakeups.ChangeClock, read_marks: Callable[[], dict[int, int]]
-    ) -> list[int]:
+    def poll(self, clock: wakeups.ChangeClock, fold: Callable[[], list[int]]) -> list[int]:
         if clock.seq != self.seq:
             self.seq = clock.seq
             self.open_below = clock.xmax
             self.watching = True
         if not self.watching:
             return []
-        marks = read_marks()
         if clock.xmin >= self.open_below:  # every transaction that drew a value has ended
             self.watching = False
-            woken = list(marks)
-        else:
-            woken = [vid for vid, mark in marks.items() if self.marks.get(vid) != mark]
-        self.marks = marks
-        return woken
+        return fold()
 
 
 class IndexBuilds:

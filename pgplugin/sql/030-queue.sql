@@ -105,16 +105,137 @@ BEGIN
 END
 $body$;
 
--- SQL text for the change triggers: queue a key as a live change, replacing an
--- entry in any state (a new version of the row voids claims, errors and back-off).
+-- SQL text: queue a key as a live change, replacing an older entry in any state
+-- (a new version of the row voids claims, errors and back-off).
 CREATE OR REPLACE FUNCTION rowembed._enqueue_change_sql(keys text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT format(
         'ON CONFLICT (%s) DO UPDATE SET seq = excluded.seq, priority = %s, attempts = 0,'
         ' lease_until = NULL, claimed_by = NULL, last_error = NULL, failed_at = NULL,'
-        ' enqueued_at = now()',
+        ' enqueued_at = excluded.enqueued_at WHERE q.seq < excluded.seq',
         keys, rowembed.change_priority())
 $$;
+
+-- The change log: where the capture triggers of INSERT and UPDATE write. An
+-- append-only table without an index (key, seq, logged_at): the cheapest write a
+-- trigger can make, with no row lock and no index entry in the application's
+-- transaction. Folding moves its rows into the queue (one entry per key, the
+-- newest seq); claim() and the dispatcher fold. A key change and a DELETE
+-- still write the queue itself: they void a claim at once.
+CREATE OR REPLACE FUNCTION rowembed._change_log_name(vectorizer_id int) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT format('rowembed.%I', 'changes_' || vectorizer_id) $$;
+
+CREATE OR REPLACE FUNCTION rowembed._change_log(vectorizer_id int) RETURNS regclass
+LANGUAGE sql STABLE AS $$ SELECT to_regclass(rowembed._change_log_name(vectorizer_id)) $$;
+
+-- Creates vectorizer `v`'s change log if it is missing (on create, and on the
+-- migrate that upgrades a vectorizer made before it), keyed like the queue,
+-- owned and granted like it.
+CREATE OR REPLACE FUNCTION rowembed._create_change_log(v rowembed.vectorizer) RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    log text := rowembed._change_log_name(v.id);
+BEGIN
+    IF rowembed._change_log(v.id) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('CREATE TABLE %s AS SELECT %s, 0::bigint AS seq, now() AS logged_at'
+                   ' FROM %s WITH NO DATA', log, rowembed._columns(v.pk_columns),
+                   rowembed._qualified(v.queue_table));
+    -- Rows live for a poll's time: vacuum after a few thousand dead ones.
+    EXECUTE format('ALTER TABLE %s ALTER seq SET NOT NULL, ALTER logged_at SET NOT NULL,'
+                   ' ALTER logged_at SET DEFAULT now(),'
+                   ' SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000)',
+                   log);
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', log,
+                   (SELECT r.rolname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+                     WHERE c.oid = v.queue_table));
+    PERFORM rowembed._copy_grants(v.queue_table, log::regclass);
+END
+$body$;
+
+-- Changes logged and not folded yet for the vectorizer of queue `queue` (a key
+-- changed twice counts twice).
+CREATE OR REPLACE FUNCTION rowembed._logged_changes(queue regclass) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    log regclass := rowembed._change_log((SELECT z.id FROM rowembed.vectorizer AS z
+                                           WHERE z.queue_table = queue));
+    n bigint := 0;
+BEGIN
+    IF log IS NOT NULL THEN
+        EXECUTE format('SELECT count(*) FROM %s', log) INTO n;
+    END IF;
+    RETURN n;
+END
+$body$;
+
+-- Moves vectorizer `v`'s logged changes into its queue; returns how many. Rows
+-- another fold holds are skipped, and a queue entry held by another
+-- transaction is waited for briefly only: a fold never stalls a worker or the
+-- application (a skipped row is folded next time).
+CREATE OR REPLACE FUNCTION rowembed._fold_changes(v rowembed.vectorizer) RETURNS bigint
+LANGUAGE plpgsql AS $body$
+DECLARE
+    keys text := rowembed._columns(v.pk_columns);
+    old_timeout text := current_setting('lock_timeout');
+    folded bigint := 0;
+BEGIN
+    IF rowembed._change_log(v.id) IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM set_config('lock_timeout', '100ms', true);
+    BEGIN
+        EXECUTE format(
+            'WITH moved AS (DELETE FROM %1$s AS l WHERE l.ctid = ANY (ARRAY('
+            '                   SELECT ctid FROM %1$s FOR UPDATE SKIP LOCKED))'
+            '               RETURNING %2$s, seq, logged_at),'
+            '     newest AS (SELECT DISTINCT ON (%2$s) %2$s, seq, logged_at FROM moved'
+            '                 ORDER BY %2$s, seq DESC),'
+            '     queued AS (INSERT INTO %3$s AS q (%2$s, seq, priority, enqueued_at)'
+            '                SELECT %2$s, seq, $1, logged_at FROM newest ORDER BY %2$s %4$s'
+            '                RETURNING 1)'
+            ' SELECT count(*) FROM moved',
+            rowembed._change_log_name(v.id), keys, rowembed._qualified(v.queue_table),
+            rowembed._enqueue_change_sql(keys))
+            INTO folded USING rowembed.change_priority();
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        folded := 0;
+    END;
+    PERFORM set_config('lock_timeout', old_timeout, true);
+    RETURN folded;
+END
+$body$;
+
+-- Folds one vectorizer's change log (a worker's write does, first: an entry
+-- whose row changed since its claim then has a new seq, and is not completed).
+CREATE OR REPLACE FUNCTION rowembed.fold_changes_of(vectorizer_id int) RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT rowembed._fold_changes(z) FROM rowembed.vectorizer AS z
+     WHERE z.id = fold_changes_of.vectorizer_id
+$$;
+
+-- Folds the change logs of the current role's working vectorizers; returns
+-- those that gained live changes. The dispatcher calls it while changes come.
+CREATE OR REPLACE FUNCTION rowembed.fold_changes() RETURNS TABLE (id int, folded bigint)
+LANGUAGE plpgsql AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
+        CONTINUE WHEN rowembed._problem(v) IS NOT NULL;  -- status() shows why
+        BEGIN
+            folded := rowembed._fold_changes(v);
+        EXCEPTION WHEN OTHERS THEN  -- altered meanwhile, or a privilege lost: status() shows it
+            folded := 0;
+        END;
+        IF folded > 0 THEN
+            id := v.id;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$body$;
 
 -- Leases up to max_rows claimable entries of a vectorizer to the worker `token`,
 -- live changes first, skipping entries other transactions hold; returns their
@@ -141,6 +262,7 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = claim.vectorizer_id;
     queue := rowembed._qualified(v.queue_table);
+    PERFORM rowembed._fold_changes(v);
     EXECUTE format(
         'SELECT coalesce(array_agg(w.seq ORDER BY w.priority, w.seq), ''{}''),'
         '       coalesce(array_agg(w.seq ORDER BY w.priority, w.seq)'
@@ -275,7 +397,8 @@ $body$;
 -- The change signal. The capture triggers send no NOTIFY: a transaction that
 -- sent one commits behind PostgreSQL's global notify lock, so every writer of
 -- every vectorized table would commit one at a time, cluster-wide. The
--- dispatcher polls these two instead (workers/dispatcher.py, ChangeWatch).
+-- dispatcher polls this clock instead, and folds the change logs while it
+-- moves (workers/dispatcher.py, ChangeWatch).
 
 -- The last value drawn from change_seq (moved by every change and backfill
 -- row, before its transaction commits), then the xmin and xmax of a snapshot
@@ -288,30 +411,6 @@ BEGIN
     seq := coalesce(pg_sequence_last_value('rowembed.change_seq'::regclass), 0);
     SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint
       INTO xmin, xmax FROM pg_current_snapshot() AS s;
-END
-$body$;
-
--- Per vectorizer of the current role with live changes queued (not parked):
--- the newest one's seq. Reads one index entry per queue.
-CREATE OR REPLACE FUNCTION rowembed.change_marks()
-RETURNS TABLE (id int, mark bigint)
-LANGUAGE plpgsql STABLE AS $body$
-DECLARE
-    v rowembed.vectorizer;
-BEGIN
-    FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
-        BEGIN
-            EXECUTE format('SELECT max(seq) FROM %s WHERE priority = $1 AND failed_at IS NULL',
-                           rowembed._qualified(v.queue_table))
-                INTO mark USING rowembed.change_priority();
-        EXCEPTION WHEN OTHERS THEN  -- dropped or altered meanwhile: status() shows it
-            mark := NULL;
-        END;
-        IF mark IS NOT NULL THEN
-            id := v.id;
-            RETURN NEXT;
-        END IF;
-    END LOOP;
 END
 $body$;
 

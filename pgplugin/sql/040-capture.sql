@@ -13,6 +13,7 @@ LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer;
     fn text;
+    log text;
     queue text;
     dest text;
     keys text;
@@ -29,6 +30,8 @@ BEGIN
         RETURN;  -- the source table was dropped; nothing to capture
     END IF;
     fn := 'rowembed._vz_' || v.id;
+    PERFORM rowembed._create_change_log(v);
+    log := rowembed._change_log_name(v.id);
     queue := rowembed._qualified(v.queue_table);
     dest := rowembed._qualified(v.destination);
     keys := rowembed._columns(v.pk_columns);
@@ -43,21 +46,22 @@ BEGIN
                 RAISE EXCEPTION 'rowembed: %s serves %% only, not %%', %L, TG_RELID::regclass;
             END IF;$g$, v.source::oid, fn, rowembed._qualified(v.source));
 
-    -- INSERT: one set-based statement per source statement (COPY and bulk inserts).
+    -- INSERT: one set-based statement per source statement (COPY and bulk inserts),
+    -- into the change log (030-queue.sql): no index, no row lock.
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$s_inserted() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-        BEGIN %6$s
-            INSERT INTO %2$s (%3$s, seq, priority)
-            SELECT %3$s, nextval('rowembed.change_seq'), %5$s FROM new_rows
-            %4$s;
+        BEGIN %4$s
+            INSERT INTO %2$s (%3$s, seq) SELECT %3$s, nextval('rowembed.change_seq') FROM new_rows;
             RETURN NULL;
-        END $fn$ $f$, fn, queue, keys, upsert, live_priority, guard);
+        END $fn$ $f$, fn, log, keys, guard);
 
     -- UPDATE: fires only when an embedded column or the key changed (see WHEN below).
-    -- A key change moves the embedding to the new key and queues both keys; the
-    -- worker then finds the text unchanged and skips the model. Locks are taken on
-    -- the queue before the embeddings, in the same order as the worker.
+    -- A text change goes to the change log. A key change moves the embedding to
+    -- the new key and queues both keys (in the queue: a claim on the old key is
+    -- void at once); the worker then finds the text unchanged and skips the
+    -- model. Locks are taken on the queue before the embeddings, in the same
+    -- order as the worker.
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$s_updated() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -65,7 +69,7 @@ BEGIN
             IF (%3$s) IS DISTINCT FROM (%4$s) THEN
                 -- Both keys are queued: the old one so the worker confirms it is gone
                 -- (in a key swap it is not) and any claim on it is voided.
-                INSERT INTO %5$s (%6$s, seq, priority)
+                INSERT INTO %5$s AS q (%6$s, seq, priority)
                 VALUES (%3$s, nextval('rowembed.change_seq'), %7$s),
                        (%4$s, nextval('rowembed.change_seq'), %7$s) %9$s;
                 -- Every row of the old key (all chunks of a chunked one) moves to
@@ -73,11 +77,10 @@ BEGIN
                 DELETE FROM %2$s WHERE (%6$s) = (%4$s);
                 UPDATE %2$s SET (%6$s) = ROW(%4$s) WHERE (%6$s) = (%3$s);
             ELSE
-                INSERT INTO %5$s (%6$s, seq, priority)
-                VALUES (%4$s, nextval('rowembed.change_seq'), %7$s) %9$s;
+                INSERT INTO %10$s (%6$s, seq) VALUES (%4$s, nextval('rowembed.change_seq'));
             END IF;
             RETURN NULL;
-        END $fn$ $f$, fn, dest, old_key, new_key, queue, keys, live_priority, guard, upsert);
+        END $fn$ $f$, fn, dest, old_key, new_key, queue, keys, live_priority, guard, upsert, log);
 
     -- DELETE: the embedding goes in the same transaction; the queue entry too, which
     -- also voids any claim a worker holds on it (its write then finds nothing to do).
@@ -95,9 +98,9 @@ BEGIN
         CREATE OR REPLACE FUNCTION %1$s_truncated() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
         BEGIN %4$s
-            TRUNCATE %2$s, %3$s;
+            TRUNCATE %2$s, %3$s, %5$s;
             RETURN NULL;
-        END $fn$ $f$, fn, queue, dest, guard);
+        END $fn$ $f$, fn, queue, dest, guard, log);
     FOREACH event IN ARRAY ARRAY['inserted', 'updated', 'deleted', 'truncated'] LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s_%s() FROM PUBLIC', fn, event);
         -- They run as the queue's owner (the vectorizer's creator, whom the

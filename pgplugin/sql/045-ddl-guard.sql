@@ -45,7 +45,7 @@ BEGIN
 END
 $body$;
 
--- sql_drop: when a vectorizer's queue or destination is dropped by hand, its
+-- sql_drop: when a vectorizer's queue, change log or destination is dropped by hand, its
 -- triggers go too, so the source's writes keep succeeding; status() says what
 -- was dropped, and the vectorizer is dropped or recreated from there.
 CREATE OR REPLACE FUNCTION rowembed._disarm_on_drop() RETURNS event_trigger
@@ -57,7 +57,8 @@ BEGIN
     FOR v IN SELECT z.* FROM rowembed.vectorizer AS z
               WHERE EXISTS (SELECT FROM pg_event_trigger_dropped_objects() AS d
                              WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
-                               AND d.objid IN (z.queue_table, z.destination)) LOOP
+                               AND (d.objid IN (z.queue_table, z.destination)
+                                    OR d.object_identity = rowembed._change_log_name(z.id))) LOOP
         CONTINUE WHEN rowembed._qualified(v.source) IS NULL;
         FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',

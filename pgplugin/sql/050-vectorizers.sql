@@ -28,6 +28,8 @@ BEGIN
         RETURN 'its source table was dropped';
     ELSIF rowembed._qualified(v.queue_table) IS NULL THEN
         RETURN 'its queue table was dropped';
+    ELSIF rowembed._change_log(v.id) IS NULL THEN
+        RETURN 'its change log was dropped (rowembed migrate recreates it and its triggers)';
     ELSIF rowembed._qualified(v.destination) IS NULL THEN
         RETURN 'its destination table was dropped';
     END IF;
@@ -302,7 +304,8 @@ BEGIN
         EXECUTE format('DROP FUNCTION IF EXISTS rowembed.%I()', '_vz_' || v.id || '_' || event);
     END LOOP;
     PERFORM rowembed.disable_text_search(v.name);
-    EXECUTE format('DROP TABLE IF EXISTS %s', rowembed._qualified(v.queue_table));
+    EXECUTE format('DROP TABLE IF EXISTS %s, %s', rowembed._qualified(v.queue_table),
+                   rowembed._change_log_name(v.id));
     IF drop_destination AND rowembed._qualified(v.destination) IS NOT NULL THEN
         EXECUTE format('DROP TABLE %s', rowembed._qualified(v.destination));
     END IF;
@@ -355,8 +358,9 @@ BEGIN
         PERFORM rowembed._grant_schemas(v, role);
         EXECUTE format('GRANT SELECT (%s) ON %s TO %I',
             rowembed._columns(v.pk_columns || v.text_columns), v.source, role);
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s TO %I',
-            rowembed._qualified(v.destination), rowembed._qualified(v.queue_table), role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s, %s TO %I',
+            rowembed._qualified(v.destination), rowembed._qualified(v.queue_table),
+            rowembed._change_log(v.id), role);
     END LOOP;
 END
 $body$;

@@ -41,6 +41,7 @@ BEGIN
     v := rowembed._vectorizer_named(cancel_backfill.name);
     UPDATE rowembed.backfill SET state = 'cancelled', updated_at = now()
     WHERE vectorizer_id = v.id AND state = 'running';
+    PERFORM rowembed._fold_changes(v);  -- a row changed since it was queued stays, live
     EXECUTE format('DELETE FROM %s WHERE priority = $1 AND claimed_by IS NULL'
                    ' AND failed_at IS NULL', rowembed._qualified(v.queue_table))
         USING rowembed.backfill_priority();

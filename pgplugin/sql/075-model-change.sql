@@ -96,6 +96,7 @@ BEGIN
     SELECT * INTO fresh FROM rowembed.vectorizer AS z WHERE z.id = new_id;
     PERFORM rowembed._copy_grants(v.destination, fresh.destination);
     PERFORM rowembed._copy_grants(v.queue_table, fresh.queue_table);
+    PERFORM rowembed._copy_grants(v.queue_table, rowembed._change_log(fresh.id));
     RETURN new_id;
 END
 $body$;
@@ -161,6 +162,7 @@ BEGIN
                    ' count(*) FILTER (WHERE failed_at IS NOT NULL) FROM %s',
                    rowembed._qualified(queue))
         INTO backfill, changes, failed USING rowembed.backfill_priority();
+    changes := changes + rowembed._logged_changes(queue);
 END
 $body$;
 

@@ -2,10 +2,12 @@
 
 -- Per-vectorizer counts: exact for the queue; for destinations of over a million
 -- rows, the planner's estimate (an exact count would read the whole table).
--- in_flight: claimed by a live worker; queued: the rest, entries backing off included.
+-- in_flight: claimed by a live worker; queued: the rest, entries backing off
+-- included, and the changes logged and not folded yet (a key logged twice counts twice).
 -- problem: why the vectorizer cannot work (rowembed._problem()), counts NULL when
 -- they cannot be read. chunks: a chunked vectorizer's destination rows (embedded
--- counts source rows). rebuild: a model change in progress (alter_vectorizer). The vectorizers of the current role only.
+-- counts source rows). rebuild: a model change in progress (alter_vectorizer).
+-- The vectorizers of the current role only.
 CREATE OR REPLACE FUNCTION rowembed.status()
 RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight bigint,
                failed bigint, embedded bigint, rows_per_second float8, eta_seconds float8,
@@ -40,6 +42,7 @@ BEGIN
                 '  FROM (SELECT failed_at, %s AS held FROM %s) AS q',
                 rowembed._held_sql(), rowembed._qualified(v.queue_table))
                 INTO STRICT queued, in_flight, failed USING live;
+            queued := queued + rowembed._logged_changes(v.queue_table);
             embedded := rowembed._row_estimate(v.destination, 1000001);
             IF v.chunking <> 'none' THEN  -- embedded counts rows, chunks their chunks
                 chunks := embedded;

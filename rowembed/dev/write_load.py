@@ -31,6 +31,7 @@ import psycopg
 
 from rowembed.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from rowembed.pgplugin import connect, create_vectorizer, drop_vectorizer, migrate, wakeups
+from rowembed.pgplugin.metrics import oldest_pending_seconds
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.settings import Settings
 from rowembed.workers.dispatcher import Dispatcher
@@ -166,13 +167,7 @@ def throughput(
 
 
 def oldest_change_age(conn: Conn, v: Vectorizer) -> float:
-    row = conn.execute(
-        psycopg.sql.SQL(
-            "SELECT coalesce(extract(epoch FROM now() - min(enqueued_at)), 0)::float8"
-            " FROM {} WHERE failed_at IS NULL"
-        ).format(v.queue)
-    ).fetchone()
-    return float(row[0]) if row else 0.0
+    return oldest_pending_seconds(conn, v)
 
 
 def lag_under_load(
@@ -247,7 +242,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             figures["dispatcher"] = {
                 "poll_seconds": settings.poll_seconds,
                 "change_clock_us": time_calls(conn, wakeups.change_clock, 500),
-                "change_marks_us": time_calls(conn, wakeups.change_marks, 500),
+                "fold_changes_us": time_calls(conn, wakeups.fold_changes, 500),
             }
             drop_vectorizer(conn, v.name)  # its backlog is not the lag phase's work
         if args.lag_seconds > 0:
@@ -274,7 +269,7 @@ def print_table(figures: dict[str, Any]) -> None:
     per_second = 1 / d["poll_seconds"]
     print(
         f"dispatcher: a change_clock() every {d['poll_seconds']} s ({per_second:.0f} queries/s"
-        f" idle), {d['change_clock_us']:.0f} us each; change_marks() {d['change_marks_us']:.0f} us,"
+        f" idle), {d['change_clock_us']:.0f} us each; fold_changes() {d['fold_changes_us']:.0f} us"
         f" only while changes come; {figures['hints_sent']} hints sent during the runs"
     )
     if "lag" in figures:

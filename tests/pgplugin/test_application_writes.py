@@ -75,7 +75,8 @@ def test_a_second_model_change_leaves_the_vector_index(conn: Conn, table: str) -
         assert vector_index(conn, v) is not None
 
 
-def test_a_missing_index_is_reported_and_built(conn: Conn, table: str) -> None:
+def test_a_missing_index_is_reported_and_built(own_db: Conn, table: str) -> None:
+    conn = own_db  # the missing index is for this test's dispatcher only
     source(conn, table)
     v = create_vectorizer(conn, table, ["body"], model=MODEL)
     conn.execute(f"DROP INDEX {vector_index(conn, v)}")

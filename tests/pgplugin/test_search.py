@@ -191,7 +191,7 @@ def test_search_uses_the_hnsw_index(conn: Conn, large: Vectorizer) -> None:
             "SELECT * FROM rowembed.explain_search(NULL::large_docs, %s, 10)", [vec]
         ).fetchall()
     )
-    assert "Index Scan using large_docs_embeddings_embedding_idx" in plan, plan
+    assert f"Index Scan using rowembed_{large.id}_vector_idx" in plan, plan
 
 
 def test_k_above_the_default_ef_search_returns_k_rows(conn: Conn, large: Vectorizer) -> None:
@@ -241,7 +241,7 @@ def test_a_selective_filter_still_returns_k_rows(conn: Conn, large: Vectorizer) 
                 [vec],
             ).fetchall()
         )
-    assert "Index Scan using large_docs_embeddings_embedding_idx" in plan, plan
+    assert f"Index Scan using rowembed_{large.id}_vector_idx" in plan, plan
     assert conn.execute("SHOW hnsw.iterative_scan").fetchone() == ("off",)  # restored
 
 

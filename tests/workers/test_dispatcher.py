@@ -71,6 +71,7 @@ def test_rows_backing_off_are_not_work_yet(conn: psycopg.Connection[Any], table:
     conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
 
     def work() -> list[tuple[int, bool]]:
+        conn.execute("SELECT rowembed.fold_changes()")  # as the sweep does first
         rows = conn.execute("SELECT id, changes FROM rowembed.vectorizers_with_work()")
         return [r for r in rows.fetchall() if r[0] == v.id]
 
@@ -132,35 +133,34 @@ def test_a_change_committed_after_a_newer_one_was_seen_is_hinted(
     assert not thread.is_alive()
 
 
-def marks_reader(*answers: dict[int, int]) -> tuple[list[int], Any]:
-    """A read_marks that answers in turn, and the list its calls are counted in."""
+def folder(*answers: list[int]) -> tuple[list[int], Any]:
+    """A fold that answers in turn, and the list its calls are counted in."""
     calls: list[int] = []
 
-    def read() -> dict[int, int]:
+    def fold() -> list[int]:
         calls.append(1)
         return answers[len(calls) - 1]
 
-    return calls, read
+    return calls, fold
 
 
-def test_change_watch_reads_marks_only_while_the_clock_says_so() -> None:
+def test_change_watch_folds_only_while_the_clock_says_so() -> None:
     watch = ChangeWatch()
-    calls, read = marks_reader({1: 10}, {1: 12, 2: 11})
-    assert watch.poll(ChangeClock(seq=10, xmin=100, xmax=100), read) == [1]
-    assert watch.poll(ChangeClock(seq=10, xmin=101, xmax=101), read) == []  # idle
+    calls, fold = folder([1], [1, 2])
+    assert watch.poll(ChangeClock(seq=10, xmin=100, xmax=100), fold) == [1]
+    assert watch.poll(ChangeClock(seq=10, xmin=101, xmax=101), fold) == []  # idle
     assert len(calls) == 1
-    assert watch.poll(ChangeClock(seq=12, xmin=105, xmax=105), read) == [1, 2]
+    assert watch.poll(ChangeClock(seq=12, xmin=105, xmax=105), fold) == [1, 2]
     assert len(calls) == 2
 
 
-def test_change_watch_names_moved_marks_while_open_and_all_once_settled() -> None:
+def test_change_watch_folds_until_the_transactions_that_drew_a_seq_have_ended() -> None:
     watch = ChangeWatch()
-    calls, read = marks_reader({1: 5, 2: 7}, {1: 5, 2: 7}, {1: 6, 2: 7}, {1: 6, 2: 7})
+    calls, fold = folder([1, 2], [], [1])
     # Transaction 90 drew a seq and is still open (xmin 90 < xmax 95).
-    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=95), read) == [1, 2]
-    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=96), read) == []
-    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=96), read) == [1]  # moved down or up
-    # It ended: every vectorizer with live changes is named once more, then quiet.
-    assert watch.poll(ChangeClock(seq=7, xmin=96, xmax=97), read) == [1, 2]
-    assert watch.poll(ChangeClock(seq=7, xmin=97, xmax=97), read) == []
-    assert len(calls) == 4
+    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=95), fold) == [1, 2]
+    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=96), fold) == []
+    # It ended: the last fold finds what it committed, then quiet.
+    assert watch.poll(ChangeClock(seq=7, xmin=96, xmax=97), fold) == [1]
+    assert watch.poll(ChangeClock(seq=7, xmin=97, xmax=97), fold) == []
+    assert len(calls) == 3

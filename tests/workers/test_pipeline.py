@@ -388,21 +388,21 @@ def test_rows_whose_worker_died_are_claimed_alone_and_parked_after_max_attempts(
 def test_an_entry_the_application_held_during_the_write_waits_for_no_lease(
     conn: Conn, table: str, encoder: Encoder, database_url: str
 ) -> None:
-    """The application changes a row while its batch is embedded and rolls back
+    """The application deletes a row while its batch is embedded and rolls back
     after the worker's write skipped the entry it held: the entry is claimable
     again at once (its claim ended with the batch), not after the 300 s lease."""
     v = setup(conn, table, {1: "first text", 2: "second text"})
     (seq_of_two,) = conn.execute(
         sql.SQL("SELECT seq FROM {} WHERE id = 2").format(v.queue)
     ).fetchone()
-    update = sql.SQL("UPDATE {} SET body = 'changing' WHERE id = 2").format(sql.Identifier(table))
+    delete = sql.SQL("DELETE FROM {} WHERE id = 2").format(sql.Identifier(table))
     with connect(database_url) as app, connect(database_url) as reader:
 
         class ApplicationChangesRowTwo(CountingEncoder):
             def encode_tokenized(self, tokenized: Tokenized, clock: Any = None) -> Encoded:
                 if not self.texts:  # its trigger holds row 2's queue entry until it ends
                     app.execute("BEGIN")
-                    app.execute(update)
+                    app.execute(delete)
                 return super().encode_tokenized(tokenized, clock)
 
         report, _ = drain(
