@@ -518,6 +518,6 @@ def test_the_contract_holds_on_a_seeded_walk(contract_db: str) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.parametrize("seed", range(1, 4))
+@pytest.mark.parametrize("seed", range(1, 9))
 def test_the_contract_holds_on_long_walks(contract_db: str, seed: int) -> None:
     check_walk(contract_db, seed=seed, steps=500)
