@@ -1,6 +1,6 @@
 """Wake-ups: how the dispatcher learns that a queue gained entries.
 
-Live changes are found by polling (`change_clock`, then `fold_changes` while
+Live changes are found by polling (`change_clock`, then `logged_changes` while
 it moves): the capture triggers send no NOTIFY, which would serialize the
 application's commits.
 Management calls (a backfill started, failed rows retried) and SQL callers
@@ -40,9 +40,9 @@ def change_clock(conn: psycopg.Connection[Any]) -> ChangeClock:
     return ChangeClock(*row)
 
 
-def fold_changes(conn: psycopg.Connection[Any]) -> list[int]:
-    """Moves the logged changes into the queues; returns the vectorizers that gained some."""
-    return [vid for vid, _ in call(conn, "fold_changes").fetchall()]
+def logged_changes(conn: psycopg.Connection[Any]) -> list[int]:
+    """The vectorizers whose change log has rows (workers fold them as they claim)."""
+    return [vid for (vid,) in call(conn, "vectorizers_with_logged_changes").fetchall()]
 
 
 def listen(conn: psycopg.Connection[Any]) -> None:

@@ -90,7 +90,6 @@ class Dispatcher:
             next_sweep = 0.0
             while not stop.is_set():
                 if time.monotonic() >= next_sweep:
-                    wakeups.fold_changes(conn)  # whatever no poll folded: the hints follow
                     top_up_backfills(conn, self.backfill_chunk)
                     for vectorizer_id, changes in vectorizers_with_work(conn):
                         self.send_hint(vectorizer_id, changes)
@@ -104,7 +103,7 @@ class Dispatcher:
                         self.send_reranks()
                     next_sweep = time.monotonic() + self.sweep_seconds
                 for vectorizer_id in watch.poll(
-                    wakeups.change_clock(conn), lambda: wakeups.fold_changes(conn)
+                    wakeups.change_clock(conn), lambda: wakeups.logged_changes(conn)
                 ):
                     self.send_hint(vectorizer_id, True)
                 notes = list(conn.notifies(timeout=self.poll_seconds, stop_after=1))
@@ -125,18 +124,19 @@ class ChangeWatch:
     (rowembed.change_clock(): one sequence read; no lock, nothing in the
     application's transactions).
 
-    The change logs are folded into the queues only while the sequence moves,
-    or while a transaction that may have drawn a value is still open: a
-    vectorizer whose fold moved changes is named. The last fold runs once all
-    of those transactions have ended, so a change that committed late is
-    folded then. The sweep folds too, and finds anything this misses."""
+    The change logs are looked at only while the sequence moves, or while a
+    transaction that may have drawn a value is still open: a vectorizer whose
+    log has rows is named (its workers fold them into the queue as they claim).
+    The last look is taken once all of those transactions have ended, so a
+    change that committed late is found then. The sweep finds anything this
+    misses."""
 
     def __init__(self) -> None:
         self.seq: int | None = None
         self.open_below = 0  # an xmax seen when the sequence moved
         self.watching = False
 
-    def poll(self, clock: wakeups.ChangeClock, fold: Callable[[], list[int]]) -> list[int]:
+    def poll(self, clock: wakeups.ChangeClock, logged: Callable[[], list[int]]) -> list[int]:
         if clock.seq != self.seq:
             self.seq = clock.seq
             self.open_below = clock.xmax
@@ -145,7 +145,7 @@ class ChangeWatch:
             return []
         if clock.xmin >= self.open_below:  # every transaction that drew a value has ended
             self.watching = False
-        return fold()
+        return logged()
 
 
 class IndexBuilds:

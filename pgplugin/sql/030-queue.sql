@@ -120,8 +120,10 @@ $$;
 -- append-only table without an index (key, seq, logged_at): the cheapest write a
 -- trigger can make, with no row lock and no index entry in the application's
 -- transaction. Folding moves its rows into the queue (one entry per key, the
--- newest seq); claim() and the dispatcher fold. A key change and a DELETE
--- still write the queue itself: they void a claim at once.
+-- newest seq). A worker folds when it claims and when it writes: the work is
+-- done where it is consumed, in batches, and a key changed many times meanwhile
+-- is queued once; the dispatcher only looks whether a log has rows. A key
+-- change and a DELETE still write the queue itself: they void a claim at once.
 CREATE OR REPLACE FUNCTION rowembed._change_log_name(vectorizer_id int) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT format('rowembed.%I', 'changes_' || vectorizer_id) $$;
 
@@ -170,10 +172,11 @@ BEGIN
 END
 $body$;
 
--- Moves vectorizer `v`'s logged changes into its queue; returns how many. Rows
--- another fold holds are skipped, and a queue entry held by another
--- transaction is waited for briefly only: a fold never stalls a worker or the
--- application (a skipped row is folded next time).
+-- Moves up to 5000 of vectorizer `v`'s logged changes into its queue (bounded:
+-- the queue entries it locks wait for the end of the caller's transaction);
+-- returns how many. Rows another fold holds are skipped, and a queue entry held
+-- by another transaction is waited for briefly only: a fold never stalls a
+-- worker or the application (a skipped row is folded next time).
 CREATE OR REPLACE FUNCTION rowembed._fold_changes(v rowembed.vectorizer) RETURNS bigint
 LANGUAGE plpgsql AS $body$
 DECLARE
@@ -188,7 +191,7 @@ BEGIN
     BEGIN
         EXECUTE format(
             'WITH moved AS (DELETE FROM %1$s AS l WHERE l.ctid = ANY (ARRAY('
-            '                   SELECT ctid FROM %1$s FOR UPDATE SKIP LOCKED))'
+            '                   SELECT ctid FROM %1$s LIMIT 5000 FOR UPDATE SKIP LOCKED))'
             '               RETURNING %2$s, seq, logged_at),'
             '     newest AS (SELECT DISTINCT ON (%2$s) %2$s, seq, logged_at FROM moved'
             '                 ORDER BY %2$s, seq DESC),'
@@ -215,8 +218,9 @@ LANGUAGE sql AS $$
      WHERE z.id = fold_changes_of.vectorizer_id
 $$;
 
--- Folds the change logs of the current role's working vectorizers; returns
--- those that gained live changes. The dispatcher calls it while changes come.
+-- Folds the change logs of the current role's working vectorizers now; returns
+-- those that gained live changes (workers fold as they claim: this is for
+-- operators and tests that look at the queue itself).
 CREATE OR REPLACE FUNCTION rowembed.fold_changes() RETURNS TABLE (id int, folded bigint)
 LANGUAGE plpgsql AS $body$
 DECLARE
@@ -397,7 +401,7 @@ $body$;
 -- The change signal. The capture triggers send no NOTIFY: a transaction that
 -- sent one commits behind PostgreSQL's global notify lock, so every writer of
 -- every vectorized table would commit one at a time, cluster-wide. The
--- dispatcher polls this clock instead, and folds the change logs while it
+-- dispatcher polls this clock instead, and looks at the change logs while it
 -- moves (workers/dispatcher.py, ChangeWatch).
 
 -- The last value drawn from change_seq (moved by every change and backfill
@@ -414,7 +418,31 @@ BEGIN
 END
 $body$;
 
--- Vectorizers of the current role with entries a worker may claim now, and
+-- Vectorizers of the current role whose change log has rows: what the
+-- dispatcher hints while the change clock moves. Reads one row of each log.
+CREATE OR REPLACE FUNCTION rowembed.vectorizers_with_logged_changes() RETURNS SETOF int
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+    logged boolean;
+BEGIN
+    FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
+        CONTINUE WHEN rowembed._problem(v) IS NOT NULL;  -- status() shows why
+        BEGIN
+            EXECUTE format('SELECT EXISTS (SELECT FROM %s)', rowembed._change_log(v.id))
+                INTO logged;
+        EXCEPTION WHEN OTHERS THEN  -- dropped or altered meanwhile: the next sweep sees it
+            logged := false;
+        END;
+        IF logged THEN
+            RETURN NEXT v.id;
+        END IF;
+    END LOOP;
+END
+$body$;
+
+-- Vectorizers of the current role with entries a worker may claim now, or
+-- changes logged (live), and
 -- whether any of those is a live change rather than backfill: what the
 -- dispatcher's sweep sends hints for (a lost hint is found here). Reads the first
 -- such entry only; skips broken vectorizers.
@@ -429,9 +457,14 @@ BEGIN
     FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
         CONTINUE WHEN rowembed._problem(v) IS NOT NULL;  -- status() shows why
         BEGIN
-            EXECUTE format('SELECT priority FROM %s WHERE %s ORDER BY priority LIMIT 1',
-                           rowembed._qualified(v.queue_table), rowembed._claimable_sql())
-                INTO first_priority USING live;
+            EXECUTE format('SELECT CASE WHEN EXISTS (SELECT FROM %s) THEN $2 END',
+                           rowembed._change_log(v.id))
+                INTO first_priority USING live, rowembed.change_priority();
+            IF first_priority IS NULL THEN
+                EXECUTE format('SELECT priority FROM %s WHERE %s ORDER BY priority LIMIT 1',
+                               rowembed._qualified(v.queue_table), rowembed._claimable_sql())
+                    INTO first_priority USING live;
+            END IF;
         EXCEPTION WHEN OTHERS THEN  -- dropped or altered meanwhile: the next sweep sees it
             first_priority := NULL;
         END;

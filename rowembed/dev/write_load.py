@@ -242,7 +242,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             figures["dispatcher"] = {
                 "poll_seconds": settings.poll_seconds,
                 "change_clock_us": time_calls(conn, wakeups.change_clock, 500),
-                "fold_changes_us": time_calls(conn, wakeups.fold_changes, 500),
+                "logged_changes_us": time_calls(conn, wakeups.logged_changes, 500),
             }
             drop_vectorizer(conn, v.name)  # its backlog is not the lag phase's work
         if args.lag_seconds > 0:
@@ -269,7 +269,8 @@ def print_table(figures: dict[str, Any]) -> None:
     per_second = 1 / d["poll_seconds"]
     print(
         f"dispatcher: a change_clock() every {d['poll_seconds']} s ({per_second:.0f} queries/s"
-        f" idle), {d['change_clock_us']:.0f} us each; fold_changes() {d['fold_changes_us']:.0f} us"
+        f" idle), {d['change_clock_us']:.0f} us each;"
+        f" logged_changes() {d['logged_changes_us']:.0f} us"
         f" only while changes come; {figures['hints_sent']} hints sent during the runs"
     )
     if "lag" in figures:

@@ -36,6 +36,7 @@ def test_changes_and_sweep_become_hints(
         conn.execute(f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b')")
         wait_until(lambda: (v.id, True) in hints, timeout=10)
         conn.execute(f"DELETE FROM rowembed.queue_{v.id}")
+        conn.execute(f"DELETE FROM rowembed.changes_{v.id}")
         conn.execute("SELECT rowembed.start_backfill(%s)", [table])
         wait_until(lambda: (v.id, False) in hints, timeout=10)
         conn.execute("SELECT rowembed.backfill_step(%s, 10)", [v.id])
@@ -69,9 +70,12 @@ def test_rows_backing_off_are_not_work_yet(conn: psycopg.Connection[Any], table:
     conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
     v = create_vectorizer(conn, table, ["body"], model=MODEL, backfill=False)
     conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+    assert [
+        r for r in conn.execute("SELECT * FROM rowembed.vectorizers_with_work()") if r[0] == v.id
+    ] == [(v.id, True)]  # logged, not queued yet
+    conn.execute("SELECT rowembed.fold_changes()")  # as a worker's claim does
 
     def work() -> list[tuple[int, bool]]:
-        conn.execute("SELECT rowembed.fold_changes()")  # as the sweep does first
         rows = conn.execute("SELECT id, changes FROM rowembed.vectorizers_with_work()")
         return [r for r in rows.fetchall() if r[0] == v.id]
 
@@ -133,34 +137,34 @@ def test_a_change_committed_after_a_newer_one_was_seen_is_hinted(
     assert not thread.is_alive()
 
 
-def folder(*answers: list[int]) -> tuple[list[int], Any]:
-    """A fold that answers in turn, and the list its calls are counted in."""
+def looks(*answers: list[int]) -> tuple[list[int], Any]:
+    """A look at the change logs that answers in turn, and the list its calls are counted in."""
     calls: list[int] = []
 
-    def fold() -> list[int]:
+    def logged() -> list[int]:
         calls.append(1)
         return answers[len(calls) - 1]
 
-    return calls, fold
+    return calls, logged
 
 
-def test_change_watch_folds_only_while_the_clock_says_so() -> None:
+def test_change_watch_looks_only_while_the_clock_says_so() -> None:
     watch = ChangeWatch()
-    calls, fold = folder([1], [1, 2])
-    assert watch.poll(ChangeClock(seq=10, xmin=100, xmax=100), fold) == [1]
-    assert watch.poll(ChangeClock(seq=10, xmin=101, xmax=101), fold) == []  # idle
+    calls, logged = looks([1], [1, 2])
+    assert watch.poll(ChangeClock(seq=10, xmin=100, xmax=100), logged) == [1]
+    assert watch.poll(ChangeClock(seq=10, xmin=101, xmax=101), logged) == []  # idle
     assert len(calls) == 1
-    assert watch.poll(ChangeClock(seq=12, xmin=105, xmax=105), fold) == [1, 2]
+    assert watch.poll(ChangeClock(seq=12, xmin=105, xmax=105), logged) == [1, 2]
     assert len(calls) == 2
 
 
-def test_change_watch_folds_until_the_transactions_that_drew_a_seq_have_ended() -> None:
+def test_change_watch_looks_until_the_transactions_that_drew_a_seq_have_ended() -> None:
     watch = ChangeWatch()
-    calls, fold = folder([1, 2], [], [1])
+    calls, logged = looks([1, 2], [], [1])
     # Transaction 90 drew a seq and is still open (xmin 90 < xmax 95).
-    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=95), fold) == [1, 2]
-    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=96), fold) == []
-    # It ended: the last fold finds what it committed, then quiet.
-    assert watch.poll(ChangeClock(seq=7, xmin=96, xmax=97), fold) == [1]
-    assert watch.poll(ChangeClock(seq=7, xmin=97, xmax=97), fold) == []
+    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=95), logged) == [1, 2]
+    assert watch.poll(ChangeClock(seq=7, xmin=90, xmax=96), logged) == []
+    # It ended: the last look finds what it committed, then quiet.
+    assert watch.poll(ChangeClock(seq=7, xmin=96, xmax=97), logged) == [1]
+    assert watch.poll(ChangeClock(seq=7, xmin=97, xmax=97), logged) == []
     assert len(calls) == 3
