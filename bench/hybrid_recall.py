@@ -93,7 +93,7 @@ def main() -> None:
         with worker_process(database_url, redis_url, {"ROWEMBED_DEVICE": "cpu"}):
             v = create_vectorizer(conn, "bench_hybrid", ["body"], model=MODEL)
             conn.execute("SELECT rowembed.enable_text_search(%s, 'english')", [v.name])
-            document = sql.Identifier("rowembed", f"_vz_{v.id}_document")
+            document = sql.Identifier(v.queue_schema, f"rowembed_vz_{v.id}_document")
             legs["text"] = sql.SQL(
                 "SELECT id FROM {t} AS b, websearch_to_tsquery('english', %s) AS q"
                 " WHERE {d}(b.body) @@ q ORDER BY ts_rank_cd({d}(b.body), q) DESC LIMIT 10"

@@ -113,6 +113,12 @@ def _keys(columns: Sequence[str], alias: str | None = None) -> sql.Composable:
     )
 
 
+# Logged changes folded into the queue per statement (each its own short
+# transaction: the queue entries it upserts stay locked until it ends), and
+# statements per claim at most, while the log still has that many.
+FOLD_CHANGES = 5000
+FOLD_ROUNDS = 20
+
 # How long a write waits before it tries once more the entries it skipped.
 SKIPPED_RETRY_SECONDS = 0.02
 
@@ -152,7 +158,9 @@ class Queue:
     def claim(self, conn: psycopg.Connection[Any], max_rows: int, lease_seconds: float) -> Claim:
         """Lease up to `max_rows` entries, live changes first (or one suspect
         alone: rowembed.claim()), under a new token this session holds until
-        `end_claim`. Commits at once."""
+        `end_claim`. Commits at once. The changes logged since are folded
+        into the queue first."""
+        self.fold(conn)
         with conn.transaction():
             token = scalar(conn, "register_worker")
             rows = call(
@@ -166,6 +174,25 @@ class Queue:
             if not rows:
                 scalar(conn, "end_claim", token=token)
         return Claim([seq for seq, _ in rows], token, any(suspect for _, suspect in rows))
+
+    def fold(self, conn: psycopg.Connection[Any]) -> int:
+        """Move the changes the triggers logged into the queue (one entry per
+        key, the newest change), FOLD_CHANGES per statement; returns how many."""
+        total = 0
+        for _ in range(FOLD_ROUNDS):
+            folded = int(
+                scalar(
+                    conn,
+                    "fold_changes_of",
+                    vectorizer_id=self.vectorizer.id,
+                    max_changes=FOLD_CHANGES,
+                )
+                or 0
+            )
+            total += folded
+            if folded < FOLD_CHANGES:
+                break
+        return total
 
     def release(self, conn: psycopg.Connection[Any], claim: Claim) -> None:
         """Give back entries of `claim` not worked on (any session may)."""
@@ -243,7 +270,9 @@ class Queue:
         staged = _staged.setdefault(conn, set())
         with conn.transaction():
             # Changes logged since the claim give their entries a new seq first.
-            call(conn, "fold_changes_of", vectorizer_id=self.vectorizer.id)
+            call(
+                conn, "fold_changes_of", vectorizer_id=self.vectorizer.id, max_changes=FOLD_CHANGES
+            )
             if self._stage_name not in staged:
                 conn.execute(self._create_stage)
             with conn.cursor().copy(self._copy_stage) as copy:

@@ -86,7 +86,7 @@ class Vectorizer:
     @property
     def change_log(self) -> sql.Identifier:
         """Where the triggers log INSERTs and UPDATEs until folded into the queue."""
-        return sql.Identifier("rowembed", f"changes_{self.id}")
+        return sql.Identifier(self.queue_schema, f"rowembed_changes_{self.id}")
 
 
 class VectorizerNotFound(LookupError):

@@ -420,9 +420,9 @@ MUTATIONS = (
     ),
     Mutation(
         "a worker claims without folding the change log",
-        "pgplugin/sql/030-queue.sql",
-        "    PERFORM rowembed._fold_changes(v);\n    EXECUTE format(",
-        "    EXECUTE format(",
+        "pgplugin/queue.py",
+        "        self.fold(conn)\n",
+        "",
         ("tests/workers/test_pipeline.py",),
     ),
     Mutation(
@@ -453,6 +453,29 @@ MUTATIONS = (
         "            if len(outcomes) == 1:",
         "            if True:\n                raise",
         ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "a creator keeps CREATE on schema rowembed",
+        "pgplugin/sql/999-finish.sql",
+        "        EXECUTE format('REVOKE CREATE ON SCHEMA rowembed FROM %s',",
+        "        PERFORM format('REVOKE CREATE ON SCHEMA rowembed FROM %s',",
+        ("tests/pgplugin/test_privileges.py",),
+    ),
+    Mutation(
+        "key types pasted from the catalog's text",
+        "pgplugin/sql/070-backfill.sql",
+        "format('($2->>%L)::%s', u.c, format_type(a.atttypid, a.atttypmod))",
+        "format('($2->>%L)::%s', u.c, v.pk_types[u.o])",
+        ("tests/pgplugin/test_privileges.py",),
+    ),
+    Mutation(
+        "a forged replaces is taken for a replacement",
+        "pgplugin/sql/075-model-change.sql",
+        "     WHERE z.replaces = v.id AND z.source = v.source\n"
+        "       AND (SELECT c.relowner FROM pg_class AS c WHERE c.oid = z.queue_table)\n"
+        "           = (SELECT c.relowner FROM pg_class AS c WHERE c.oid = v.queue_table)\n",
+        "     WHERE z.replaces = v.id\n",
+        ("tests/pgplugin/test_privileges.py",),
     ),
     Mutation(
         "a dropped queue leaves the triggers armed",

@@ -120,15 +120,18 @@ $$;
 -- append-only table without an index (key, seq, logged_at): the cheapest write a
 -- trigger can make, with no row lock and no index entry in the application's
 -- transaction. Folding moves its rows into the queue (one entry per key, the
--- newest seq). A worker folds when it claims and when it writes: the work is
+-- newest seq). A worker folds before it claims and when it writes: the work is
 -- done where it is consumed, in batches, and a key changed many times meanwhile
 -- is queued once; the dispatcher only looks whether a log has rows. A key
 -- change and a DELETE still write the queue itself: they void a claim at once.
-CREATE OR REPLACE FUNCTION rowembed._change_log_name(vectorizer_id int) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$ SELECT format('rowembed.%I', 'changes_' || vectorizer_id) $$;
+CREATE OR REPLACE FUNCTION rowembed._change_log_name(v rowembed.vectorizer) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT format('%I.%I', v.home, 'rowembed_changes_' || v.id) $$;
 
 CREATE OR REPLACE FUNCTION rowembed._change_log(vectorizer_id int) RETURNS regclass
-LANGUAGE sql STABLE AS $$ SELECT to_regclass(rowembed._change_log_name(vectorizer_id)) $$;
+LANGUAGE sql STABLE AS $$
+    SELECT to_regclass(rowembed._change_log_name(z)) FROM rowembed.vectorizer AS z
+     WHERE z.id = vectorizer_id
+$$;
 
 -- Creates vectorizer `v`'s change log if it is missing (on create, and on the
 -- migrate that upgrades a vectorizer made before it), keyed like the queue,
@@ -136,7 +139,7 @@ LANGUAGE sql STABLE AS $$ SELECT to_regclass(rowembed._change_log_name(vectorize
 CREATE OR REPLACE FUNCTION rowembed._create_change_log(v rowembed.vectorizer) RETURNS void
 LANGUAGE plpgsql AS $body$
 DECLARE
-    log text := rowembed._change_log_name(v.id);
+    log text := rowembed._change_log_name(v);
 BEGIN
     IF rowembed._change_log(v.id) IS NOT NULL THEN
         RETURN;
@@ -172,12 +175,13 @@ BEGIN
 END
 $body$;
 
--- Moves up to 5000 of vectorizer `v`'s logged changes into its queue (bounded:
--- the queue entries it locks wait for the end of the caller's transaction);
--- returns how many. Rows another fold holds are skipped, and a queue entry held
+-- Moves up to `max_changes` of vectorizer `v`'s logged changes into its queue
+-- (bounded: the queue entries it locks wait for the end of the caller's
+-- transaction); returns how many. Rows another fold holds are skipped, and a queue entry held
 -- by another transaction is waited for briefly only: a fold never stalls a
 -- worker or the application (a skipped row is folded next time).
-CREATE OR REPLACE FUNCTION rowembed._fold_changes(v rowembed.vectorizer) RETURNS bigint
+CREATE OR REPLACE FUNCTION rowembed._fold_changes(v rowembed.vectorizer, max_changes int)
+RETURNS bigint
 LANGUAGE plpgsql AS $body$
 DECLARE
     keys text := rowembed._columns(v.pk_columns);
@@ -191,7 +195,7 @@ BEGIN
     BEGIN
         EXECUTE format(
             'WITH moved AS (DELETE FROM %1$s AS l WHERE l.ctid = ANY (ARRAY('
-            '                   SELECT ctid FROM %1$s LIMIT 5000 FOR UPDATE SKIP LOCKED))'
+            '                   SELECT ctid FROM %1$s LIMIT $2 FOR UPDATE SKIP LOCKED))'
             '               RETURNING %2$s, seq, logged_at),'
             '     newest AS (SELECT DISTINCT ON (%2$s) %2$s, seq, logged_at FROM moved'
             '                 ORDER BY %2$s, seq DESC),'
@@ -199,9 +203,9 @@ BEGIN
             '                SELECT %2$s, seq, $1, logged_at FROM newest ORDER BY %2$s %4$s'
             '                RETURNING 1)'
             ' SELECT count(*) FROM moved',
-            rowembed._change_log_name(v.id), keys, rowembed._qualified(v.queue_table),
+            rowembed._change_log_name(v), keys, rowembed._qualified(v.queue_table),
             rowembed._enqueue_change_sql(keys))
-            INTO folded USING rowembed.change_priority();
+            INTO folded USING rowembed.change_priority(), max_changes;
     EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
         folded := 0;
     END;
@@ -210,11 +214,14 @@ BEGIN
 END
 $body$;
 
--- Folds one vectorizer's change log (a worker's write does, first: an entry
--- whose row changed since its claim then has a new seq, and is not completed).
-CREATE OR REPLACE FUNCTION rowembed.fold_changes_of(vectorizer_id int) RETURNS bigint
+-- Folds up to `max_changes` of one vectorizer's logged changes: a worker does
+-- before it claims (a few thousand per transaction, until the log is empty) and
+-- first in its write (an entry whose row changed since its claim then has a new
+-- seq, and is not completed).
+CREATE OR REPLACE FUNCTION rowembed.fold_changes_of(vectorizer_id int, max_changes int)
+RETURNS bigint
 LANGUAGE sql AS $$
-    SELECT rowembed._fold_changes(z) FROM rowembed.vectorizer AS z
+    SELECT rowembed._fold_changes(z, max_changes) FROM rowembed.vectorizer AS z
      WHERE z.id = fold_changes_of.vectorizer_id
 $$;
 
@@ -229,7 +236,7 @@ BEGIN
     FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
         CONTINUE WHEN rowembed._problem(v) IS NOT NULL;  -- status() shows why
         BEGIN
-            folded := rowembed._fold_changes(v);
+            folded := rowembed._fold_changes(v, 2147483647);
         EXCEPTION WHEN OTHERS THEN  -- altered meanwhile, or a privilege lost: status() shows it
             folded := 0;
         END;
@@ -266,7 +273,6 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = claim.vectorizer_id;
     queue := rowembed._qualified(v.queue_table);
-    PERFORM rowembed._fold_changes(v);
     EXECUTE format(
         'SELECT coalesce(array_agg(w.seq ORDER BY w.priority, w.seq), ''{}''),'
         '       coalesce(array_agg(w.seq ORDER BY w.priority, w.seq)'

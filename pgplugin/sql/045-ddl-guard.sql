@@ -58,7 +58,7 @@ BEGIN
               WHERE EXISTS (SELECT FROM pg_event_trigger_dropped_objects() AS d
                              WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
                                AND (d.objid IN (z.queue_table, z.destination)
-                                    OR d.object_identity = rowembed._change_log_name(z.id))) LOOP
+                                    OR d.object_identity = rowembed._change_log_name(z))) LOOP
         CONTINUE WHEN rowembed._qualified(v.source) IS NULL;
         FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',

@@ -220,7 +220,9 @@ BEGIN
     END IF;
 
     new_id := nextval(pg_get_serial_sequence('rowembed.vectorizer', 'id'));
-    queue := format('rowembed.%I', 'queue_' || new_id);
+    -- The queue lives beside the destination (the vectorizer's home): the creator
+    -- may create there, and no role but rowembed's owner creates in rowembed.
+    queue := format('%I.%I', dest_schema, 'rowembed_queue_' || new_id);
     keys := rowembed._columns(pk_cols);
     SELECT string_agg(format('%I %s', c, t), ', ' ORDER BY o) INTO key_defs
       FROM unnest(pk_cols, pk_types) WITH ORDINALITY AS u(c, t, o);
@@ -243,7 +245,7 @@ BEGIN
 
     INSERT INTO rowembed.vectorizer (
         id, name, source, pk_columns, pk_types, text_columns, separator, model, dimensions,
-        destination, embedding_column, queue_table, min_similarity, query_instruction,
+        destination, embedding_column, queue_table, home, min_similarity, query_instruction,
         rerank_model, max_attempts, storage, index_method, defer_index_above,
         passage_instruction, chunking, chunk_tokens, chunk_overlap, max_chunks)
     OVERRIDING SYSTEM VALUE
@@ -253,7 +255,7 @@ BEGIN
         create_vectorizer.source, pk_cols, pk_types, create_vectorizer.text_columns,
         create_vectorizer.separator, create_vectorizer.model, create_vectorizer.dimensions,
         format('%I.%I', dest_schema, dest_table)::regclass,
-        create_vectorizer.embedding_column, queue::regclass,
+        create_vectorizer.embedding_column, queue::regclass, dest_schema,
         coalesce(create_vectorizer.min_similarity,
                  rowembed.default_min_similarity(create_vectorizer.model)),
         coalesce(create_vectorizer.query_instruction,
@@ -301,11 +303,11 @@ BEGIN
         END IF;
     END LOOP;
     FOREACH event IN ARRAY ARRAY['inserted', 'updated', 'deleted', 'truncated'] LOOP
-        EXECUTE format('DROP FUNCTION IF EXISTS rowembed.%I()', '_vz_' || v.id || '_' || event);
+        EXECUTE format('DROP FUNCTION IF EXISTS %s()', rowembed._capture_function(v, event));
     END LOOP;
     PERFORM rowembed.disable_text_search(v.name);
     EXECUTE format('DROP TABLE IF EXISTS %s, %s', rowembed._qualified(v.queue_table),
-                   rowembed._change_log_name(v.id));
+                   rowembed._change_log_name(v));
     IF drop_destination AND rowembed._qualified(v.destination) IS NOT NULL THEN
         EXECUTE format('DROP TABLE %s', rowembed._qualified(v.destination));
     END IF;
@@ -366,12 +368,14 @@ END
 $body$;
 
 -- What a role needs to create and manage vectorizers over tables it owns (it
--- also needs CREATE on the destination's schema): the catalog's row-level
--- security keeps it to its own tables.
+-- also needs CREATE on the destination's schema, where the vectorizer's queue,
+-- change log and generated functions live too): the catalog's row-level
+-- security keeps it to its own tables. Never CREATE on schema rowembed: a role
+-- that may create there could add an overload rowembed's own code would call.
 CREATE OR REPLACE FUNCTION rowembed.grant_creator(role name) RETURNS void
 LANGUAGE plpgsql AS $body$
 BEGIN
-    EXECUTE format('GRANT USAGE, CREATE ON SCHEMA rowembed TO %I', role);
+    EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON rowembed.vectorizer TO %I', role);
     EXECUTE format('GRANT USAGE ON SEQUENCE %s, rowembed.change_seq TO %I',
                    pg_get_serial_sequence('rowembed.vectorizer', 'id'), role);

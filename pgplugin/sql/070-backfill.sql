@@ -41,7 +41,7 @@ BEGIN
     v := rowembed._vectorizer_named(cancel_backfill.name);
     UPDATE rowembed.backfill SET state = 'cancelled', updated_at = now()
     WHERE vectorizer_id = v.id AND state = 'running';
-    PERFORM rowembed._fold_changes(v);  -- a row changed since it was queued stays, live
+    PERFORM rowembed._fold_changes(v, 1000000);  -- a row changed since it was queued stays, live
     EXECUTE format('DELETE FROM %s WHERE priority = $1 AND claimed_by IS NULL'
                    ' AND failed_at IS NULL', rowembed._qualified(v.queue_table))
         USING rowembed.backfill_priority();
@@ -124,13 +124,17 @@ END
 $body$;
 
 -- SQL text: `alias`'s key is after the backfill's cursor ($2: the cursor as jsonb,
--- NULL before the first chunk).
+-- NULL before the first chunk). The key's types are read from the source's
+-- columns (format_type quotes them), never from the catalog's text, which its
+-- creator may write.
 CREATE OR REPLACE FUNCTION rowembed._after_key(v rowembed.vectorizer, alias text)
 RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format('($2 IS NULL OR (%s) > (%s))', rowembed._columns(v.pk_columns, alias),
-                  string_agg(format('($2->>%L)::%s', c, t), ', ' ORDER BY o))
-      FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o)
+                  string_agg(format('($2->>%L)::%s', u.c, format_type(a.atttypid, a.atttypmod)),
+                             ', ' ORDER BY u.o))
+      FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)
+      JOIN pg_attribute AS a ON a.attrelid = v.source AND a.attname = u.c AND NOT a.attisdropped
 $$;
 
 -- Running backfills the current role may step (it may queue rows of the

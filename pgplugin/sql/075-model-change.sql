@@ -3,11 +3,17 @@
 -- to both), searches keep using the old one until the replacement has every row
 -- and its index, then the two switch in one transaction.
 
--- The vectorizer being built to replace `v`, if any.
+-- The vectorizer being built to replace `v`, if any: of the same source, its
+-- queue owned by the owner of `v`'s (a creator may write `replaces` on her own
+-- catalog row; pointing it at another's vectorizer must not make hers its
+-- replacement).
 CREATE OR REPLACE FUNCTION rowembed._replacement_of(v rowembed.vectorizer)
 RETURNS rowembed.vectorizer
 LANGUAGE sql STABLE AS $$
-    SELECT z.* FROM rowembed.vectorizer AS z WHERE z.replaces = v.id
+    SELECT z.* FROM rowembed.vectorizer AS z
+     WHERE z.replaces = v.id AND z.source = v.source
+       AND (SELECT c.relowner FROM pg_class AS c WHERE c.oid = z.queue_table)
+           = (SELECT c.relowner FROM pg_class AS c WHERE c.oid = v.queue_table)
 $$;
 
 -- The grants of table `old_table` given again on `new_table` (a worker's and a
@@ -183,8 +189,8 @@ BEGIN
                    left(dest_table, 45) || '_replaced_' || old.id);
     EXECUTE format('ALTER TABLE %s RENAME TO %I', rowembed._qualified(next.destination), dest_table);
     IF old.text_search IS NOT NULL THEN  -- the same text, so the same index: it moves
-        EXECUTE format('ALTER FUNCTION rowembed.%I RENAME TO %I', rowembed._document_name(old),
-                       rowembed._document_name(next));
+        EXECUTE format('ALTER FUNCTION %s RENAME TO %I', rowembed._capture_function(old, 'document'),
+                       'rowembed_vz_' || next.id || '_document');
         EXECUTE format('ALTER INDEX %I.%I RENAME TO %I',
                        (SELECT n.nspname FROM pg_class c JOIN pg_namespace n
                           ON n.oid = c.relnamespace WHERE c.oid = old.source),
@@ -218,6 +224,7 @@ BEGIN
                   JOIN pg_class AS c ON c.oid = z.destination
                  WHERE z.replaces IS NOT NULL AND pg_has_role(c.relowner, 'USAGE') LOOP
         SELECT * INTO old FROM rowembed.vectorizer AS z WHERE z.id = next.replaces;
+        CONTINUE WHEN (rowembed._replacement_of(old)).id IS DISTINCT FROM next.id;  -- forged
         BEGIN
             CONTINUE WHEN rowembed._switch_blocker(next) IS NOT NULL;
             PERFORM rowembed._switch(old, next);

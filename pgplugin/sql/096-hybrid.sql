@@ -1,10 +1,10 @@
 -- Full text and hybrid search. A vectorizer's text columns get a GIN index on
--- the source table itself (an expression index over rowembed._vz_N_document(),
+-- the source table itself (an expression index over <home>.rowembed_vz_N_document(),
 -- the to_tsvector of the same text the model embeds), so the full text leg is
 -- always current and needs no worker; hybrid_search() fuses it with the vector
 -- search by reciprocal rank fusion.
 
--- The name of a vectorizer's document function (and of its index).
+-- The name of a vectorizer's full text index (on its source).
 CREATE OR REPLACE FUNCTION rowembed._document_name(v rowembed.vectorizer) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT format('_vz_%s_document', v.id) $$;
 
@@ -12,7 +12,7 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT format('_vz_%s_document', v.id) $$;
 CREATE OR REPLACE FUNCTION rowembed._document_sql(v rowembed.vectorizer, alias text)
 RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT format('rowembed.%I(%s)', rowembed._document_name(v),
+    SELECT format('%s(%s)', rowembed._capture_function(v, 'document'),
                   rowembed._columns(v.text_columns, alias))
 $$;
 
@@ -44,7 +44,7 @@ BEGIN
     IF not_text IS NOT NULL THEN
         RAISE EXCEPTION 'rowembed: full text search needs text columns; % of % are not', not_text, v.source;
     END IF;
-    fn := format('rowembed.%I', rowembed._document_name(v));
+    fn := rowembed._capture_function(v, 'document');
     SELECT string_agg('text', ', '), string_agg(format('$%s', o), ', ' ORDER BY o)
       INTO params, positions
       FROM unnest(v.text_columns) WITH ORDINALITY AS u(c, o);
@@ -67,7 +67,7 @@ LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_named(name);
 BEGIN
-    EXECUTE format('DROP FUNCTION IF EXISTS rowembed.%I CASCADE', rowembed._document_name(v));
+    EXECUTE format('DROP FUNCTION IF EXISTS %s CASCADE', rowembed._capture_function(v, 'document'));
     UPDATE rowembed.vectorizer AS z SET text_search = NULL
      WHERE z.id = v.id AND z.text_search IS NOT NULL;
 END

@@ -1,4 +1,5 @@
--- Runs last: pins search_path on every function, regenerates every vectorizer's triggers.
+-- Runs last: pins search_path on every function, regenerates every vectorizer's
+-- triggers, and keeps schema rowembed written by its owner only.
 
 DO $pin$
 DECLARE
@@ -34,3 +35,36 @@ BEGIN
     END LOOP;
 END
 $install$;
+
+-- Trigger functions of releases before 0007 lived in schema rowembed; the
+-- triggers now use those in each vectorizer's home. One still in use (its
+-- vectorizer's triggers could not be regenerated) stays until they can be.
+DO $cleanup$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p
+               WHERE p.pronamespace = 'rowembed'::regnamespace AND p.proname LIKE '\_vz\_%' LOOP
+        BEGIN
+            EXECUTE format('DROP FUNCTION %s', fn);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            NULL;
+        END;
+    END LOOP;
+END
+$cleanup$;
+
+-- No role but the owner creates in schema rowembed (grant_creator once granted it):
+-- one that could would add overloads that rowembed's own functions call.
+DO $owner_only$
+DECLARE
+    grantee oid;
+BEGIN
+    FOR grantee IN SELECT a.grantee FROM pg_namespace n, aclexplode(n.nspacl) AS a
+                    WHERE n.nspname = 'rowembed' AND a.privilege_type = 'CREATE'
+                      AND a.grantee <> n.nspowner LOOP
+        EXECUTE format('REVOKE CREATE ON SCHEMA rowembed FROM %s',
+                       CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE quote_ident(grantee::regrole::text) END);
+    END LOOP;
+END
+$owner_only$;

@@ -47,7 +47,7 @@ def test_no_other_role_may_execute_the_generated_functions(conn: Conn, table: st
     conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(intruder)))
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA rowembed TO {}").format(sql.Identifier(intruder)))
     for event in EVENTS:
-        function = f"rowembed._vz_{v.id}_{event}()"
+        function = f"{v.queue_schema}.rowembed_vz_{v.id}_{event}()"
         assert conn.execute(
             "SELECT has_function_privilege(%s, %s, 'EXECUTE')", [intruder, function]
         ).fetchone() == (False,), function
@@ -57,8 +57,8 @@ def test_no_other_role_may_execute_the_generated_functions(conn: Conn, table: st
         conn.execute(
             sql.SQL(
                 "CREATE TRIGGER wipe AFTER TRUNCATE ON mine FOR EACH STATEMENT"
-                " EXECUTE FUNCTION rowembed.{}()"
-            ).format(sql.Identifier(f"_vz_{v.id}_truncated"))
+                " EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(v.queue_schema, f"rowembed_vz_{v.id}_truncated"))
         )
     assert counts(conn, v) == (2, 1)
 
@@ -88,8 +88,8 @@ def test_a_generated_function_fires_for_its_own_table_only(
     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(other))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'one')").format(other))
     conn.execute(
-        sql.SQL("CREATE TRIGGER forged " + trigger + " EXECUTE FUNCTION rowembed.{}()").format(
-            other, sql.Identifier(f"_vz_{v.id}_{event}")
+        sql.SQL("CREATE TRIGGER forged " + trigger + " EXECUTE FUNCTION {}()").format(
+            other, sql.Identifier(v.queue_schema, f"rowembed_vz_{v.id}_{event}")
         )
     )
     with pytest.raises(psycopg.errors.RaiseException, match="serves"):

@@ -136,6 +136,7 @@ def test_only_the_owner_defers_or_builds(conn: Conn, table: str) -> None:
     conn.execute("CREATE ROLE rowembed_not_owner")
     conn.execute("GRANT USAGE ON SCHEMA rowembed TO rowembed_not_owner")
     conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA rowembed TO rowembed_not_owner")
+    conn.execute(sql.SQL("GRANT SELECT ON {} TO rowembed_not_owner").format(v.queue))
     with conn.transaction():
         conn.execute("SET LOCAL ROLE rowembed_not_owner")
         assert table not in to_build(conn)
@@ -155,6 +156,7 @@ def test_only_the_owner_defers_or_builds(conn: Conn, table: str) -> None:
         assert table in to_build(conn)
     conn.execute(sql.SQL("ALTER TABLE {} OWNER TO CURRENT_USER").format(v.destination))
     conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA rowembed FROM rowembed_not_owner")
+    conn.execute(sql.SQL("REVOKE ALL ON {} FROM rowembed_not_owner").format(v.queue))
     conn.execute("REVOKE ALL ON SCHEMA rowembed FROM rowembed_not_owner")
 
 

@@ -64,7 +64,7 @@ RENAMED = "column body of broken was renamed or dropped"
         ("ALTER TABLE {} DROP COLUMN body CASCADE", RENAMED, RENAMED),
         ("DROP TRIGGER rowembed_{id}_update ON {}", "its update trigger is missing", None),
         (
-            "DROP TABLE rowembed.queue_{id}",
+            "DROP TABLE public.rowembed_queue_{id}",
             "its queue table was dropped",
             "its queue table was dropped",
         ),

@@ -146,7 +146,9 @@ def test_an_upgrade_keeps_vectorizers_working(fresh: psycopg.Connection[Any], re
     assert hits == [(1,)]
     fresh.execute("DELETE FROM old_docs_embeddings")
     fresh.execute("UPDATE old_docs SET body = 'three' WHERE id = 2")  # triggers regenerated
-    assert fresh.execute("SELECT count(*) FROM rowembed.queue_1 WHERE id = 2").fetchone() == (1,)
+    assert fresh.execute(
+        "SELECT count(*) FROM public.rowembed_queue_1 WHERE id = 2"
+    ).fetchone() == (1,)
     # One create_vectorizer remains, with the new options.
     assert fresh.execute(
         "SELECT count(*) FROM pg_proc WHERE proname = 'create_vectorizer'"

@@ -139,7 +139,9 @@ def test_a_model_change_keeps_searches_answering_and_misses_no_row(
     assert conn.execute("SELECT to_regclass(%s)", [f"{v.destination_table}_next"]).fetchone() == (
         None,
     )
-    assert conn.execute("SELECT to_regclass(%s)", [f"rowembed.queue_{v.id}"]).fetchone() == (None,)
+    assert conn.execute("SELECT to_regclass(%s)", [f"public.rowembed_queue_{v.id}"]).fetchone() == (
+        None,
+    )
     # No row missing: every row but the deleted one, by the new model.
     keys = count(conn, sql.SQL("SELECT count(DISTINCT id) FROM {}").format(after.destination))
     assert keys == rows - 1

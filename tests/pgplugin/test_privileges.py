@@ -106,7 +106,7 @@ def test_generated_functions_run_as_their_creator_whoever_migrates(
     own_db: Conn, owners: tuple[Owner, Owner]
 ) -> None:
     alice, _ = owners
-    function = f"rowembed._vz_{alice.vectorizer.id}_truncated()"
+    function = f"{alice.vectorizer.queue_schema}.rowembed_vz_{alice.vectorizer.id}_truncated()"
     own_db.execute(sql.SQL("DROP FUNCTION {} CASCADE").format(sql.SQL(function)))
     migrate(own_db)  # as the superuser: recreates the function and its trigger
     owner = own_db.execute(
@@ -210,3 +210,84 @@ def test_the_readme_roles_together(
         assert sorted(found) == [(2,), (3,)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(sql.SQL("SELECT count(*) FROM {}").format(mallory.vectorizer.destination))
+
+
+def test_no_role_but_the_owner_creates_in_schema_rowembed(
+    own_db: Conn, owners: tuple[Owner, Owner]
+) -> None:
+    """A role that could create there could add an overload that rowembed's own
+    functions (some SECURITY DEFINER, some run by a superuser's worker) call."""
+    alice, _ = owners
+    suffix = own_db.info.dbname
+    for role in (f"worker_{suffix}", f"searcher_{suffix}"):
+        own_db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    own_db.execute("SELECT rowembed.grant_worker(%s)", [f"worker_{suffix}"])
+    own_db.execute("SELECT rowembed.grant_searcher(%s)", [f"searcher_{suffix}"])
+    own_db.execute("GRANT CREATE ON SCHEMA rowembed TO PUBLIC")  # as an older release did
+    migrate(own_db)
+    creators = own_db.execute(
+        "SELECT a.grantee::regrole::text FROM pg_namespace n, aclexplode(n.nspacl) a"
+        " WHERE n.nspname = 'rowembed' AND a.privilege_type = 'CREATE'"
+        " AND a.grantee <> n.nspowner"
+    ).fetchall()
+    assert creators == []
+    with connect(alice.url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(
+            "CREATE FUNCTION rowembed._conninfo_value(value name) RETURNS text"
+            " LANGUAGE sql AS $$ SELECT 'hijacked' $$"
+        )
+    # Her vectorizer's own objects live in its home schema, owned by her.
+    owned = own_db.execute(
+        "SELECT c.relnamespace::regnamespace::text, c.relowner::regrole::text FROM pg_class c"
+        " WHERE c.oid = %s::regclass",
+        [f"public.rowembed_queue_{alice.vectorizer.id}"],
+    ).fetchone()
+    assert owned == ("public", alice.role)
+
+
+def test_catalog_text_never_reaches_dynamic_sql(own_db: Conn, owners: tuple[Owner, Owner]) -> None:
+    """A creator may write her own catalog row: key types written there must not
+    run as the dispatcher's role when it steps her backfill."""
+    alice, _ = owners
+    own_db.execute("CREATE TABLE pwned (by name)")
+    own_db.execute("GRANT INSERT ON pwned TO PUBLIC")
+    own_db.execute(
+        "CREATE FUNCTION public.pwn() RETURNS boolean LANGUAGE sql"
+        " AS $$ INSERT INTO public.pwned VALUES (current_user) RETURNING true $$"
+    )
+    with connect(alice.url) as conn:
+        conn.execute(
+            "UPDATE rowembed.vectorizer SET pk_types = ARRAY['int) OR public.pwn() OR (false']"
+            " WHERE name = %s",
+            [alice.vectorizer.name],
+        )
+        conn.execute("SELECT rowembed.start_backfill(%s)", [alice.vectorizer.name])
+    for _ in range(3):  # as the dispatcher does, past the first chunk (the cursor)
+        own_db.execute("SELECT rowembed.backfill_step(%s, 1)", [alice.vectorizer.id])
+    assert own_db.execute("SELECT count(*) FROM pwned").fetchone() == (0,)
+
+
+def test_a_forged_replaces_takes_nothing_over(own_db: Conn, owners: tuple[Owner, Owner]) -> None:
+    """A creator who points `replaces` of her row at another's vectorizer gets
+    neither its name nor its drop; its owner can still drop it."""
+    alice, mallory = owners
+    with connect(mallory.url) as conn:
+        conn.execute(
+            "UPDATE rowembed.vectorizer SET replaces = %s WHERE name = %s",
+            [alice.vectorizer.id, mallory.vectorizer.name],
+        )
+    # Hers looks complete: nothing queued, her backfill done.
+    own_db.execute(sql.SQL("DELETE FROM {}").format(mallory.vectorizer.queue))
+    own_db.execute(sql.SQL("DELETE FROM {}").format(mallory.vectorizer.change_log))
+    own_db.execute(
+        "UPDATE rowembed.backfill SET state = 'done' WHERE vectorizer_id = %s",
+        [mallory.vectorizer.id],
+    )
+    assert own_db.execute("SELECT * FROM rowembed.complete_alters()").fetchall() == []
+    names = dict(own_db.execute("SELECT id, name FROM rowembed.vectorizer").fetchall())
+    assert names[alice.vectorizer.id] == alice.vectorizer.name
+    with connect(alice.url) as conn:
+        conn.execute("SELECT rowembed.drop_vectorizer(%s)", [alice.vectorizer.name])
+    assert own_db.execute(
+        "SELECT count(*) FROM rowembed.vectorizer WHERE id = %s", [mallory.vectorizer.id]
+    ).fetchone() == (1,)

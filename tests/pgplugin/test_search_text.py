@@ -287,8 +287,8 @@ def test_hybrid_search_fuses_vector_and_full_text_ranks(db: Conn, table: str) ->
                 " AND lang = 'en' ORDER BY ts_rank_cd({}(t.body), 'error & e4312'::tsquery) DESC"
             ).format(
                 sql.Identifier(table),
-                sql.Identifier("rowembed", f"_vz_{v.id}_document"),
-                sql.Identifier("rowembed", f"_vz_{v.id}_document"),
+                sql.Identifier(v.queue_schema, f"rowembed_vz_{v.id}_document"),
+                sql.Identifier(v.queue_schema, f"rowembed_vz_{v.id}_document"),
             )
         )
     ]
@@ -314,7 +314,7 @@ def test_the_full_text_leg_is_index_backed_and_goes_with_the_vectorizer(
     db: Conn, table: str
 ) -> None:
     v = hybrid_table(db, table)
-    document = sql.Identifier("rowembed", f"_vz_{v.id}_document")
+    document = sql.Identifier(v.queue_schema, f"rowembed_vz_{v.id}_document")
     with db.transaction():
         db.execute("SET LOCAL enable_seqscan = off")
         plan = "\n".join(

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from rowembed.pgplugin import create_vectorizer
 from rowembed.pgplugin.wakeups import ChangeClock
@@ -35,8 +36,8 @@ def test_changes_and_sweep_become_hints(
         assert not hints  # the start-up sweep found the queue empty
         conn.execute(f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b')")
         wait_until(lambda: (v.id, True) in hints, timeout=10)
-        conn.execute(f"DELETE FROM rowembed.queue_{v.id}")
-        conn.execute(f"DELETE FROM rowembed.changes_{v.id}")
+        conn.execute(sql.SQL("DELETE FROM {}").format(v.queue))
+        conn.execute(sql.SQL("DELETE FROM {}").format(v.change_log))
         conn.execute("SELECT rowembed.start_backfill(%s)", [table])
         wait_until(lambda: (v.id, False) in hints, timeout=10)
         conn.execute("SELECT rowembed.backfill_step(%s, 10)", [v.id])
@@ -82,11 +83,13 @@ def test_rows_backing_off_are_not_work_yet(conn: psycopg.Connection[Any], table:
     assert work() == [(v.id, True)]
     # What a failed attempt leaves: no claim, a back-off in lease_until.
     conn.execute(
-        f"UPDATE rowembed.queue_{v.id} SET attempts = 1, last_error = 'x',"
+        f"UPDATE public.rowembed_queue_{v.id} SET attempts = 1, last_error = 'x',"
         " lease_until = now() + interval '1 hour'"
     )
     assert work() == []
-    conn.execute(f"UPDATE rowembed.queue_{v.id} SET lease_until = now() - interval '1 second'")
+    conn.execute(
+        f"UPDATE public.rowembed_queue_{v.id} SET lease_until = now() - interval '1 second'"
+    )
     assert work() == [(v.id, True)]
 
 
