@@ -25,8 +25,8 @@ FUNCTIONS = {
     "empty": "BEGIN RETURN NULL; END",
     "log_rows": "BEGIN INSERT INTO public.floor_changes SELECT id, nextval('rowembed.change_seq')"
     " FROM new_rows; RETURN NULL; END",
-    "log_row": "BEGIN INSERT INTO public.floor_changes VALUES (NEW.id, nextval('rowembed.change_seq'));"
-    " RETURN NULL; END",
+    "log_row": "BEGIN INSERT INTO public.floor_changes"
+    " VALUES (NEW.id, nextval('rowembed.change_seq')); RETURN NULL; END",
 }
 # variant -> (its INSERT trigger, its UPDATE trigger), {fn} standing for the function.
 VARIANTS = {

@@ -11,29 +11,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from ._call import Cast, call, scalar
-
-# The SQL function's optional arguments, passed by name when given.
-_OPTIONS = (
-    "name",
-    "model",
-    "dimensions",
-    "destination",
-    "embedding_column",
-    "separator",
-    "min_similarity",
-    "query_instruction",
-    "rerank_model",
-    "max_attempts",
-    "backfill",
-    "storage",
-    "index_method",
-    "defer_index_above",
-    "passage_instruction",
-    "chunking",
-    "chunk_tokens",
-    "chunk_overlap",
-    "max_chunks",
-)
+from .options import ALTER_OPTIONS, CREATE_OPTIONS, given
 
 
 @dataclass(frozen=True)
@@ -132,17 +110,13 @@ def create_vectorizer(
 ) -> Vectorizer:
     """`rowembed.create_vectorizer(...)`; `source` is a table name as SQL reads it
     (`docs`, `app.docs`, `"My Docs"`); options are the SQL function's named arguments."""
-    unknown = set(options) - set(_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
-    given = {key: options[key] for key in _OPTIONS if options.get(key) is not None}
     with conn.transaction():
         new_id = scalar(
             conn,
             "create_vectorizer",
             source=Cast(source, "regclass"),
             text_columns=Cast(list(text_columns), "name[]"),
-            **given,
+            **given(options, CREATE_OPTIONS),
         )
     return get_vectorizer(conn, new_id)
 
@@ -154,32 +128,13 @@ def drop_vectorizer(
         call(conn, "drop_vectorizer", name=name, drop_destination=drop_destination)
 
 
-# alter_vectorizer's options, passed by name when given.
-ALTER_OPTIONS = (
-    "model",
-    "dimensions",
-    "chunking",
-    "chunk_tokens",
-    "chunk_overlap",
-    "max_chunks",
-    "storage",
-    "index_method",
-    "min_similarity",
-    "query_instruction",
-    "passage_instruction",
-    "keep_old",
-)
-
-
 def alter_vectorizer(conn: psycopg.Connection[Any], name: str, **options: Any) -> Vectorizer:
-    """`rowembed.alter_vectorizer(name, ...)`: starts building the replacement
-    (returned); searches use `name` as it is until the replacement switches in."""
-    unknown = set(options) - set(ALTER_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
-    given = {key: value for key, value in options.items() if value is not None}
+    """`rowembed.alter_vectorizer(name, ...)`: the vectorizer itself when only
+    options changed in place were given (pgplugin/options.py), else the
+    replacement it starts building; searches use `name` as it is until the
+    replacement switches in."""
     with conn.transaction():
-        new_id = scalar(conn, "alter_vectorizer", name=name, **given)
+        new_id = scalar(conn, "alter_vectorizer", name=name, **given(options, ALTER_OPTIONS))
     return get_vectorizer(conn, new_id)
 
 

@@ -252,8 +252,9 @@ def cmd_alter(args: argparse.Namespace) -> int:
     import time
 
     from rowembed.pgplugin import alter_vectorizer, cancel_alter, connect
+    from rowembed.pgplugin.options import ALTER_OPTIONS
     from rowembed.pgplugin.status import status
-    from rowembed.pgplugin.vectorizers import ALTER_OPTIONS, complete_alters
+    from rowembed.pgplugin.vectorizers import complete_alters
 
     with connect(_settings(args).require_database()) as conn:
         if args.cancel:
@@ -263,6 +264,9 @@ def cmd_alter(args: argparse.Namespace) -> int:
         # The CLI's flags are the SQL function's options (--chunk-tokens: chunk_tokens).
         options = {key: getattr(args, key) for key in ALTER_OPTIONS if hasattr(args, key)}
         next_ = alter_vectorizer(conn, args.name, **options)
+        if next_.name == args.name:
+            print(f"{args.name}: changed in place")
+            return 0
         print(
             f"{args.name}: rebuilding as {next_.name} ({next_.model}); searches use {args.name}"
             " as it is until the rebuild is complete (rowembed status shows progress)"
@@ -424,6 +428,8 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rowembed.pgplugin.options import OPTIONS
+
     parser = _Parser(prog="rowembed", description=__doc__)
     parser.add_argument("--database-url", help="PostgreSQL URL (env ROWEMBED_DATABASE_URL)")
     parser.add_argument("--redis-url", help="Redis URL for Celery (env ROWEMBED_REDIS_URL)")
@@ -541,14 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
         "alter", help="change a vectorizer's model or chunking, rebuilt beside it (no downtime)"
     )
     alter.add_argument("name", help="vectorizer name")
-    alter.add_argument("--model", help="a Hugging Face encoder (hub id or directory)")
-    alter.add_argument("--dimensions", type=int, help="the model's output size if unknown")
-    alter.add_argument("--chunking", choices=["none", "tokens"])
-    alter.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: the model's)")
-    alter.add_argument("--chunk-overlap", type=int, help="tokens shared by neighbouring chunks")
-    alter.add_argument("--max-chunks", type=int, help="chunks per row at most")
-    alter.add_argument("--storage", choices=["vector", "halfvec"])
-    alter.add_argument("--index-method", choices=["hnsw", "hnsw_binary", "none"])
+    for option in OPTIONS:  # pgplugin/options.py: the options alter_vectorizer takes
+        if option.alter is not None:
+            alter.add_argument(
+                option.flag,
+                type=option.type,
+                choices=option.choices,
+                help=f"{option.help} ({'rebuilds' if option.alter == 'rebuild' else 'in place'})",
+            )
     alter.add_argument("--keep-old", action="store_true", help="keep the old embeddings table")
     alter.add_argument("--wait", action="store_true", help="return once switched")
     alter.add_argument("--cancel", action="store_true", help="stop a rebuild in progress")

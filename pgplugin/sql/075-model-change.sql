@@ -33,10 +33,14 @@ BEGIN
 END
 $body$;
 
--- Starts rebuilding vectorizer `name` with the options given (the others stay as
--- they are; a new model brings its own dimensions, instructions and threshold
--- unless given). Returns the replacement's id; its name is `name`.next until
--- the switch, its table <destination>_next, and status() shows its progress.
+-- Changes vectorizer `name`'s options (pgplugin/options.py declares which
+-- ones and how). Given only options that queries or retries read
+-- (min_similarity, query_instruction, rerank_model, max_attempts), its catalog
+-- row changes in place and its id is returned. Otherwise it starts rebuilding
+-- `name` with the options given (the others stay as they are; a new model
+-- brings its own dimensions, instructions and threshold unless given) and
+-- returns the replacement's id; its name is `name`.next until the switch, its
+-- table <destination>_next, and status() shows its progress.
 CREATE OR REPLACE FUNCTION rowembed.alter_vectorizer(
     name text,
     model text DEFAULT NULL,
@@ -50,7 +54,9 @@ CREATE OR REPLACE FUNCTION rowembed.alter_vectorizer(
     min_similarity float8 DEFAULT NULL,
     query_instruction text DEFAULT NULL,
     passage_instruction text DEFAULT NULL,
-    keep_old boolean DEFAULT false)
+    keep_old boolean DEFAULT false,
+    rerank_model text DEFAULT NULL,
+    max_attempts int DEFAULT NULL)
 RETURNS int
 LANGUAGE plpgsql AS $body$
 DECLARE
@@ -61,6 +67,21 @@ DECLARE
     new_id int;
     fresh rowembed.vectorizer;
 BEGIN
+    IF num_nonnulls(alter_vectorizer.model, alter_vectorizer.dimensions, alter_vectorizer.chunking,
+                    alter_vectorizer.chunk_tokens, alter_vectorizer.chunk_overlap,
+                    alter_vectorizer.max_chunks, alter_vectorizer.storage,
+                    alter_vectorizer.index_method, alter_vectorizer.passage_instruction) = 0 THEN
+        IF alter_vectorizer.max_attempts < 1 THEN
+            RAISE EXCEPTION 'rowembed: max_attempts must be at least 1';
+        END IF;
+        UPDATE rowembed.vectorizer AS z
+           SET min_similarity = coalesce(alter_vectorizer.min_similarity, z.min_similarity),
+               query_instruction = coalesce(alter_vectorizer.query_instruction, z.query_instruction),
+               rerank_model = coalesce(alter_vectorizer.rerank_model, z.rerank_model),
+               max_attempts = coalesce(alter_vectorizer.max_attempts, z.max_attempts)
+         WHERE z.id = v.id;
+        RETURN v.id;
+    END IF;
     IF v.replaces IS NOT NULL THEN
         RAISE EXCEPTION 'rowembed: % is itself a replacement being built', v.name;
     ELSIF (rowembed._replacement_of(v)).id IS NOT NULL THEN
@@ -85,8 +106,8 @@ BEGIN
                                    CASE WHEN same_model THEN v.min_similarity END),
         query_instruction => coalesce(alter_vectorizer.query_instruction,
                                       CASE WHEN same_model THEN v.query_instruction END),
-        rerank_model => v.rerank_model,
-        max_attempts => v.max_attempts,
+        rerank_model => coalesce(alter_vectorizer.rerank_model, v.rerank_model),
+        max_attempts => coalesce(alter_vectorizer.max_attempts, v.max_attempts),
         backfill => true,
         storage => coalesce(alter_vectorizer.storage, v.storage),
         index_method => coalesce(alter_vectorizer.index_method, v.index_method),
