@@ -165,8 +165,10 @@ BEGIN
         ELSIF create_vectorizer.chunk_overlap < 0
               OR create_vectorizer.chunk_overlap >= create_vectorizer.chunk_tokens / 2 THEN
             RAISE EXCEPTION 'rowembed: chunk_overlap must be at least 0 and under half of chunk_tokens';
-        ELSIF create_vectorizer.max_chunks IS NULL OR create_vectorizer.max_chunks < 1 THEN
-            RAISE EXCEPTION 'rowembed: max_chunks must be at least 1';
+        ELSIF create_vectorizer.max_chunks IS NULL OR create_vectorizer.max_chunks < 1
+              OR create_vectorizer.max_chunks > 1000 THEN
+            -- Bounded: a worker embeds a row's chunks in one batch.
+            RAISE EXCEPTION 'rowembed: max_chunks must be from 1 to 1000';
         END IF;
     END IF;
     SELECT c INTO missing FROM unnest(pk_cols || create_vectorizer.embedding_column) AS u(c)

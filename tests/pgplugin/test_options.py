@@ -64,3 +64,14 @@ def test_options_only_queries_read_change_in_place(conn: Conn, table: str) -> No
     assert next_.id != v.id and next_.replaces == table
     assert next_.rerank_model == "third/reranker"
     assert get_vectorizer(conn, table).rerank_model == "another/reranker"
+
+
+@pytest.mark.parametrize("max_chunks", [0, 1001])
+def test_max_chunks_is_bounded(conn: Conn, table: str, max_chunks: int) -> None:
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(sql.Identifier(table))
+    )
+    with pytest.raises(psycopg.errors.RaiseException, match="max_chunks must be from 1 to 1000"):
+        create_vectorizer(
+            conn, table, ["body"], model=MODEL, chunking="tokens", max_chunks=max_chunks
+        )

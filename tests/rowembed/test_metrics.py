@@ -164,7 +164,7 @@ def test_a_broken_vectorizer_loses_its_own_samples_only(
     odd = create_vectorizer(conn, "odd", ["body"], model=MODEL)
     create_vectorizer(conn, "gone", ["body"], model=MODEL)
     create_vectorizer(conn, "chunked", ["body"], model=MODEL, chunking="tokens")
-    alter_vectorizer(conn, "good", min_similarity=0.5)  # a rebuild beside it
+    alter_vectorizer(conn, "good", storage="halfvec")  # a rebuild beside it
     # Its queue's lag query now fails (status() does not read that column).
     conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN enqueued_at TO queued_at").format(odd.queue))
     conn.execute("DROP TABLE gone")
