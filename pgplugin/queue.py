@@ -96,6 +96,14 @@ class WriteResult:
     deleted: int
     failed: int = 0  # entries whose own write failed, recorded as failures
 
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            self.completed + other.completed,
+            self.written + other.written,
+            self.deleted + other.deleted,
+            self.failed + other.failed,
+        )
+
 
 # Errors of one row's write (a constraint or a trigger the destination's owner
 # added, a value out of range): that row fails, the rest of its batch is written.
@@ -233,12 +241,7 @@ class Queue:
             return result
         time.sleep(SKIPPED_RETRY_SECONDS)
         _, again = self._write_isolating(conn, [o for o in outcomes if o.seq in waiting])
-        return WriteResult(
-            result.completed + again.completed,
-            result.written + again.written,
-            result.deleted + again.deleted,
-            result.failed + again.failed,
-        )
+        return result + again
 
     def _write_isolating(
         self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]
@@ -256,12 +259,7 @@ class Queue:
         for outcome in outcomes:
             alone_done, alone = self._write_isolating(conn, [outcome])
             done |= alone_done
-            total = WriteResult(
-                total.completed + alone.completed,
-                total.written + alone.written,
-                total.deleted + alone.deleted,
-                total.failed + alone.failed,
-            )
+            total += alone
         return done, total
 
     def _write_once(

@@ -147,7 +147,7 @@ BEGIN
     EXECUTE format('CREATE TABLE %s AS SELECT %s, 0::bigint AS seq, now() AS logged_at'
                    ' FROM %s WITH NO DATA', log, rowembed._columns(v.pk_columns),
                    rowembed._qualified(v.queue_table));
-    -- Rows live for a poll's time: vacuum after a few thousand dead ones.
+    -- Rows live until a worker folds them: vacuum after a few thousand dead ones.
     EXECUTE format('ALTER TABLE %s ALTER seq SET NOT NULL, ALTER logged_at SET NOT NULL,'
                    ' ALTER logged_at SET DEFAULT now(),'
                    ' SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000)',
@@ -176,10 +176,10 @@ END
 $body$;
 
 -- Moves up to `max_changes` of vectorizer `v`'s logged changes into its queue
--- (bounded: the queue entries it locks wait for the end of the caller's
--- transaction); returns how many. Rows another fold holds are skipped, and a queue entry held
--- by another transaction is waited for briefly only: a fold never stalls a
--- worker or the application (a skipped row is folded next time).
+-- (bounded: the queue entries it locks stay locked until the caller's
+-- transaction ends); returns how many. Rows another fold holds are skipped, and
+-- a queue entry another transaction holds is waited for briefly only: a fold
+-- never stalls a worker or the application (what it skips is folded next time).
 CREATE OR REPLACE FUNCTION rowembed._fold_changes(v rowembed.vectorizer, max_changes int)
 RETURNS bigint
 LANGUAGE plpgsql AS $body$

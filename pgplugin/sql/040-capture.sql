@@ -5,7 +5,9 @@
 -- owns it, and no role but rowembed's owner creates in schema rowembed.
 CREATE OR REPLACE FUNCTION rowembed._capture_function(v rowembed.vectorizer, event text)
 RETURNS text
-LANGUAGE sql IMMUTABLE AS $$ SELECT format('%I.%I', v.home, 'rowembed_vz_' || v.id || '_' || event) $$;
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format('%I.%I', v.home, 'rowembed_vz_' || v.id || '_' || event)
+$$;
 
 -- (Re)creates the trigger functions and triggers of one vectorizer. Called by
 -- create_vectorizer and again on every migrate, so trigger fixes ship on upgrade.
