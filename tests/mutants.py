@@ -478,6 +478,21 @@ MUTATIONS = (
         ("tests/pgplugin/test_privileges.py",),
     ),
     Mutation(
+        "the sweep waits on one tenant's locked queue",
+        "pgplugin/sql/030-queue.sql",
+        "RETURNS TABLE (id int, changes boolean)\n"
+        "LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS",
+        "RETURNS TABLE (id int, changes boolean)\nLANGUAGE plpgsql STABLE AS",
+        ("tests/pgplugin/test_isolation.py",),
+    ),
+    Mutation(
+        "the metrics scrape waits on one tenant's locked queue",
+        "pgplugin/sql/080-status.sql",
+        "LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS",
+        "LANGUAGE plpgsql STABLE AS",
+        ("tests/rowembed/test_metrics.py",),
+    ),
+    Mutation(
         "a dropped queue leaves the triggers armed",
         "pgplugin/sql/045-ddl-guard.sql",
         "        CONTINUE WHEN rowembed._qualified(v.source) IS NULL;",

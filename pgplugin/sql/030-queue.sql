@@ -182,16 +182,14 @@ $body$;
 -- never stalls a worker or the application (what it skips is folded next time).
 CREATE OR REPLACE FUNCTION rowembed._fold_changes(v rowembed.vectorizer, max_changes int)
 RETURNS bigint
-LANGUAGE plpgsql AS $body$
+LANGUAGE plpgsql SET lock_timeout = '100ms' AS $body$
 DECLARE
     keys text := rowembed._columns(v.pk_columns);
-    old_timeout text := current_setting('lock_timeout');
     folded bigint := 0;
 BEGIN
     IF rowembed._change_log(v.id) IS NULL THEN
         RETURN 0;
     END IF;
-    PERFORM set_config('lock_timeout', '100ms', true);
     BEGIN
         EXECUTE format(
             'WITH moved AS (DELETE FROM %1$s AS l WHERE l.ctid = ANY (ARRAY('
@@ -209,7 +207,6 @@ BEGIN
     EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
         folded := 0;
     END;
-    PERFORM set_config('lock_timeout', old_timeout, true);
     RETURN folded;
 END
 $body$;
@@ -424,10 +421,15 @@ BEGIN
 END
 $body$;
 
+-- The loops over every vectorizer that shared processes run (the dispatcher's
+-- polls and sweep, status(), the metrics scrape) wait at most half a second for
+-- a lock on one vectorizer's tables (`SET lock_timeout` on each), then skip it:
+-- a tenant holding a lock on her own queue delays no one else's work.
+
 -- Vectorizers of the current role whose change log has rows: what the
 -- dispatcher hints while the change clock moves. Reads one row of each log.
 CREATE OR REPLACE FUNCTION rowembed.vectorizers_with_logged_changes() RETURNS SETOF int
-LANGUAGE plpgsql STABLE AS $body$
+LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS $body$
 DECLARE
     v rowembed.vectorizer;
     logged boolean;
@@ -454,7 +456,7 @@ $body$;
 -- such entry only; skips broken vectorizers.
 CREATE OR REPLACE FUNCTION rowembed.vectorizers_with_work()
 RETURNS TABLE (id int, changes boolean)
-LANGUAGE plpgsql STABLE AS $body$
+LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS $body$
 DECLARE
     v rowembed.vectorizer;
     live int[] := ARRAY(SELECT rowembed.live_workers());

@@ -115,7 +115,7 @@ $$;
 -- destination and may record the result in rowembed.vectorizer) and no other
 -- session is building: what the dispatcher builds.
 CREATE OR REPLACE FUNCTION rowembed.indexes_to_build() RETURNS SETOF text
-LANGUAGE plpgsql STABLE AS $body$
+LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS $body$
 DECLARE
     v rowembed.vectorizer;
 BEGIN
@@ -128,9 +128,13 @@ BEGIN
            AND z.id NOT IN (SELECT rowembed._building())
          ORDER BY z.id
     LOOP
-        IF rowembed.backfill_backlog(v.id, 1) = 0 THEN
-            RETURN NEXT v.name;
-        END IF;
+        BEGIN
+            IF rowembed.backfill_backlog(v.id, 1) = 0 THEN
+                RETURN NEXT v.name;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN  -- its queue locked, altered or unreadable: the next sweep
+            NULL;
+        END;
     END LOOP;
 END
 $body$;

@@ -236,7 +236,7 @@ $body$;
 -- role leaves it to the owner). One that cannot switch now waits; the others go
 -- on. Returns the names switched.
 CREATE OR REPLACE FUNCTION rowembed.complete_alters() RETURNS SETOF text
-LANGUAGE plpgsql AS $body$
+LANGUAGE plpgsql SET lock_timeout = '500ms' AS $body$
 DECLARE
     next rowembed.vectorizer;
     old rowembed.vectorizer;

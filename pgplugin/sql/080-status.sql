@@ -13,7 +13,7 @@ RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight 
                failed bigint, embedded bigint, rows_per_second float8, eta_seconds float8,
                backfill text, storage text, index text, id int, problem text, chunks bigint,
                rebuild text)
-LANGUAGE plpgsql STABLE AS $body$
+LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS $body$
 DECLARE
     v rowembed.vectorizer;
     live int[] := ARRAY(SELECT rowembed.live_workers());

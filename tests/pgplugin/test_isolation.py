@@ -122,3 +122,36 @@ def test_one_failing_backfill_does_not_stop_the_others(
         "SELECT vectorizer_id, state FROM rowembed.backfill ORDER BY vectorizer_id"
     ).fetchall() == [(first.id, "running"), (second.id, "done")]
     assert ["no_such_table" in r.getMessage() for r in caplog.records] == [True]
+
+
+def test_a_tenant_locking_her_own_queue_delays_no_one_else(own_db: Conn) -> None:
+    """The loops shared by every tenant (the dispatcher's polls and sweep, status,
+    index builds, model-change switches) wait at most half a second on one
+    vectorizer's locked table, then go on without it."""
+    import time
+
+    from rowembed.pgplugin import wakeups
+    from rowembed.pgplugin.indexes import indexes_to_build
+    from rowembed.pgplugin.vectorizers import complete_alters
+
+    locked, free = docs(own_db, "locked"), docs(own_db, "free")
+    own_db.execute("SELECT rowembed.defer_index('free')")
+    own_db.execute("INSERT INTO free VALUES (10, 'a live change'), (11, 'another')")
+    own_db.execute("SELECT rowembed.fold_changes()")
+    own_db.execute(sql.SQL("DELETE FROM {} WHERE priority = 1").format(free.queue))  # no backlog
+    own_db.execute("INSERT INTO free VALUES (12, 'logged, not folded')")
+    own_db.execute("SET statement_timeout = '20s'")  # without the bound, a wait is a failure
+    with psycopg.connect(own_db.info.dsn) as holder:
+        for table in (locked.queue, locked.change_log):
+            holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+        started = time.monotonic()
+        assert (free.id, True) in vectorizers_with_work(own_db)
+        assert free.id in wakeups.logged_changes(own_db)
+        assert "free" in indexes_to_build(own_db)
+        complete_alters(own_db)
+        by_name = {s.name: s for s in status(own_db)}
+        elapsed = time.monotonic() - started
+        holder.rollback()
+    assert by_name["free"].problem is None and by_name["free"].queued == 3
+    assert "lock timeout" in (by_name["locked"].problem or "")
+    assert elapsed < 5, elapsed

@@ -153,7 +153,7 @@ def test_a_broken_vectorizer_loses_its_own_samples_only(
     own_db: Conn, postgres: EmbeddedPostgres
 ) -> None:
     conn = own_db
-    for name in ("good", "odd", "gone", "chunked"):
+    for name in ("good", "odd", "gone", "chunked", "locked"):
         conn.execute(
             sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(sql.Identifier(name))
         )
@@ -168,8 +168,11 @@ def test_a_broken_vectorizer_loses_its_own_samples_only(
     # Its queue's lag query now fails (status() does not read that column).
     conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN enqueued_at TO queued_at").format(odd.queue))
     conn.execute("DROP TABLE gone")
+    locked = create_vectorizer(conn, "locked", ["body"], model=MODEL)
 
-    with exporter(database_url_of(postgres, conn)) as url:
+    with exporter(database_url_of(postgres, conn)) as url, psycopg.connect(conn.info.dsn) as holder:
+        # Its owner holds a lock on its queue all through the scrape.
+        holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(locked.queue))
         samples = scrape(url)
 
     assert of(samples, "rowembed_up") == 1
@@ -178,6 +181,7 @@ def test_a_broken_vectorizer_loses_its_own_samples_only(
     assert of(samples, "rowembed_queued_rows", vectorizer="odd") == 2
     assert of(samples, "rowembed_oldest_pending_age_seconds", vectorizer="odd") is None
     assert of(samples, "rowembed_vectorizer_broken", vectorizer="gone") == 1
+    assert of(samples, "rowembed_vectorizer_broken", vectorizer="locked") == 1
     assert of(samples, "rowembed_vectorizer_broken", vectorizer="good") == 0
     assert of(samples, "rowembed_vectorizer_rebuilding", vectorizer="good") == 1
     assert of(samples, "rowembed_vectorizer_rebuilding", vectorizer="odd") == 0
