@@ -39,11 +39,8 @@ class WorkerSeen:
 
 
 def limit_statements(conn: psycopg.Connection[Any], seconds: float) -> None:
-    """Each statement of this session is cancelled after `seconds`, and gives up
-    after a second's wait for a lock (one tenant's locked table costs the scrape
-    that tenant's samples only)."""
+    """Each statement of this session is cancelled after `seconds`."""
     conn.execute("SELECT set_config('statement_timeout', %s, false)", [f"{int(seconds * 1000)}ms"])
-    conn.execute("SELECT set_config('lock_timeout', '1s', false)")
 
 
 def oldest_pending_seconds(conn: psycopg.Connection[Any], vectorizer: Vectorizer) -> float:

@@ -486,11 +486,11 @@ MUTATIONS = (
         ("tests/pgplugin/test_isolation.py",),
     ),
     Mutation(
-        "the metrics scrape waits on one tenant's locked queue",
+        "status() and the metrics scrape wait on one tenant's locked queue",
         "pgplugin/sql/080-status.sql",
         "LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS",
         "LANGUAGE plpgsql STABLE AS",
-        ("tests/rowembed/test_metrics.py",),
+        ("tests/pgplugin/test_isolation.py", "tests/rowembed/test_metrics.py"),
     ),
     Mutation(
         "a dropped queue leaves the triggers armed",
