@@ -493,6 +493,15 @@ MUTATIONS = (
         ("tests/pgplugin/test_isolation.py", "tests/rowembed/test_metrics.py"),
     ),
     Mutation(
+        "SECURITY DEFINER functions see the vector extension's schema",
+        "pgplugin/sql/999-finish.sql",
+        "            EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp',"
+        " fn);",
+        "            EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp',"
+        " fn, vector_schema);",
+        ("tests/pgplugin/test_privileges.py",),
+    ),
+    Mutation(
         "a dropped queue leaves the triggers armed",
         "pgplugin/sql/045-ddl-guard.sql",
         "        CONTINUE WHEN rowembed._qualified(v.source) IS NULL;",

@@ -291,3 +291,35 @@ def test_a_forged_replaces_takes_nothing_over(own_db: Conn, owners: tuple[Owner,
     assert own_db.execute(
         "SELECT count(*) FROM rowembed.vectorizer WHERE id = %s", [mallory.vectorizer.id]
     ).fetchone() == (1,)
+
+
+def test_security_definer_functions_are_few_pinned_and_not_public(
+    own_db: Conn, owners: tuple[Owner, Owner]
+) -> None:
+    """Every SECURITY DEFINER function rowembed makes: the expected ones only,
+    search_path pinned to pg_catalog and pg_temp, and not executable by PUBLIC
+    (event trigger functions cannot be called at all)."""
+    alice, _ = owners
+    own_db.execute("SELECT rowembed.enable_text_search(%s)", [alice.vectorizer.name])
+    rows = own_db.execute(
+        "SELECT regexp_replace(p.proname, '_[0-9]+_', '_N_'), p.proconfig,"
+        "       p.prorettype = 'event_trigger'::regtype,"
+        "       EXISTS (SELECT FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a"
+        "                WHERE a.grantee = 0)"
+        "  FROM pg_proc p"
+        " WHERE p.prosecdef AND (p.pronamespace = 'rowembed'::regnamespace"
+        "                        OR p.proname LIKE 'rowembed\\_vz\\_%')"
+    ).fetchall()
+    assert sorted({name for name, *_ in rows}) == [
+        "_disarm_on_drop",
+        "_query_embedding",
+        "_refuse_entangling",
+        "_rerank_scores",
+        "rowembed_vz_N_deleted",
+        "rowembed_vz_N_inserted",
+        "rowembed_vz_N_truncated",
+        "rowembed_vz_N_updated",
+    ]
+    for name, config, event_trigger, public in rows:
+        assert config == ["search_path=pg_catalog, pg_temp"], name
+        assert event_trigger or not public, name
