@@ -362,9 +362,9 @@ BEGIN
         PERFORM rowembed._grant_schemas(v, role);
         EXECUTE format('GRANT SELECT (%s) ON %s TO %I',
             rowembed._columns(v.pk_columns || v.text_columns), v.source, role);
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s, %s TO %I',
-            rowembed._qualified(v.destination), rowembed._qualified(v.queue_table),
-            rowembed._change_log(v.id), role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I',
+            concat_ws(', ', rowembed._qualified(v.destination), rowembed._qualified(v.queue_table),
+                      rowembed._change_log(v.id)), role);
     END LOOP;
 END
 $body$;
