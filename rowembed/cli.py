@@ -464,7 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_between(1, 65_535),
         help="HTTP port of /metrics (default ROWEMBED_METRICS_PORT, else 9464)",
     )
-    metrics.add_argument("--address", default="0.0.0.0", help="address to listen on")
+    metrics.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1: the samples name tables and vectorizers)",
+    )
 
     search = sub.add_parser("search", help="search a vectorizer's table with a text query")
     search.add_argument("name", help="vectorizer name")

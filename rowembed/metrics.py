@@ -209,7 +209,7 @@ def _isolated(read: Callable[[], T], what: str) -> T | None:
         return None
 
 
-def serve(database_url: str, port: int, address: str = "0.0.0.0") -> None:
+def serve(database_url: str, port: int, address: str = "127.0.0.1") -> None:
     """Serves /metrics on `address:port` until interrupted."""
     # libpq's wait for an unreachable server, which is forever by default.
     os.environ.setdefault("PGCONNECT_TIMEOUT", "5")
