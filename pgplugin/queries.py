@@ -27,6 +27,16 @@ class QueryAnswer:
     error: str | None = None
 
 
+def served_models(conn: psycopg.Connection[Any]) -> set[str]:
+    """The models and rerank models of the database's vectorizers: the only ones
+    a worker loads for SQL callers (who name a model string, and could name any
+    path or hub id)."""
+    rows = conn.execute(
+        "SELECT model FROM rowembed.vectorizer UNION SELECT rerank_model FROM rowembed.vectorizer"
+    ).fetchall()
+    return {model for (model,) in rows}
+
+
 def take_query_requests(conn: psycopg.Connection[Any], limit: int = 256) -> list[QueryRequest]:
     """Remove up to `limit` waiting requests, in the caller's transaction: if it
     rolls back (the worker died), they wait again."""

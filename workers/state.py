@@ -6,9 +6,10 @@ import logging
 import os
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
@@ -29,8 +30,9 @@ class WorkerState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._conns: tuple[psycopg.Connection[Any], psycopg.Connection[Any]] | None = None
-        self._encoders: dict[str, LazyEncoder] = {}
-        self._rerankers: dict[str, Reranker] = {}
+        # The models loaded, least recently used first (at most MAX_LOADED_MODELS each).
+        self._encoders: OrderedDict[str, LazyEncoder] = OrderedDict()
+        self._rerankers: OrderedDict[str, Reranker] = OrderedDict()
         self._claim_size: ClaimSize | None = None
         self._name: str | None = None
 
@@ -80,7 +82,7 @@ class WorkerState:
     def encoder(self, model: str) -> LazyEncoder:
         if model not in self._encoders:
             self._encoders[model] = LazyEncoder(model, self.settings)
-        return self._encoders[model]
+        return _most_recent(self._encoders, model)
 
     def reranker(self, model: str) -> Reranker:
         if model not in self._rerankers:
@@ -92,7 +94,7 @@ class WorkerState:
                 token_budget=self.settings.token_budget,
                 attention=self.settings.attention,
             )
-        return self._rerankers[model]
+        return _most_recent(self._rerankers, model)
 
 
 class LazyEncoder:
@@ -144,3 +146,18 @@ def worker_state() -> WorkerState:
     if _state is None:
         _state = WorkerState(Settings.from_env())
     return _state
+
+
+# Models a worker keeps loaded, of each kind; the least recently used goes first.
+MAX_LOADED_MODELS = 8
+
+T = TypeVar("T")
+
+
+def _most_recent(loaded: OrderedDict[str, T], model: str) -> T:
+    """`loaded[model]`, now the most recently used; beyond MAX_LOADED_MODELS the
+    least recently used is let go (its memory with it)."""
+    loaded.move_to_end(model)
+    while len(loaded) > MAX_LOADED_MODELS:
+        loaded.popitem(last=False)
+    return loaded[model]

@@ -365,3 +365,14 @@ def test_the_cli_and_python_search_take_the_sql_path(
         [v.query_instruction + "purring cat"],
     ).fetchone()
     assert cached == (1,)
+
+
+def test_a_model_no_vectorizer_uses_is_never_loaded(db: Conn) -> None:
+    """A searcher names a model string to _query_embedding and _rerank_scores:
+    the worker loads only its vectorizers' models, and says so in one line."""
+    for call in (
+        "SELECT rowembed._query_embedding('/etc/some/private/dir', 'x', 30)",
+        "SELECT rowembed._rerank_scores('another/hub-model', 'x', ARRAY['y'], 30)",
+    ):
+        with pytest.raises(psycopg.errors.RaiseException, match="no vectorizer uses the model"):
+            db.execute(call)
