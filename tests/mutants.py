@@ -64,8 +64,8 @@ MUTATIONS = (
     Mutation(
         "generated functions owned by whoever migrates",
         "pgplugin/sql/040-capture.sql",
-        "        EXECUTE format('ALTER FUNCTION %s_%s() OWNER TO %I', fn, event,",
-        "        PERFORM format('ALTER FUNCTION %s_%s() OWNER TO %I', fn, event,",
+        "        EXECUTE format('ALTER FUNCTION %s() OWNER TO %I',",
+        "        PERFORM format('ALTER FUNCTION %s() OWNER TO %I',",
         ("tests/pgplugin/test_privileges.py",),
     ),
     Mutation(
@@ -171,8 +171,9 @@ MUTATIONS = (
     Mutation(
         "the sweep hints broken vectorizers",
         "pgplugin/sql/030-queue.sql",
-        "        CONTINUE WHEN rowembed._problem(v) IS NOT NULL;",
-        "",
+        "        CONTINUE WHEN rowembed._problem(v) IS NOT NULL;  -- status() shows why\n"
+        "        BEGIN\n            EXECUTE format('SELECT CASE WHEN EXISTS",
+        "        BEGIN\n            EXECUTE format('SELECT CASE WHEN EXISTS",
         ("tests/pgplugin/test_isolation.py",),
     ),
     Mutation(

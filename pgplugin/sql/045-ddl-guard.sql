@@ -11,7 +11,7 @@ LANGUAGE sql STABLE AS $$
     SELECT z.name, z.source FROM rowembed.vectorizer AS z JOIN pg_class AS c ON c.oid = z.source
      WHERE (c.relispartition OR EXISTS (SELECT FROM pg_inherits AS i
                                          WHERE z.source IN (i.inhrelid, i.inhparent)))
-       AND (touched IS NULL OR z.source = ANY (touched)
+       AND (z.source = ANY (touched)
             OR EXISTS (SELECT FROM pg_inherits AS i
                         WHERE (i.inhrelid = z.source AND i.inhparent = ANY (touched))
                            OR (i.inhparent = z.source AND i.inhrelid = ANY (touched))))
