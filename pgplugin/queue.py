@@ -29,6 +29,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from ._call import Cast, call, scalar
 from .vectorizers import Vectorizer
@@ -298,7 +299,7 @@ class Queue:
             )
 
     def log_batch(self, conn: psycopg.Connection[Any], stats: dict[str, Any]) -> None:
-        conn.execute(_LOG_BATCH, {**stats, "vectorizer_id": self.vectorizer.id})
+        conn.execute(_LOG_BATCH, [Jsonb({**stats, "vectorizer_id": self.vectorizer.id})])
 
     def is_drained(self, conn: psycopg.Connection[Any]) -> bool:
         """No entry left but parked ones, no change left to fold (cheap: polled
@@ -369,13 +370,7 @@ _CHUNKED_WRITE = sql.SQL("""
            (SELECT count(DISTINCT seq) FROM removed WHERE action = 'delete')
 """)
 
-_LOG_BATCH = sql.SQL("""
-    INSERT INTO rowembed.batch_stats (vectorizer_id, worker, claimed, embedded, written,
-        unchanged, deleted, superseded, failed, truncated, tokens, padded_tokens, seconds)
-    VALUES (%(vectorizer_id)s, %(worker)s, %(claimed)s, %(embedded)s, %(written)s,
-        %(unchanged)s, %(deleted)s, %(superseded)s, %(failed)s, %(truncated)s, %(tokens)s,
-        %(padded_tokens)s, %(seconds)s)
-""")
+_LOG_BATCH = "SELECT rowembed._record_batch(%s)"
 
 
 def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:
@@ -389,4 +384,4 @@ def retry_failed(conn: psycopg.Connection[Any], name: str) -> int:
 
 
 def prune_batch_stats(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("DELETE FROM rowembed.batch_stats WHERE finished_at < now() - interval '1 day'")
+    conn.execute("SELECT rowembed._prune_batch_stats()")

@@ -67,3 +67,19 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT CASE WHEN t ~ '[^[:space:]]' THEN t END $$;
 -- What an embedding's text_hash holds: the md5 of the embedded text.
 CREATE OR REPLACE FUNCTION rowembed._text_hash(t text) RETURNS bytea
 LANGUAGE sql IMMUTABLE AS $$ SELECT decode(md5(t), 'hex') $$;
+
+-- Vectorizer `vectorizer_id`, or an error when there is none the current role
+-- may see (it sees those it owns, works or searches).
+CREATE OR REPLACE FUNCTION rowembed._vectorizer_of(vectorizer_id int) RETURNS rowembed.vectorizer
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.id = vectorizer_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rowembed: no vectorizer % that % may use', vectorizer_id, current_user
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN v;
+END
+$body$;

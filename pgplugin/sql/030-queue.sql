@@ -268,7 +268,7 @@ DECLARE
     suspects bigint[];
     dead bigint[];
 BEGIN
-    SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = claim.vectorizer_id;
+    v := rowembed._vectorizer_of(claim.vectorizer_id);
     queue := rowembed._qualified(v.queue_table);
     EXECUTE format(
         'SELECT coalesce(array_agg(w.seq ORDER BY w.priority, w.seq), ''{}''),'
@@ -339,7 +339,7 @@ LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer;
 BEGIN
-    SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = record_failures.vectorizer_id;
+    v := rowembed._vectorizer_of(record_failures.vectorizer_id);
     EXECUTE format(
         'UPDATE %s AS q SET last_error = left(f.error, 2000), claimed_by = NULL,'
         '       lease_until = now() + make_interval(secs => rowembed._retry_delay(q.attempts)),'
@@ -495,7 +495,7 @@ LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     v rowembed.vectorizer;
 BEGIN
-    SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = read_claimed.vectorizer_id;
+    v := rowembed._vectorizer_of(read_claimed.vectorizer_id);
     PERFORM rowembed._check_sees_every_row(v.source);
     RETURN QUERY EXECUTE format(
         'SELECT q.seq, t.text, rowembed._text_hash(t.text), e.text_hash'

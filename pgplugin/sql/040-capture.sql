@@ -33,7 +33,7 @@ DECLARE
     guard text;
     event text;
 BEGIN
-    SELECT * INTO STRICT v FROM rowembed.vectorizer AS z WHERE z.id = vectorizer_id;
+    v := rowembed._vectorizer_of(vectorizer_id);
     IF rowembed._qualified(v.source) IS NULL THEN
         RETURN;  -- the source table was dropped; nothing to capture
     END IF;

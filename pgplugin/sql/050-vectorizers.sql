@@ -245,30 +245,29 @@ BEGIN
         create_vectorizer.storage, create_vectorizer.dimensions, keys,
         CASE WHEN create_vectorizer.chunking = 'tokens' THEN ', chunk' ELSE '' END);
 
-    INSERT INTO rowembed.vectorizer (
-        id, name, source, pk_columns, pk_types, text_columns, separator, model, dimensions,
-        destination, embedding_column, queue_table, home, min_similarity, query_instruction,
-        rerank_model, max_attempts, storage, index_method, defer_index_above,
-        passage_instruction, chunking, chunk_tokens, chunk_overlap, max_chunks)
-    OVERRIDING SYSTEM VALUE
-    VALUES (
-        new_id,
-        coalesce(create_vectorizer.name, src_table),
-        create_vectorizer.source, pk_cols, pk_types, create_vectorizer.text_columns,
-        create_vectorizer.separator, create_vectorizer.model, create_vectorizer.dimensions,
-        format('%I.%I', dest_schema, dest_table)::regclass,
-        create_vectorizer.embedding_column, queue::regclass, dest_schema,
-        coalesce(create_vectorizer.min_similarity,
-                 rowembed.default_min_similarity(create_vectorizer.model)),
-        coalesce(create_vectorizer.query_instruction,
-                 rowembed.default_query_instruction(create_vectorizer.model)),
-        create_vectorizer.rerank_model, create_vectorizer.max_attempts,
-        create_vectorizer.storage, create_vectorizer.index_method,
-        create_vectorizer.defer_index_above,
-        coalesce(create_vectorizer.passage_instruction,
-                 rowembed.default_passage_instruction(create_vectorizer.model)),
-        create_vectorizer.chunking, create_vectorizer.chunk_tokens,
-        create_vectorizer.chunk_overlap, create_vectorizer.max_chunks);
+    PERFORM rowembed._catalog_insert(jsonb_build_object(
+        'id', new_id,
+        'name', coalesce(create_vectorizer.name, src_table),
+        'source', create_vectorizer.source::oid, 'pk_columns', pk_cols,
+        'text_columns', create_vectorizer.text_columns,
+        'separator', create_vectorizer.separator, 'model', create_vectorizer.model,
+        'dimensions', create_vectorizer.dimensions,
+        'destination', format('%I.%I', dest_schema, dest_table)::regclass::oid,
+        'embedding_column', create_vectorizer.embedding_column,
+        'queue_table', queue::regclass::oid,
+        'min_similarity', coalesce(create_vectorizer.min_similarity,
+                                   rowembed.default_min_similarity(create_vectorizer.model)),
+        'query_instruction', coalesce(create_vectorizer.query_instruction,
+                                      rowembed.default_query_instruction(create_vectorizer.model)),
+        'rerank_model', create_vectorizer.rerank_model,
+        'max_attempts', create_vectorizer.max_attempts,
+        'storage', create_vectorizer.storage, 'index_method', create_vectorizer.index_method,
+        'index_state', 'built', 'defer_index_above', create_vectorizer.defer_index_above,
+        'passage_instruction', coalesce(create_vectorizer.passage_instruction,
+                                        rowembed.default_passage_instruction(create_vectorizer.model)),
+        'chunking', create_vectorizer.chunking, 'chunk_tokens', create_vectorizer.chunk_tokens,
+        'chunk_overlap', create_vectorizer.chunk_overlap,
+        'max_chunks', create_vectorizer.max_chunks));
 
     PERFORM rowembed._install_triggers(new_id);
 
@@ -313,15 +312,16 @@ BEGIN
     IF drop_destination AND rowembed._qualified(v.destination) IS NOT NULL THEN
         EXECUTE format('DROP TABLE %s', rowembed._qualified(v.destination));
     END IF;
-    DELETE FROM rowembed.vectorizer AS z WHERE z.id = v.id;
+    PERFORM rowembed._catalog_delete(v.id);
 END
 $body$;
 
 CREATE OR REPLACE FUNCTION rowembed.set_min_similarity(name text, min_similarity float8)
 RETURNS void
 LANGUAGE sql AS $$
-    UPDATE rowembed.vectorizer AS z SET min_similarity = set_min_similarity.min_similarity
-    WHERE z.name = set_min_similarity.name
+    SELECT rowembed._catalog_set(z.id, jsonb_build_object('min_similarity',
+                                                          set_min_similarity.min_similarity))
+      FROM rowembed.vectorizer AS z WHERE z.name = set_min_similarity.name
 $$;
 
 -- USAGE on the schemas of a vectorizer's source and destination.
@@ -349,9 +349,9 @@ DECLARE
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
     EXECUTE format('GRANT SELECT ON rowembed.vectorizer TO %I', role);
-    EXECUTE format('GRANT SELECT, INSERT, DELETE ON rowembed.batch_stats TO %I', role);
-    -- The dispatcher (same role) steps backfills.
-    EXECUTE format('GRANT SELECT, UPDATE ON rowembed.backfill TO %I', role);
+    -- The dispatcher (same role) steps backfills; batches are logged.
+    EXECUTE format('GRANT SELECT ON rowembed.backfill, rowembed.batch_stats TO %I', role);
+    PERFORM rowembed._grant_catalog_writers(role, creator => false);
     EXECUTE format('GRANT USAGE ON SEQUENCE rowembed.change_seq TO %I', role);
     -- Answering SQL callers' query texts and rerank requests (search_text).
     EXECUTE format('GRANT SELECT, DELETE ON rowembed.query_request TO %I', role);
@@ -371,18 +371,18 @@ $body$;
 
 -- What a role needs to create and manage vectorizers over tables it owns (it
 -- also needs CREATE on the destination's schema, where the vectorizer's queue,
--- change log and generated functions live too): the catalog's row-level
--- security keeps it to its own tables. Never CREATE on schema rowembed: a role
+-- change log and generated functions live too): rowembed's functions write
+-- the catalog for it, over its own tables only. Never CREATE on schema rowembed: a role
 -- that may create there could add an overload rowembed's own code would call.
 CREATE OR REPLACE FUNCTION rowembed.grant_creator(role name) RETURNS void
 LANGUAGE plpgsql AS $body$
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON rowembed.vectorizer TO %I', role);
+    EXECUTE format('GRANT SELECT ON rowembed.vectorizer, rowembed.backfill, rowembed.model_family,'
+                   ' rowembed.batch_stats TO %I', role);
     EXECUTE format('GRANT USAGE ON SEQUENCE %s, rowembed.change_seq TO %I',
                    pg_get_serial_sequence('rowembed.vectorizer', 'id'), role);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON rowembed.backfill TO %I', role);
-    EXECUTE format('GRANT SELECT ON rowembed.model_family, rowembed.batch_stats TO %I', role);
+    PERFORM rowembed._grant_catalog_writers(role, creator => true);
 END
 $body$;
 

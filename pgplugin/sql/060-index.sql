@@ -66,7 +66,7 @@ BEGIN
         EXECUTE format('DROP INDEX %s', idx);
         PERFORM set_config('lock_timeout', old_timeout, true);
     END IF;
-    UPDATE rowembed.vectorizer AS z SET index_state = 'deferred' WHERE z.id = v.id;
+    PERFORM rowembed._catalog_set(v.id, '{"index_state": "deferred"}');
 END
 $body$;
 
@@ -97,8 +97,7 @@ BEGIN
     IF idx IS NULL OR NOT (SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = idx) THEN
         RETURN false;
     END IF;
-    UPDATE rowembed.vectorizer AS z SET index_state = 'built', index_error = NULL
-     WHERE z.id = v.id;
+    PERFORM rowembed._catalog_set(v.id, '{"index_state": "built", "index_error": null}');
     RETURN true;
 END
 $body$;
@@ -106,13 +105,14 @@ $body$;
 -- Records why building a deferred index failed, for status().
 CREATE OR REPLACE FUNCTION rowembed.index_failed(name text, error text) RETURNS void
 LANGUAGE sql AS $$
-    UPDATE rowembed.vectorizer AS z SET index_error = left(index_failed.error, 500)
+    SELECT rowembed._catalog_set(z.id, jsonb_build_object('index_error', index_failed.error))
+      FROM rowembed.vectorizer AS z
      WHERE z.name = index_failed.name AND z.index_state = 'deferred'
 $$;
 
 -- Deferred or missing indexes whose backlog has drained (no backfill running, no backfill
 -- entry left in the queue) and that the current role may build (it owns the
--- destination and may record the result in rowembed.vectorizer) and no other
+-- destination and the vectorizer, whose result it records) and no other
 -- session is building: what the dispatcher builds.
 CREATE OR REPLACE FUNCTION rowembed.indexes_to_build() RETURNS SETOF text
 LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS $body$
@@ -122,7 +122,7 @@ BEGIN
     FOR v IN
         SELECT z.* FROM rowembed.vectorizer AS z JOIN pg_class AS c ON c.oid = z.destination
          WHERE rowembed._index_wanted(z) AND pg_has_role(c.relowner, 'USAGE')
-           AND has_table_privilege('rowembed.vectorizer', 'UPDATE')
+           AND pg_has_role(z.owner, 'USAGE')
            AND NOT EXISTS (SELECT 1 FROM rowembed.backfill AS b
                             WHERE b.vectorizer_id = z.id AND b.state = 'running')
            AND z.id NOT IN (SELECT rowembed._building())

@@ -9,12 +9,7 @@ DECLARE
     v rowembed.vectorizer;
 BEGIN
     v := rowembed._vectorizer_named(start_backfill.name);
-    INSERT INTO rowembed.backfill AS b (vectorizer_id, state) VALUES (v.id, 'running')
-    ON CONFLICT (vectorizer_id) DO UPDATE
-        SET state = 'running', last_key = NULL, scanned = 0, queued = 0,
-            started_at = now(), updated_at = now()
-        WHERE b.state <> 'running';
-    IF NOT FOUND THEN
+    IF NOT rowembed._backfill_start(v.id) THEN
         RETURN 'already running';
     END IF;
     IF rowembed._defer_for_backlog(v.id) THEN
@@ -39,8 +34,7 @@ DECLARE
     dropped bigint;
 BEGIN
     v := rowembed._vectorizer_named(cancel_backfill.name);
-    UPDATE rowembed.backfill SET state = 'cancelled', updated_at = now()
-    WHERE vectorizer_id = v.id AND state = 'running';
+    PERFORM rowembed._backfill_cancel(v.id);
     PERFORM rowembed._fold_changes(v, 1000000);  -- a row changed since it was queued stays, live
     EXECUTE format('DELETE FROM %s WHERE priority = $1 AND claimed_by IS NULL'
                    ' AND failed_at IS NULL', rowembed._qualified(v.queue_table))
@@ -67,10 +61,8 @@ DECLARE
     n_queued bigint;
     next_key jsonb;
 BEGIN
-    SELECT * INTO b FROM rowembed.backfill AS z
-    WHERE z.vectorizer_id = backfill_step.vectorizer_id AND z.state = 'running'
-    FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
+    b := rowembed._backfill_lock(backfill_step.vectorizer_id);
+    IF b.vectorizer_id IS NULL THEN
         RETURN 0;
     END IF;
     SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.id = backfill_step.vectorizer_id;
@@ -111,11 +103,7 @@ BEGIN
         rowembed._columns(v.pk_columns, 'e'), rowembed._after_key(v, 'e'),
         rowembed._equal(v.pk_columns, 's', 'e'))
         INTO n_scanned, n_queued, next_key USING chunk_size, b.last_key;
-    UPDATE rowembed.backfill AS z
-       SET scanned = z.scanned + n_scanned, queued = z.queued + n_queued,
-           last_key = coalesce(next_key, z.last_key), updated_at = now(),
-           state = CASE WHEN n_scanned < chunk_size THEN 'done' ELSE 'running' END
-     WHERE z.vectorizer_id = v.id;
+    PERFORM rowembed._backfill_record(v.id, n_scanned, n_queued, next_key, n_scanned < chunk_size);
     IF n_queued > 0 THEN
         PERFORM pg_notify('rowembed', v.id || ' backfill');  -- no hurry: behind live changes
     END IF;

@@ -74,12 +74,11 @@ BEGIN
         IF alter_vectorizer.max_attempts < 1 THEN
             RAISE EXCEPTION 'rowembed: max_attempts must be at least 1';
         END IF;
-        UPDATE rowembed.vectorizer AS z
-           SET min_similarity = coalesce(alter_vectorizer.min_similarity, z.min_similarity),
-               query_instruction = coalesce(alter_vectorizer.query_instruction, z.query_instruction),
-               rerank_model = coalesce(alter_vectorizer.rerank_model, z.rerank_model),
-               max_attempts = coalesce(alter_vectorizer.max_attempts, z.max_attempts)
-         WHERE z.id = v.id;
+        PERFORM rowembed._catalog_set(v.id, jsonb_strip_nulls(jsonb_build_object(
+            'min_similarity', alter_vectorizer.min_similarity,
+            'query_instruction', alter_vectorizer.query_instruction,
+            'rerank_model', alter_vectorizer.rerank_model,
+            'max_attempts', alter_vectorizer.max_attempts)));
         RETURN v.id;
     END IF;
     IF v.replaces IS NOT NULL THEN
@@ -118,8 +117,8 @@ BEGIN
         chunk_tokens => coalesce(alter_vectorizer.chunk_tokens, v.chunk_tokens),
         chunk_overlap => coalesce(alter_vectorizer.chunk_overlap, v.chunk_overlap),
         max_chunks => coalesce(alter_vectorizer.max_chunks, v.max_chunks));
-    UPDATE rowembed.vectorizer AS z SET replaces = v.id, keep_replaced = alter_vectorizer.keep_old
-     WHERE z.id = new_id;
+    PERFORM rowembed._catalog_set(new_id, jsonb_build_object(
+        'replaces', v.id, 'keep_replaced', alter_vectorizer.keep_old));
     SELECT * INTO fresh FROM rowembed.vectorizer AS z WHERE z.id = new_id;
     PERFORM rowembed._copy_grants(v.destination, fresh.destination);
     PERFORM rowembed._copy_grants(v.queue_table, fresh.queue_table);
@@ -202,7 +201,7 @@ RETURNS void
 LANGUAGE plpgsql AS $body$
 DECLARE
     dest_table name := (SELECT c.relname FROM pg_class c WHERE c.oid = old.destination);
-    old_name text := left(old.name, 100) || '.replaced.' || old.id;
+    old_name text;
 BEGIN
     -- Searches read the destinations: wait briefly for them, else try again later.
     SET LOCAL lock_timeout = '5s';
@@ -217,10 +216,7 @@ BEGIN
                           ON n.oid = c.relnamespace WHERE c.oid = old.source),
                        rowembed._document_name(old), rowembed._document_name(next));
     END IF;
-    UPDATE rowembed.vectorizer AS z SET name = old_name, text_search = NULL WHERE z.id = old.id;
-    UPDATE rowembed.vectorizer AS z
-       SET name = old.name, replaces = NULL, text_search = old.text_search
-     WHERE z.id = next.id;
+    old_name := rowembed._catalog_switch(old.id, next.id);
     IF NOT next.keep_replaced THEN
         PERFORM rowembed.drop_vectorizer(old_name);
     ELSE

@@ -56,7 +56,7 @@ BEGIN
                config::text, v.separator, positions));
     EXECUTE format('CREATE INDEX %I ON %s USING gin (%s)', rowembed._document_name(v), v.source,
                    rowembed._document_sql(v, ''));
-    UPDATE rowembed.vectorizer AS z SET text_search = config WHERE z.id = v.id;
+    PERFORM rowembed._catalog_set(v.id, jsonb_build_object('text_search', config::oid));
 END
 $body$;
 
@@ -68,8 +68,9 @@ DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_named(name);
 BEGIN
     EXECUTE format('DROP FUNCTION IF EXISTS %s CASCADE', rowembed._capture_function(v, 'document'));
-    UPDATE rowembed.vectorizer AS z SET text_search = NULL
-     WHERE z.id = v.id AND z.text_search IS NOT NULL;
+    IF v.text_search IS NOT NULL THEN
+        PERFORM rowembed._catalog_set(v.id, '{"text_search": null}');
+    END IF;
 END
 $body$;
 

@@ -76,3 +76,33 @@ BEGIN
     END LOOP;
 END
 $owner_only$;
+
+-- The catalog is written by rowembed's functions only (048-catalog.sql). A role
+-- that held INSERT on it (a creator, by grant_creator before 0009) or UPDATE on
+-- backfill (a worker) gets EXECUTE on the writers it needs instead; then no
+-- role but the owner keeps INSERT, UPDATE, DELETE or TRUNCATE on a catalog table.
+DO $catalog$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT DISTINCT a.grantee::regrole::text AS role, c.relname = 'vectorizer' AS creator
+               FROM pg_class AS c, aclexplode(c.relacl) AS a
+              WHERE c.oid IN ('rowembed.vectorizer'::regclass, 'rowembed.backfill'::regclass)
+                AND a.privilege_type IN ('INSERT', 'UPDATE') AND a.grantee NOT IN (0, c.relowner)
+    LOOP
+        PERFORM rowembed._grant_catalog_writers(g.role, g.creator);
+    END LOOP;
+    FOR g IN SELECT c.oid::regclass AS tab, a.privilege_type AS privilege,
+                    CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                         ELSE quote_ident(a.grantee::regrole::text) END AS grantee
+               FROM pg_class AS c, aclexplode(c.relacl) AS a
+              WHERE c.oid IN ('rowembed.vectorizer'::regclass, 'rowembed.backfill'::regclass,
+                              'rowembed.batch_stats'::regclass, 'rowembed.model_family'::regclass,
+                              'rowembed.query_connection'::regclass)
+                AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+                AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('REVOKE %s ON %s FROM %s', g.privilege, g.tab, g.grantee);
+    END LOOP;
+END
+$catalog$;

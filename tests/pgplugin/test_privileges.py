@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import connect, create_vectorizer, migrate
@@ -19,14 +20,6 @@ from rowembed.workers.runtime import Encoder
 from ..conftest import MODEL
 
 Conn = psycopg.Connection[Any]
-COPY_ROW = (
-    "INSERT INTO rowembed.vectorizer (name, source, pk_columns, pk_types, text_columns,"
-    " separator, model, dimensions, destination, embedding_column, queue_table,"
-    " min_similarity, query_instruction, rerank_model, max_attempts)"
-    " SELECT 'forged', {source}, pk_columns, pk_types, text_columns, separator, model,"
-    " dimensions, {destination}, embedding_column, {queue}, min_similarity,"
-    " query_instruction, rerank_model, max_attempts FROM rowembed.vectorizer WHERE name = %s"
-)
 
 
 class Owner:
@@ -72,34 +65,80 @@ def relations(v: Vectorizer) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("stolen", ["source", "destination", "queue"])
-def test_a_role_cannot_write_a_catalog_row_over_another_roles_tables(
+CATALOG = ("vectorizer", "backfill", "batch_stats", "model_family", "query_connection")
+
+
+def test_no_role_but_the_owner_writes_the_catalog(
+    own_db: Conn, owners: tuple[Owner, Owner]
+) -> None:
+    """The catalog changes only through rowembed's functions: after every grant
+    function (and an older release's grants, which migrate takes back), no role
+    but the owner holds a write privilege on a catalog table."""
+    alice, _ = owners
+    suffix = own_db.info.dbname
+    for role in (f"worker_{suffix}", f"searcher_{suffix}"):
+        own_db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    own_db.execute("SELECT rowembed.grant_worker(%s)", [f"worker_{suffix}"])
+    own_db.execute("SELECT rowembed.grant_searcher(%s)", [f"searcher_{suffix}"])
+    older = sql.Identifier(alice.role)
+    own_db.execute(
+        sql.SQL("GRANT INSERT, UPDATE, DELETE ON rowembed.vectorizer TO {}").format(older)
+    )
+    migrate(own_db)
+    writers = own_db.execute(
+        "SELECT c.relname, a.grantee::regrole::text, a.privilege_type"
+        "  FROM pg_class c, aclexplode(c.relacl) a"
+        " WHERE c.relnamespace = 'rowembed'::regnamespace AND c.relname = ANY (%s)"
+        "   AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')"
+        "   AND a.grantee <> c.relowner",
+        [list(CATALOG)],
+    ).fetchall()
+    assert writers == []
+    with connect(alice.url) as conn:
+        for statement in (
+            "UPDATE rowembed.vectorizer SET separator = 'x'",
+            "DELETE FROM rowembed.backfill",
+            "INSERT INTO rowembed.batch_stats (vectorizer_id, worker) VALUES (1, 'x')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                conn.execute(statement)
+            conn.rollback()
+        # What she had done directly she still does through the functions.
+        conn.execute(
+            "SELECT rowembed.alter_vectorizer(%s, max_attempts => 3)", [alice.vectorizer.name]
+        )
+
+
+@pytest.mark.parametrize("stolen", ["source", "destination", "queue_table"])
+def test_the_catalog_records_no_vectorizer_over_another_roles_tables(
     owners: tuple[Owner, Owner], stolen: str
 ) -> None:
-    """With INSERT on the catalog alone, a row naming another role's table would
-    have `migrate` build SECURITY DEFINER functions over it."""
+    """The catalog's writer checks what it is given: a row naming another role's
+    table would have migrate build SECURITY DEFINER functions over it."""
     alice, mallory = owners
-    theirs, mine = relations(alice.vectorizer), relations(mallory.vectorizer)
-    forged = {k: sql.Literal(theirs[k] if k == stolen else v) for k, v in mine.items()}
-    forged = {k: sql.SQL("{}::regclass").format(v) for k, v in forged.items()}
     with connect(mallory.url) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            conn.execute(sql.SQL(COPY_ROW).format(**forged), [mallory.vectorizer.name])
-        column = "queue_table" if stolen == "queue" else stolen
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            conn.execute(
-                sql.SQL("UPDATE rowembed.vectorizer SET {} = %s::regclass WHERE name = %s").format(
-                    sql.Identifier(column)
-                ),
-                [theirs[stolen], mallory.vectorizer.name],
-            )
-        changed = conn.execute(
-            "UPDATE rowembed.vectorizer SET separator = 'x' WHERE name = %s",
-            [alice.vectorizer.name],
-        )
-        assert changed.rowcount == 0
+        mine = conn.execute(
+            "SELECT to_jsonb(z) || jsonb_build_object('source', source::oid,"
+            " 'destination', destination::oid, 'queue_table', queue_table::oid)"
+            " FROM rowembed.vectorizer z WHERE z.id = %s",
+            [mallory.vectorizer.id],
+        ).fetchone()
+        theirs = own_oid(conn, alice.vectorizer, stolen)
+        assert mine is not None
+        forged = {**mine[0], stolen: theirs, "name": "forged"}
+        forged["id"] = conn.execute("SELECT nextval('rowembed.vectorizer_id_seq')").fetchone()[0]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="is not a table of"):
+            conn.execute("SELECT rowembed._catalog_insert(%s)", [Jsonb(forged)])
+        conn.rollback()
         with pytest.raises(psycopg.errors.RaiseException, match="only the owner"):
             create_vectorizer(conn, alice.table, ["body"], model="m", dimensions=3, name="x")
+
+
+def own_oid(conn: Conn, v: Vectorizer, column: str) -> int:
+    name = relations(v)["queue" if column == "queue_table" else column]
+    row = conn.execute("SELECT %s::regclass::oid", [name]).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def test_generated_functions_run_as_their_creator_whoever_migrates(
@@ -246,8 +285,9 @@ def test_no_role_but_the_owner_creates_in_schema_rowembed(
 
 
 def test_catalog_text_never_reaches_dynamic_sql(own_db: Conn, owners: tuple[Owner, Owner]) -> None:
-    """A creator may write her own catalog row: key types written there must not
-    run as the dispatcher's role when it steps her backfill."""
+    """Key types are types (regtype), read from the source by the catalog's
+    writer: a creator can write none, so none runs as the dispatcher's role when
+    it steps her backfill."""
     alice, _ = owners
     own_db.execute("CREATE TABLE pwned (by name)")
     own_db.execute("GRANT INSERT ON pwned TO PUBLIC")
@@ -255,42 +295,130 @@ def test_catalog_text_never_reaches_dynamic_sql(own_db: Conn, owners: tuple[Owne
         "CREATE FUNCTION public.pwn() RETURNS boolean LANGUAGE sql"
         " AS $$ INSERT INTO public.pwned VALUES (current_user) RETURNING true $$"
     )
+    injected = "int) OR public.pwn() OR (false"
     with connect(alice.url) as conn:
-        conn.execute(
-            "UPDATE rowembed.vectorizer SET pk_types = ARRAY['int) OR public.pwn() OR (false']"
-            " WHERE name = %s",
-            [alice.vectorizer.name],
-        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "UPDATE rowembed.vectorizer SET pk_types = pk_types WHERE name = %s",
+                [alice.vectorizer.name],
+            )
+        conn.rollback()
+        with pytest.raises(psycopg.errors.RaiseException, match="not changed in place"):
+            conn.execute(
+                "SELECT rowembed._catalog_set(%s, jsonb_build_object('pk_types', ARRAY[%s]))",
+                [alice.vectorizer.id, injected],
+            )
+        conn.rollback()
         conn.execute("SELECT rowembed.start_backfill(%s)", [alice.vectorizer.name])
     for _ in range(3):  # as the dispatcher does, past the first chunk (the cursor)
         own_db.execute("SELECT rowembed.backfill_step(%s, 1)", [alice.vectorizer.id])
     assert own_db.execute("SELECT count(*) FROM pwned").fetchone() == (0,)
+    assert own_db.execute(
+        "SELECT pk_types, pg_typeof(pk_types) FROM rowembed.vectorizer WHERE id = %s",
+        [alice.vectorizer.id],
+    ).fetchone() == (["integer"], "regtype[]")
 
 
-def test_a_forged_replaces_takes_nothing_over(own_db: Conn, owners: tuple[Owner, Owner]) -> None:
-    """A creator who points `replaces` of her row at another's vectorizer gets
-    neither its name nor its drop; its owner can still drop it."""
+def test_a_creator_cannot_point_replaces_at_another_roles_vectorizer(
+    own_db: Conn, owners: tuple[Owner, Owner]
+) -> None:
+    """`replaces` would hand her vectorizer the other's name at the switch and
+    drop the other's: only a vectorizer of her own source may be replaced."""
     alice, mallory = owners
     with connect(mallory.url) as conn:
-        conn.execute(
-            "UPDATE rowembed.vectorizer SET replaces = %s WHERE name = %s",
-            [alice.vectorizer.id, mallory.vectorizer.name],
-        )
-    # Hers looks complete: nothing queued, her backfill done.
-    own_db.execute(sql.SQL("DELETE FROM {}").format(mallory.vectorizer.queue))
-    own_db.execute(sql.SQL("DELETE FROM {}").format(mallory.vectorizer.change_log))
-    own_db.execute(
-        "UPDATE rowembed.backfill SET state = 'done' WHERE vectorizer_id = %s",
-        [mallory.vectorizer.id],
-    )
-    assert own_db.execute("SELECT * FROM rowembed.complete_alters()").fetchall() == []
-    names = dict(own_db.execute("SELECT id, name FROM rowembed.vectorizer").fetchall())
-    assert names[alice.vectorizer.id] == alice.vectorizer.name
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "UPDATE rowembed.vectorizer SET replaces = %s WHERE name = %s",
+                [alice.vectorizer.id, mallory.vectorizer.name],
+            )
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may replace only"):
+            conn.execute(
+                "SELECT rowembed._catalog_set(%s, jsonb_build_object('replaces', %s))",
+                [mallory.vectorizer.id, alice.vectorizer.id],
+            )
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="is not one of"):
+            conn.execute(
+                "SELECT rowembed._catalog_switch(%s, %s)",
+                [alice.vectorizer.id, mallory.vectorizer.id],
+            )
     with connect(alice.url) as conn:
         conn.execute("SELECT rowembed.drop_vectorizer(%s)", [alice.vectorizer.name])
+
+
+def test_a_creator_cannot_stop_or_block_another_roles_work(
+    own_db: Conn, owners: tuple[Owner, Owner]
+) -> None:
+    """Another's backfill is not hers to cancel or step, another's vectorizer not
+    hers to drop, and `name`.next (the name a model change takes) not hers to squat."""
+    alice, mallory = owners
+    theirs = alice.vectorizer
+    own_db.execute("SELECT rowembed.start_backfill(%s)", [theirs.name])
+    with connect(mallory.url) as conn:
+        for statement, args in (
+            ("SELECT rowembed._backfill_cancel(%s)", [theirs.id]),
+            ("SELECT rowembed._catalog_delete(%s)", [theirs.id]),
+            ("SELECT rowembed._backfill_record(%s, 0, 0, NULL, true)", [theirs.id]),
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement, args)
+            conn.rollback()
+        with pytest.raises(psycopg.errors.RaiseException, match="kept for model changes"):
+            create_vectorizer(
+                conn,
+                mallory.table,
+                ["body"],
+                model="m",
+                dimensions=3,
+                name=f"{theirs.name}.next",
+                destination="squat",
+            )
     assert own_db.execute(
-        "SELECT count(*) FROM rowembed.vectorizer WHERE id = %s", [mallory.vectorizer.id]
-    ).fetchone() == (1,)
+        "SELECT state FROM rowembed.backfill WHERE vectorizer_id = %s", [theirs.id]
+    ).fetchone() == ("running",)
+    with connect(alice.url) as conn:
+        conn.execute("SELECT rowembed.alter_vectorizer(%s, dimensions => 4)", [theirs.name])
+        assert conn.execute(
+            "SELECT count(*) FROM rowembed.vectorizer WHERE name = %s", [f"{theirs.name}.next"]
+        ).fetchone() == (1,)
+
+
+def test_a_role_sees_only_the_vectorizers_it_may_use(
+    own_db: Conn, postgres: EmbeddedPostgres, owners: tuple[Owner, Owner]
+) -> None:
+    alice, mallory = owners
+    suffix = own_db.info.dbname
+    worker, searcher, stranger = (f"{r}_{suffix}" for r in ("wk", "sr", "stranger"))
+    for role in (worker, searcher, stranger):
+        own_db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    own_db.execute("SELECT rowembed.grant_worker(%s, %s)", [worker, alice.vectorizer.name])
+    own_db.execute("SELECT rowembed.grant_searcher(%s, %s)", [searcher, mallory.vectorizer.name])
+    own_db.execute(sql.SQL("GRANT USAGE ON SCHEMA rowembed TO {}").format(sql.Identifier(stranger)))
+    own_db.execute(
+        sql.SQL("GRANT SELECT ON rowembed.vectorizer, rowembed.backfill TO {}").format(
+            sql.Identifier(stranger)
+        )
+    )
+    seen = {
+        role: visible(login(postgres, own_db, role))
+        for role in (alice.role, mallory.role, worker, searcher, stranger)
+    }
+    assert seen == {
+        alice.role: [alice.vectorizer.name],
+        mallory.role: [mallory.vectorizer.name],
+        worker: [alice.vectorizer.name],
+        searcher: [mallory.vectorizer.name],
+        stranger: [],
+    }
+    own_db.execute("SELECT rowembed.start_backfill(%s)", [alice.vectorizer.name])
+    with connect(login(postgres, own_db, stranger)) as conn:
+        assert conn.execute("SELECT count(*) FROM rowembed.backfill").fetchone() == (0,)
+
+
+def visible(url: str) -> list[str]:
+    with connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM rowembed.vectorizer ORDER BY id")]
 
 
 def test_security_definer_functions_are_few_pinned_and_not_public(
@@ -311,8 +439,18 @@ def test_security_definer_functions_are_few_pinned_and_not_public(
         "                        OR p.proname LIKE 'rowembed\\_vz\\_%')"
     ).fetchall()
     assert sorted({name for name, *_ in rows}) == [
+        "_backfill_cancel",
+        "_backfill_lock",
+        "_backfill_record",
+        "_backfill_start",
+        "_catalog_delete",
+        "_catalog_insert",
+        "_catalog_set",
+        "_catalog_switch",
         "_disarm_on_drop",
+        "_prune_batch_stats",
         "_query_embedding",
+        "_record_batch",
         "_refuse_entangling",
         "_rerank_scores",
         "rowembed_vz_N_deleted",
