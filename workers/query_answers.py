@@ -1,7 +1,9 @@
 """Answering SQL callers (rowembed.search_text, embed_query, rerank): embed the
 waiting query texts, grouped by model, into the cache the callers poll, and
-score the waiting rerank requests. A model that fails answers its requests with
-the error, which the caller raises."""
+score the waiting rerank requests. Each request names a vectorizer, whose model
+(written only through rowembed's checked functions) answers it: a caller never
+names a model. A model that fails answers its requests with the error, which
+the caller raises."""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from rowembed.pgplugin.queries import (
     QueryAnswer,
     answer_rerank_request,
     prune_query_cache,
-    served_models,
     store_query_answers,
     take_query_requests,
     take_rerank_requests,
@@ -30,7 +31,6 @@ def answer_queries(
 ) -> int:
     """Answers every waiting request (in rounds); returns how many."""
     answered = 0
-    served = served_models(conn)
     while True:
         with conn.transaction():
             requests = take_query_requests(conn)
@@ -40,18 +40,16 @@ def answer_queries(
             by_model = itertools.groupby(sorted(requests, key=lambda r: r.model), lambda r: r.model)
             for model, group in by_model:
                 batch = list(group)
-                if model not in served:
-                    error = not_served(model)
-                    answers += [QueryAnswer(model, r.text_hash, None, error) for r in batch]
-                    continue
                 try:
                     vectors = encoder_for(model).encode([r.text for r in batch]).vectors
                 except Exception as exc:  # a missing model, a bad text: the caller says so
                     error = f"{type(exc).__name__}: {str(exc).strip()[:1000]}"
-                    answers += [QueryAnswer(model, r.text_hash, None, error) for r in batch]
+                    answers += [
+                        QueryAnswer(r.vectorizer_id, r.text_hash, None, error) for r in batch
+                    ]
                 else:
                     answers += [
-                        QueryAnswer(model, r.text_hash, v)
+                        QueryAnswer(r.vectorizer_id, r.text_hash, v)
                         for r, v in zip(batch, vectors, strict=True)
                     ]
             store_query_answers(conn, answers)
@@ -64,14 +62,10 @@ def answer_queries(
 def answer_reranks(conn: psycopg.Connection[Any], reranker_for: Callable[[str], Reranker]) -> int:
     """Scores every waiting rerank request (in rounds); returns how many."""
     answered = 0
-    served = served_models(conn)
     while True:
         with conn.transaction():
             requests = take_rerank_requests(conn)
             for r in requests:
-                if r.model not in served:
-                    answer_rerank_request(conn, r.id, None, not_served(r.model))
-                    continue
                 try:
                     scores = reranker_for(r.model).score(r.query, r.passages).scores
                 except Exception as exc:  # a missing model: the caller says so
@@ -81,9 +75,3 @@ def answer_reranks(conn: psycopg.Connection[Any], reranker_for: Callable[[str], 
         if not requests:
             return answered
         answered += len(requests)
-
-
-def not_served(model: str) -> str:
-    """The one line a caller gets for a model no vectorizer uses (nothing is
-    loaded, so nothing about the worker's files is revealed)."""
-    return f"rowembed: no vectorizer uses the model {model[:200]!r}; workers load no other"

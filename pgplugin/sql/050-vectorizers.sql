@@ -354,7 +354,7 @@ BEGIN
     PERFORM rowembed._grant_catalog_writers(role, creator => false);
     EXECUTE format('GRANT USAGE ON SEQUENCE rowembed.change_seq TO %I', role);
     -- Answering SQL callers' query texts and rerank requests (search_text).
-    EXECUTE format('GRANT SELECT, DELETE ON rowembed.query_request TO %I', role);
+    EXECUTE format('GRANT SELECT, UPDATE, DELETE ON rowembed.query_request TO %I', role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON rowembed.query_cache TO %I', role);
     EXECUTE format('GRANT SELECT, UPDATE ON rowembed.rerank_request TO %I', role);
     FOR v IN SELECT * FROM rowembed.vectorizer AS z
@@ -383,6 +383,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SEQUENCE %s, rowembed.change_seq TO %I',
                    pg_get_serial_sequence('rowembed.vectorizer', 'id'), role);
     PERFORM rowembed._grant_catalog_writers(role, creator => true);
+    PERFORM rowembed._grant_query_functions(role);
 END
 $body$;
 
@@ -398,10 +399,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
     EXECUTE format('GRANT SELECT ON rowembed.vectorizer TO %I', role);
     -- search_text(), embed_query(), rerank(): query vectors and scores from the workers.
-    EXECUTE format('GRANT EXECUTE ON FUNCTION rowembed._query_embedding(text, text, float8) TO %I',
-                   role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION rowembed._rerank_scores(text, text, text[], float8)'
-                   ' TO %I', role);
+    PERFORM rowembed._grant_query_functions(role);
     FOR v IN SELECT * FROM rowembed.vectorizer AS z
              WHERE grant_searcher.vectorizer IS NULL OR z.name = grant_searcher.vectorizer LOOP
         PERFORM rowembed._grant_schemas(v, role);

@@ -122,33 +122,161 @@ LANGUAGE sql STABLE AS $$
                     nullif(current_setting('rowembed.query_timeout', true), '')::float8, 5)
 $$;
 
--- The vector of `text` (query instruction included) by `model`: the cached one,
--- else a worker's (_ask_workers). SECURITY DEFINER because dblink needs its
--- owner's right to open the loopback session without a password; the statements
--- are fixed, the arguments literals. EXECUTE: the owner and grant_searcher's roles.
+-- Whether the session may search vectorizer `v`: it owns it, or reads its embeddings.
+CREATE OR REPLACE FUNCTION rowembed._session_searches(v rowembed.vectorizer) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT rowembed._session_is(v.owner)
+        OR coalesce(pg_catalog.has_table_privilege(session_user, v.destination, 'SELECT'), false)
+$$;
+
+-- Vectorizer `vectorizer_id`, if the session may search it.
+CREATE OR REPLACE FUNCTION rowembed._searched(vectorizer_id int) RETURNS rowembed.vectorizer
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    v rowembed.vectorizer;
+BEGIN
+    SELECT * INTO v FROM rowembed.vectorizer AS z WHERE z.id = vectorizer_id;
+    IF NOT FOUND OR NOT rowembed._session_searches(v) THEN
+        RAISE EXCEPTION 'rowembed: % may not search vectorizer %', session_user, vectorizer_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN v;
+END
+$body$;
+
+-- The request protocol, in one place for both sides: the callers' loopback
+-- session (below) and the workers (pgplugin/queries.py) call these.
+
+-- A query's answer, polled: its vector as text, or the error a worker recorded
+-- (read once: its row goes as it is read).
+CREATE OR REPLACE FUNCTION rowembed._query_answer(
+    vectorizer_id int, text_hash bytea, OUT answer text, OUT error text)
+LANGUAGE sql AS $$
+    WITH failed AS (
+        DELETE FROM rowembed.query_cache AS c
+         WHERE c.vectorizer_id = _query_answer.vectorizer_id
+           AND c.text_hash = _query_answer.text_hash AND c.error IS NOT NULL
+        RETURNING c.error)
+    SELECT (SELECT c.embedding::text FROM rowembed.query_cache AS c
+             WHERE c.vectorizer_id = _query_answer.vectorizer_id
+               AND c.text_hash = _query_answer.text_hash AND c.error IS NULL),
+           (SELECT f.error FROM failed AS f)
+$$;
+
+-- Takes up to `max_requests` waiting query texts of the vectorizers the current
+-- role works (row-level security), oldest first, with their model. In the
+-- caller's transaction: if it rolls back (the worker died), they wait again.
+CREATE OR REPLACE FUNCTION rowembed.take_query_requests(max_requests int)
+RETURNS TABLE (vectorizer_id int, model text, text_hash bytea, text text)
+LANGUAGE sql AS $$
+    WITH taken AS (
+        DELETE FROM rowembed.query_request AS r USING (
+            SELECT q.vectorizer_id, q.text_hash FROM rowembed.query_request AS q
+             ORDER BY q.requested_at LIMIT max_requests FOR UPDATE SKIP LOCKED) AS t
+         WHERE (r.vectorizer_id, r.text_hash) = (t.vectorizer_id, t.text_hash)
+        RETURNING r.vectorizer_id, r.text_hash, r.text)
+    SELECT t.vectorizer_id, z.model, t.text_hash, t.text
+      FROM taken AS t JOIN rowembed.vectorizer AS z ON z.id = t.vectorizer_id
+$$;
+
+-- A worker's answer to a query text: its vector, or why there is none.
+CREATE OR REPLACE FUNCTION rowembed.answer_query(
+    vectorizer_id int, text_hash bytea, embedding real[], error text)
+RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO rowembed.query_cache AS c (vectorizer_id, text_hash, embedding, error)
+    VALUES (answer_query.vectorizer_id, answer_query.text_hash, answer_query.embedding,
+            answer_query.error)
+    ON CONFLICT ON CONSTRAINT query_cache_pkey DO UPDATE
+       SET embedding = excluded.embedding, error = excluded.error, created_at = now()
+$$;
+
+CREATE OR REPLACE FUNCTION rowembed.query_requests_waiting() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM rowembed.query_request)
+$$;
+
+-- Drops the oldest cached query vectors beyond `keep` (of those the current
+-- role reaches); returns how many.
+CREATE OR REPLACE FUNCTION rowembed.prune_query_cache(keep int) RETURNS bigint
+LANGUAGE sql AS $$
+    WITH pruned AS (
+        DELETE FROM rowembed.query_cache WHERE created_at < (
+            SELECT c.created_at FROM rowembed.query_cache AS c
+             ORDER BY c.created_at DESC OFFSET greatest(keep - 1, 0) LIMIT 1)
+        RETURNING 1)
+    SELECT count(*) FROM pruned
+$$;
+
+-- Whether rerank request `r` waits for a worker.
+CREATE OR REPLACE FUNCTION rowembed._rerank_waits(r rowembed.rerank_request) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT r.scores IS NULL AND r.error IS NULL
+$$;
+
+-- A rerank request's answer, polled: the scores as text, or the error; the
+-- request goes once answered.
+CREATE OR REPLACE FUNCTION rowembed._rerank_answer(id uuid, OUT answer text, OUT error text)
+LANGUAGE sql AS $$
+    DELETE FROM rowembed.rerank_request AS r
+     WHERE r.id = _rerank_answer.id AND NOT rowembed._rerank_waits(r)
+    RETURNING r.scores::text, r.error
+$$;
+
+-- Up to `max_requests` unanswered rerank requests of the vectorizers the
+-- current role works, with their rerank model, locked until the caller's
+-- transaction ends.
+CREATE OR REPLACE FUNCTION rowembed.take_rerank_requests(max_requests int)
+RETURNS TABLE (id uuid, vectorizer_id int, model text, query text, passages text[])
+LANGUAGE sql AS $$
+    SELECT r.id, r.vectorizer_id, z.rerank_model, r.query, r.passages
+      FROM rowembed.rerank_request AS r JOIN rowembed.vectorizer AS z ON z.id = r.vectorizer_id
+     WHERE rowembed._rerank_waits(r)
+     ORDER BY r.requested_at LIMIT max_requests
+       FOR UPDATE OF r SKIP LOCKED
+$$;
+
+CREATE OR REPLACE FUNCTION rowembed.answer_rerank(id uuid, scores real[], error text)
+RETURNS void
+LANGUAGE sql AS $$
+    UPDATE rowembed.rerank_request AS r
+       SET scores = answer_rerank.scores, error = answer_rerank.error
+     WHERE r.id = answer_rerank.id
+$$;
+
+CREATE OR REPLACE FUNCTION rowembed.rerank_requests_waiting() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM rowembed.rerank_request AS r WHERE rowembed._rerank_waits(r))
+$$;
+
+-- The query vector of `query` for vectorizer `vectorizer_id` (its model and
+-- query instruction): the cached one, else a worker's (_ask_workers). SECURITY
+-- DEFINER because dblink needs its owner's right to open the loopback session;
+-- the statements are fixed, the arguments literals. The caller must be allowed
+-- to search the vectorizer; the cache is the vectorizer's own.
 CREATE OR REPLACE FUNCTION rowembed._query_embedding(
-    model text, text text, timeout_seconds float8 DEFAULT NULL)
+    vectorizer_id int, query text, timeout_seconds float8 DEFAULT NULL)
 RETURNS real[]
 LANGUAGE plpgsql SECURITY DEFINER AS $body$
 DECLARE
-    hash bytea := rowembed._text_hash(text);
+    v rowembed.vectorizer := rowembed._searched(vectorizer_id);
+    full_text text := v.query_instruction || query;
+    hash bytea := rowembed._text_hash(full_text);
     cached real[];
     answer text[];
-    key text := format('model = %L AND text_hash = %L', model, hash);
 BEGIN
     SELECT c.embedding INTO cached FROM rowembed.query_cache AS c
-    WHERE c.model = _query_embedding.model AND c.text_hash = hash AND c.error IS NULL;
+     WHERE c.vectorizer_id = v.id AND c.text_hash = hash AND c.error IS NULL;
     IF cached IS NOT NULL THEN
         RETURN cached;
     END IF;
     answer := rowembed._ask_workers(
-        format('INSERT INTO rowembed.query_request (model, text_hash, text) VALUES (%L, %L, %L)'
-               ' ON CONFLICT DO NOTHING; NOTIFY rowembed, ''query''', model, hash, text),
-        -- an error is read once: its row goes as it is read
-        format('WITH failed AS (DELETE FROM rowembed.query_cache WHERE %s AND error IS NOT NULL'
-               ' RETURNING error) SELECT (SELECT embedding::text FROM rowembed.query_cache'
-               ' WHERE %s AND error IS NULL), (SELECT error FROM failed)', key, key),
-        format('DELETE FROM rowembed.query_request WHERE %s', key),
+        pg_catalog.format('INSERT INTO rowembed.query_request (vectorizer_id, text_hash, text)'
+                          ' VALUES (%s, %L, %L) ON CONFLICT DO NOTHING; NOTIFY rowembed, %L',
+                          v.id, hash, full_text, 'query'),
+        pg_catalog.format('SELECT * FROM rowembed._query_answer(%s, %L)', v.id, hash),
+        pg_catalog.format('DELETE FROM rowembed.query_request WHERE vectorizer_id = %s'
+                          ' AND text_hash = %L', v.id, hash),
         'query', rowembed._query_timeout(timeout_seconds));
     IF answer[2] IS NOT NULL THEN
         RAISE EXCEPTION 'rowembed: the worker could not embed the query: %', answer[2];
@@ -156,28 +284,29 @@ BEGIN
     RETURN answer[1]::real[];
 END
 $body$;
-REVOKE ALL ON FUNCTION rowembed._query_embedding(text, text, float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowembed._query_embedding(int, text, float8) FROM PUBLIC;
 
--- Scores of (query, passage) pairs by the cross-encoder `model`, in the passages'
--- order, from a worker on the rerank queue. SECURITY DEFINER as _query_embedding.
+-- Scores of (query, passage) pairs by the rerank model of vectorizer
+-- `vectorizer_id`, in the passages' order, from a worker on the rerank queue.
+-- SECURITY DEFINER as _query_embedding, for the same callers.
 CREATE OR REPLACE FUNCTION rowembed._rerank_scores(
-    model text, query text, passages text[], timeout_seconds float8 DEFAULT NULL)
+    vectorizer_id int, query text, passages text[], timeout_seconds float8 DEFAULT NULL)
 RETURNS real[]
 LANGUAGE plpgsql SECURITY DEFINER AS $body$
 DECLARE
-    id uuid := gen_random_uuid();
+    v rowembed.vectorizer := rowembed._searched(vectorizer_id);
+    id uuid := pg_catalog.gen_random_uuid();
     answer text[];
 BEGIN
-    IF coalesce(cardinality(passages), 0) = 0 THEN
+    IF coalesce(pg_catalog.cardinality(passages), 0) = 0 THEN
         RETURN '{}';
     END IF;
     answer := rowembed._ask_workers(
-        format('INSERT INTO rowembed.rerank_request (id, model, query, passages)'
-               ' VALUES (%L, %L, %L, %L); NOTIFY rowembed, ''rerank''',
-               id, model, query, array_replace(passages, NULL, '')),
-        format('DELETE FROM rowembed.rerank_request WHERE id = %L'
-               ' AND (scores IS NOT NULL OR error IS NOT NULL) RETURNING scores::text, error', id),
-        format('DELETE FROM rowembed.rerank_request WHERE id = %L', id),
+        pg_catalog.format('INSERT INTO rowembed.rerank_request (id, vectorizer_id, query, passages)'
+                          ' VALUES (%L, %s, %L, %L); NOTIFY rowembed, %L',
+                          id, v.id, query, pg_catalog.array_replace(passages, NULL, ''), 'rerank'),
+        pg_catalog.format('SELECT * FROM rowembed._rerank_answer(%L)', id),
+        pg_catalog.format('DELETE FROM rowembed.rerank_request WHERE id = %L', id),
         'rerank', rowembed._query_timeout(timeout_seconds));
     IF answer[2] IS NOT NULL THEN
         RAISE EXCEPTION 'rowembed: the worker could not rerank: %', answer[2];
@@ -185,7 +314,16 @@ BEGIN
     RETURN answer[1]::real[];
 END
 $body$;
-REVOKE ALL ON FUNCTION rowembed._rerank_scores(text, text, text[], float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowembed._rerank_scores(int, text, text[], float8) FROM PUBLIC;
+
+-- EXECUTE on the functions that ask the workers, for a role that searches.
+CREATE OR REPLACE FUNCTION rowembed._grant_query_functions(role name) RETURNS void
+LANGUAGE plpgsql AS $body$
+BEGIN
+    EXECUTE format('GRANT EXECUTE ON FUNCTION rowembed._query_embedding(int, text, float8),'
+                   ' rowembed._rerank_scores(int, text, text[], float8) TO %I', role);
+END
+$body$;
 
 -- The query vector of `query` for a vectorizer: its model and query instruction,
 -- served by the workers (or the cache). For SQL of one's own:
@@ -200,7 +338,7 @@ BEGIN
     IF query IS NULL OR btrim(query) = '' THEN
         RAISE EXCEPTION 'rowembed: the query text is empty';
     END IF;
-    RETURN rowembed._query_embedding(v.model, v.query_instruction || query, timeout_seconds)::vector;
+    RETURN rowembed._query_embedding(v.id, query, timeout_seconds)::vector;
 END
 $body$;
 
@@ -216,7 +354,7 @@ BEGIN
     IF query IS NULL OR btrim(query) = '' THEN
         RAISE EXCEPTION 'rowembed: the query text is empty';
     END IF;
-    RETURN rowembed._rerank_scores(v.rerank_model, query, passages, timeout_seconds);
+    RETURN rowembed._rerank_scores(v.id, query, passages, timeout_seconds);
 END
 $body$;
 

@@ -106,3 +106,21 @@ BEGIN
     END LOOP;
 END
 $catalog$;
+
+-- Who may search a vectorizer (its owner, a role reading its embeddings) may
+-- ask the workers for query vectors and rerank scores: given again after 0010
+-- replaced those functions (the functions check the vectorizer themselves).
+DO $searchers$
+DECLARE
+    role text;
+BEGIN
+    FOR role IN SELECT DISTINCT r.rolname FROM rowembed.vectorizer AS z
+                  JOIN pg_class AS c ON c.oid = z.destination
+                 CROSS JOIN LATERAL (SELECT z.owner::oid UNION
+                                     SELECT a.grantee FROM aclexplode(c.relacl) AS a
+                                      WHERE a.privilege_type = 'SELECT') AS g(grantee)
+                  JOIN pg_roles AS r ON r.oid = g.grantee LOOP
+        PERFORM rowembed._grant_query_functions(role);
+    END LOOP;
+END
+$searchers$;

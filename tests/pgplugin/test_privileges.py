@@ -461,3 +461,72 @@ def test_security_definer_functions_are_few_pinned_and_not_public(
     for name, config, event_trigger, public in rows:
         assert config == ["search_path=pg_catalog, pg_temp"], name
         assert event_trigger or not public, name
+
+
+def test_query_traffic_is_each_vectorizers_own(
+    own_db: Conn, postgres: EmbeddedPostgres, owners: tuple[Owner, Owner]
+) -> None:
+    """A worker role granted alice's vectorizer reaches alice's query texts,
+    cached query vectors and rerank requests only: it cannot read mallory's
+    pending texts or passages, plant her cached vectors or answer her reranks;
+    alice's searcher cannot ask for a vectorizer it may not search."""
+    alice, mallory = owners
+    suffix = own_db.info.dbname
+    worker, searcher = f"wk_{suffix}", f"sr_{suffix}"
+    for role in (worker, searcher):
+        own_db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    own_db.execute("SELECT rowembed.grant_worker(%s, %s)", [worker, alice.vectorizer.name])
+    own_db.execute("SELECT rowembed.grant_searcher(%s, %s)", [searcher, alice.vectorizer.name])
+    ids = {alice.vectorizer.id: "alice's", mallory.vectorizer.id: "mallory's"}
+    for vid, text in ids.items():
+        own_db.execute(
+            "INSERT INTO rowembed.query_request (vectorizer_id, text_hash, text)"
+            " VALUES (%s, rowembed._text_hash(%s), %s)",
+            [vid, text, text],
+        )
+        own_db.execute(
+            "INSERT INTO rowembed.query_cache (vectorizer_id, text_hash, embedding)"
+            " VALUES (%s, rowembed._text_hash(%s), '{1,0,0}')",
+            [vid, text + " cached"],
+        )
+        own_db.execute(
+            "INSERT INTO rowembed.rerank_request (id, vectorizer_id, query, passages)"
+            " VALUES (gen_random_uuid(), %s, 'q', ARRAY[%s])",
+            [vid, text + " passage"],
+        )
+    with connect(login(postgres, own_db, worker)) as conn:
+        assert [
+            r[0] for r in conn.execute("SELECT vectorizer_id FROM rowembed.rerank_request")
+        ] == [alice.vectorizer.id]
+        assert conn.execute(
+            "SELECT array_agg(vectorizer_id) FROM rowembed.query_cache"
+        ).fetchone() == ([alice.vectorizer.id],)
+        taken = conn.execute("SELECT vectorizer_id, text FROM rowembed.take_query_requests(10)")
+        assert taken.fetchall() == [(alice.vectorizer.id, "alice's")]
+        assert (
+            conn.execute(
+                "UPDATE rowembed.query_cache SET embedding = '{0,1,0}' WHERE vectorizer_id = %s",
+                [mallory.vectorizer.id],
+            ).rowcount
+            == 0
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute(
+                "SELECT rowembed.answer_query(%s, rowembed._text_hash('planted'), '{1,1,1}', NULL)",
+                [mallory.vectorizer.id],
+            )
+        conn.rollback()
+        theirs = own_db.execute(
+            "SELECT id FROM rowembed.rerank_request WHERE vectorizer_id = %s",
+            [mallory.vectorizer.id],
+        ).fetchone()
+        assert theirs is not None
+        conn.execute("SELECT rowembed.answer_rerank(%s, '{9}', NULL)", [theirs[0]])
+    assert own_db.execute(
+        "SELECT scores FROM rowembed.rerank_request WHERE id = %s", [theirs[0]]
+    ).fetchone() == (None,)
+    with (
+        connect(login(postgres, own_db, searcher)) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not search"),
+    ):
+        conn.execute("SELECT rowembed._query_embedding(%s, 'x', 0.1)", [mallory.vectorizer.id])

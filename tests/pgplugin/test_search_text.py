@@ -102,8 +102,8 @@ def test_a_cached_query_never_reaches_a_worker(db: Conn, table: str) -> None:
     db.execute(
         "UPDATE rowembed.query_cache AS c SET embedding = e.embedding::real[]"
         f" FROM {v.destination.as_string(db)} AS e WHERE e.id = 2"
-        " AND c.model = %s AND c.text_hash = rowembed._text_hash(%s)",
-        [MODEL, v.query_instruction + "felines"],
+        " AND c.vectorizer_id = %s AND c.text_hash = rowembed._text_hash(%s)",
+        [v.id, v.query_instruction + "felines"],
     )
     started = time.perf_counter()
     assert search_text(db, table, "felines")[0] == (2, pytest.approx(1.0, abs=1e-5))
@@ -129,11 +129,11 @@ def test_a_model_the_worker_cannot_load_is_an_error_not_a_wait(db: Conn, table: 
     db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
         sql.Identifier(table)
     ))  # fmt: skip
-    create_vectorizer(db, table, ["body"], model="/nonexistent/model", dimensions=3)
+    v = create_vectorizer(db, table, ["body"], model="/nonexistent/model", dimensions=3)
     with pytest.raises(psycopg.errors.RaiseException, match="could not embed the query: "):
         search_text(db, table, "anything", timeout_seconds=30)
     assert db.execute(
-        "SELECT count(*) FROM rowembed.query_cache WHERE model = '/nonexistent/model'"
+        "SELECT count(*) FROM rowembed.query_cache WHERE vectorizer_id = %s", [v.id]
     ).fetchone() == (0,)  # fmt: skip
 
 
@@ -156,9 +156,9 @@ def test_a_searcher_needs_only_grant_searcher_and_keeps_no_loopback_session(
         # creators may) still cannot call it.
         db.execute(sql.SQL("GRANT USAGE ON SCHEMA rowembed TO {}").format(sql.Identifier(role)))
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="_query_embedding"):
-            searcher.execute("SELECT rowembed._query_embedding(%s, 'x')", [MODEL])
+            searcher.execute("SELECT rowembed._query_embedding(%s, 'x')", [v.id])
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="_rerank_scores"):
-            searcher.execute("SELECT rowembed._rerank_scores(%s, 'x', ARRAY['y'])", [MODEL])
+            searcher.execute("SELECT rowembed._rerank_scores(%s, 'x', ARRAY['y'])", [v.id])
         db.execute("SELECT rowembed.grant_searcher(%s, %s)", [role, v.name])
         assert search_text(searcher, table, "purring")[0][0] == 1
         assert searcher.execute("SELECT dblink_get_connections()").fetchone() == (None,)
@@ -175,18 +175,19 @@ def test_an_empty_query_text_is_a_clear_error(conn: Conn, table: str) -> None:
         search_text(conn, table, "  ")
 
 
-def test_a_request_whose_notify_was_lost_is_answered_by_the_sweep(db: Conn) -> None:
+def test_a_request_whose_notify_was_lost_is_answered_by_the_sweep(db: Conn, table: str) -> None:
+    v = embedded_table(db, table)
     text = f"asked without a NOTIFY {time.time()}"
     db.execute(
-        "INSERT INTO rowembed.query_request (model, text_hash, text)"
+        "INSERT INTO rowembed.query_request (vectorizer_id, text_hash, text)"
         " VALUES (%s, rowembed._text_hash(%s), %s)",
-        [MODEL, text, text],
+        [v.id, text, text],
     )
     wait_until(
         lambda: db.execute(
             "SELECT embedding IS NOT NULL FROM rowembed.query_cache"
-            " WHERE model = %s AND text_hash = rowembed._text_hash(%s)",
-            [MODEL, text],
+            " WHERE vectorizer_id = %s AND text_hash = rowembed._text_hash(%s)",
+            [v.id, text],
         ).fetchone(),
         timeout=30,
     )
@@ -367,12 +368,12 @@ def test_the_cli_and_python_search_take_the_sql_path(
     assert cached == (1,)
 
 
-def test_a_model_no_vectorizer_uses_is_never_loaded(db: Conn) -> None:
-    """A searcher names a model string to _query_embedding and _rerank_scores:
-    the worker loads only its vectorizers' models, and says so in one line."""
+def test_a_searcher_names_a_vectorizer_never_a_model(db: Conn) -> None:
+    """The functions that ask the workers take a vectorizer: no caller can make
+    a worker load a model string (a path, a hub id) of its choosing."""
     for call in (
         "SELECT rowembed._query_embedding('/etc/some/private/dir', 'x', 30)",
         "SELECT rowembed._rerank_scores('another/hub-model', 'x', ARRAY['y'], 30)",
     ):
-        with pytest.raises(psycopg.errors.RaiseException, match="no vectorizer uses the model"):
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
             db.execute(call)
