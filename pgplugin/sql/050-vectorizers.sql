@@ -40,6 +40,20 @@ BEGIN
     IF FOUND THEN
         RETURN format('column %I of %s was renamed or dropped', missing, v.source);
     END IF;
+    -- rowembed's own tables, altered by hand: every loop that reads them would fail.
+    SELECT format('column %I of %s', u.c, u.rel) INTO missing
+      FROM (SELECT v.queue_table, unnest(v.pk_columns || ARRAY['seq', 'priority', 'attempts',
+                   'lease_until', 'claimed_by', 'last_error', 'failed_at', 'enqueued_at']::name[])
+            UNION ALL
+            SELECT v.destination, unnest(v.pk_columns || ARRAY[v.embedding_column, 'text_hash',
+                                                                'embedded_at']::name[])) AS u(rel, c)
+     WHERE NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = u.rel
+                          AND a.attname = u.c AND a.attnum > 0 AND NOT a.attisdropped)
+     LIMIT 1;
+    IF FOUND THEN
+        RETURN format('%s was renamed or dropped: rename it back, or drop and recreate the'
+                      ' vectorizer', missing);
+    END IF;
     IF (SELECT c.relispartition FROM pg_class AS c WHERE c.oid = v.source)
        OR EXISTS (SELECT FROM pg_inherits AS i WHERE v.source IN (i.inhrelid, i.inhparent)) THEN
         RETURN format('%s became a partition or joined an inheritance hierarchy: rows written'

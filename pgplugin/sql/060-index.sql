@@ -121,7 +121,8 @@ DECLARE
 BEGIN
     FOR v IN
         SELECT z.* FROM rowembed.vectorizer AS z JOIN pg_class AS c ON c.oid = z.destination
-         WHERE rowembed._index_wanted(z) AND pg_has_role(c.relowner, 'USAGE')
+         WHERE rowembed._index_wanted(z) AND rowembed._problem(z) IS NULL
+           AND pg_has_role(c.relowner, 'USAGE')
            AND pg_has_role(z.owner, 'USAGE')
            AND NOT EXISTS (SELECT 1 FROM rowembed.backfill AS b
                             WHERE b.vectorizer_id = z.id AND b.state = 'running')

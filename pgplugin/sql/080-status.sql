@@ -87,20 +87,24 @@ CREATE OR REPLACE VIEW rowembed.vectorizer_status AS SELECT * FROM rowembed.stat
 CREATE OR REPLACE FUNCTION rowembed.errors()
 RETURNS TABLE (vectorizer text, key jsonb, attempts int, last_error text, parked boolean,
                failed_at timestamptz, retry_after timestamptz)
-LANGUAGE plpgsql STABLE AS $body$
+LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS $body$
 DECLARE
     v rowembed.vectorizer;
 BEGIN
     FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
         CONTINUE WHEN rowembed._qualified(v.queue_table) IS NULL;
-        RETURN QUERY EXECUTE format(
-            'SELECT %L::text, jsonb_build_object(%s), attempts, last_error,'
-            ' failed_at IS NOT NULL, failed_at, CASE WHEN failed_at IS NULL THEN lease_until END'
-            ' FROM %s WHERE last_error IS NOT NULL ORDER BY seq',
-            v.name,
-            (SELECT string_agg(format('%L, %I', c, c), ', ' ORDER BY o)
-               FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)),
-            rowembed._qualified(v.queue_table));
+        BEGIN  -- a queue altered or locked by its owner: status() says so; the others go on
+            RETURN QUERY EXECUTE format(
+                'SELECT %L::text, jsonb_build_object(%s), attempts, last_error,'
+                ' failed_at IS NOT NULL, failed_at, CASE WHEN failed_at IS NULL THEN lease_until END'
+                ' FROM %s WHERE last_error IS NOT NULL ORDER BY seq',
+                v.name,
+                (SELECT string_agg(format('%L, %I', c, c), ', ' ORDER BY o)
+                   FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o)),
+                rowembed._qualified(v.queue_table));
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
     END LOOP;
 END
 $body$;

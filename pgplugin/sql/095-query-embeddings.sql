@@ -25,9 +25,41 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT '''' || replace(replace(value, '\', '\\'), '''', '\''') || ''''
 $$;
 
+-- The loopback sessions' role: not a superuser (it never takes the slots kept
+-- for superusers), at most rowembed.loopback_sessions() at once, with exactly
+-- the rights the request protocol needs. Cluster-wide, made once by a migrate
+-- that may create roles; without it the sessions run as the functions' owner.
+CREATE OR REPLACE FUNCTION rowembed.loopback_sessions() RETURNS int
+LANGUAGE sql IMMUTABLE AS 'SELECT 32';
+
+DO $loopback$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rowembed_loopback') THEN
+        EXECUTE format('CREATE ROLE rowembed_loopback LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE'
+                       ' NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT %s',
+                       rowembed.loopback_sessions());
+    END IF;
+    GRANT USAGE ON SCHEMA rowembed TO rowembed_loopback;
+    GRANT INSERT, SELECT, DELETE ON rowembed.query_request TO rowembed_loopback;
+    GRANT SELECT, DELETE ON rowembed.query_cache TO rowembed_loopback;
+    GRANT INSERT, SELECT, DELETE ON rowembed.rerank_request TO rowembed_loopback;
+    -- The SECURITY DEFINER callers checked who may ask for which vectorizer.
+    DROP POLICY IF EXISTS loopback ON rowembed.query_request;
+    DROP POLICY IF EXISTS loopback ON rowembed.query_cache;
+    DROP POLICY IF EXISTS loopback ON rowembed.rerank_request;
+    CREATE POLICY loopback ON rowembed.query_request TO rowembed_loopback USING (true);
+    CREATE POLICY loopback ON rowembed.query_cache TO rowembed_loopback USING (true);
+    CREATE POLICY loopback ON rowembed.rerank_request TO rowembed_loopback USING (true);
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'rowembed: the role rowembed_loopback could not be made (%): search_text''s'
+                 ' loopback sessions run as the owner of rowembed''s functions', SQLERRM;
+END
+$loopback$;
+
 -- The loopback session's connection string: rowembed.query_connection's, else
 -- this server's first socket directory (or localhost), port and database, as
--- the current role (the owner, in the SECURITY DEFINER functions below).
+-- rowembed_loopback (or, where it does not exist, the current role: the owner,
+-- in the SECURITY DEFINER functions below).
 CREATE OR REPLACE FUNCTION rowembed._loopback_conninfo() RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(
@@ -37,14 +69,15 @@ LANGUAGE sql STABLE AS $$
                 current_setting('unix_socket_directories'), ',', 1)), ''), 'localhost')),
             current_setting('port'),
             rowembed._conninfo_value(current_database()),
-            rowembed._conninfo_value(current_user)))
+            rowembed._conninfo_value(coalesce(
+                (SELECT r.rolname FROM pg_roles AS r WHERE r.rolname = 'rowembed_loopback'),
+                current_user))))
 $$;
 
--- Sets (or, with NULL, clears) the loopback session's connection string, e.g.
--- 'host=/var/run/postgresql dbname=app user=rowembed_query password=...' for a
--- role with SELECT, INSERT, DELETE on rowembed.query_request and
--- rowembed.rerank_request and SELECT, DELETE on rowembed.query_cache. Only the
--- owner of rowembed's tables can; no other role can read it.
+-- Sets (or, with NULL, clears) the loopback session's connection string, where
+-- the default does not authenticate, e.g. 'host=/var/run/postgresql dbname=app
+-- user=rowembed_loopback password=...' (after ALTER ROLE rowembed_loopback
+-- PASSWORD ...). Only the owner of rowembed's tables can; no other role can read it.
 CREATE OR REPLACE FUNCTION rowembed.set_query_connection(conninfo text) RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM rowembed.query_connection;
@@ -85,7 +118,8 @@ BEGIN
     EXCEPTION WHEN sqlclient_unable_to_establish_sqlconnection THEN
         RAISE EXCEPTION 'rowembed: the loopback session to ask the workers could not connect: %',
             SQLERRM
-            USING HINT = 'Give it a connection string that authenticates (a password):'
+            USING HINT = 'Give it a connection string that authenticates (a password), or wait:'
+                         ' at most rowembed.loopback_sessions() are open at once.'
                          ' SELECT rowembed.set_query_connection(''host=... user=... password=...'').';
     END;
     BEGIN
@@ -115,12 +149,26 @@ BEGIN
 END
 $body$;
 
--- Seconds to wait for a worker: the call's, else rowembed.query_timeout, else 5.
+-- The longest a caller may wait for a worker: a loopback session is held as long.
+CREATE OR REPLACE FUNCTION rowembed.max_query_timeout() RETURNS float8
+LANGUAGE sql IMMUTABLE AS 'SELECT 60::float8';
+
+-- Seconds to wait for a worker: the call's, else rowembed.query_timeout, else 5;
+-- at most max_query_timeout().
 CREATE OR REPLACE FUNCTION rowembed._query_timeout(timeout_seconds float8) RETURNS float8
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(timeout_seconds,
-                    nullif(current_setting('rowembed.query_timeout', true), '')::float8, 5)
-$$;
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    wait float8 := coalesce(timeout_seconds,
+                            nullif(current_setting('rowembed.query_timeout', true), '')::float8, 5);
+BEGIN
+    IF wait > rowembed.max_query_timeout() THEN
+        RAISE EXCEPTION 'rowembed: a query waits at most % s for a worker, not %',
+            rowembed.max_query_timeout(), wait
+            USING HINT = 'Pass a smaller timeout_seconds (or SET rowembed.query_timeout).';
+    END IF;
+    RETURN wait;
+END
+$body$;
 
 -- Whether the session may search vectorizer `v`: it owns it, or reads its embeddings.
 CREATE OR REPLACE FUNCTION rowembed._session_searches(v rowembed.vectorizer) RETURNS boolean

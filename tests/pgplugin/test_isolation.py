@@ -155,3 +155,33 @@ def test_a_tenant_locking_her_own_queue_delays_no_one_else(own_db: Conn) -> None
     assert by_name["free"].problem is None and by_name["free"].queued == 3
     assert "lock timeout" in (by_name["locked"].problem or "")
     assert elapsed < 5, elapsed
+
+
+@pytest.mark.parametrize("column", ["enqueued_at", "priority", "failed_at", "seq"])
+def test_a_tenant_altering_her_own_queue_delays_no_one_else(own_db: Conn, column: str) -> None:
+    """Her queue with a renamed column (and her index deferred): each shared loop
+    skips her vectorizer, reports it, and serves the others."""
+    from rowembed.pgplugin import wakeups
+    from rowembed.pgplugin.indexes import indexes_to_build
+    from rowembed.pgplugin.vectorizers import complete_alters
+
+    odd, free = docs(own_db, "odd"), docs(own_db, "free")
+    for v in (odd, free):
+        own_db.execute("SELECT rowembed.defer_index(%s)", [v.name])
+        own_db.execute(sql.SQL("DELETE FROM {}").format(v.queue))  # no backlog
+    own_db.execute("INSERT INTO free VALUES (12, 'logged, not folded')")
+    own_db.execute("INSERT INTO odd VALUES (12, 'logged, not folded')")
+    own_db.execute(
+        sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO renamed").format(
+            odd.queue, sql.Identifier(column)
+        )
+    )
+    assert (free.id, True) in vectorizers_with_work(own_db)
+    assert free.id in wakeups.logged_changes(own_db)
+    assert "free" in indexes_to_build(own_db)
+    complete_alters(own_db)
+    top_up_backfills(own_db, chunk=100)
+    by_name = {s.name: s for s in status(own_db)}
+    assert by_name["free"].problem is None and by_name["free"].queued == 1
+    assert by_name["odd"].problem is not None
+    errors(own_db)

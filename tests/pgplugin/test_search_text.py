@@ -4,6 +4,7 @@ the loopback session and the query queue, the cache, the timeout, privileges."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -377,3 +378,50 @@ def test_a_searcher_names_a_vectorizer_never_a_model(db: Conn) -> None:
     ):
         with pytest.raises(psycopg.errors.InvalidTextRepresentation):
             db.execute(call)
+
+
+def test_loopback_sessions_run_as_a_capped_role_with_the_protocols_rights_only(
+    own_db: Conn, table: str
+) -> None:
+    """Not a superuser (no slot kept for superusers is ever taken), a connection
+    limit, the request tables' rights and no others, and a bounded wait."""
+    assert own_db.execute(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolconnlimit"
+        " FROM pg_roles WHERE rolname = 'rowembed_loopback'"
+    ).fetchone() == (False, False, False, False, 32)
+    rights = own_db.execute(
+        "SELECT c.relname::text, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a"
+        " WHERE a.grantee = 'rowembed_loopback'::regrole ORDER BY 1, 2"
+    ).fetchall()
+    assert rights == [
+        ("query_cache", "DELETE"),
+        ("query_cache", "SELECT"),
+        *[("query_request", p) for p in ("DELETE", "INSERT", "SELECT")],
+        *[("rerank_request", p) for p in ("DELETE", "INSERT", "SELECT")],
+    ]
+    t = sql.Identifier(table)
+    own_db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    create_vectorizer(own_db, table, ["body"], model=MODEL)
+    with pytest.raises(psycopg.errors.RaiseException, match="waits at most 60 s"):
+        search_text(own_db, table, "anything", timeout_seconds=61)
+    seen: list[Any] = []
+    with connect(own_db.info.dsn) as watcher:
+
+        def watch() -> None:
+            deadline = time.monotonic() + 5
+            while not seen and time.monotonic() < deadline:
+                seen.extend(
+                    watcher.execute(
+                        "SELECT usename, (SELECT rolsuper FROM pg_roles WHERE rolname = usename)"
+                        " FROM pg_stat_activity WHERE application_name = 'rowembed-query'"
+                        " AND datname = current_database()"
+                    ).fetchall()
+                )
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=watch)
+        thread.start()
+        with pytest.raises(psycopg.errors.RaiseException, match="no worker answered"):
+            search_text(own_db, table, "anything", timeout_seconds=1)
+        thread.join()
+    assert seen[:1] == [("rowembed_loopback", False)]
