@@ -127,6 +127,20 @@ def migrate(
             applied_now.append(m.version)
         if conn.execute("SELECT to_regclass('rowembed.model_family')").fetchone() != (None,):
             _write_model_families(conn)
-        conn.execute(idempotent or idempotent_sql())  # type: ignore[arg-type]
+        script = idempotent or idempotent_sql()
+        vector_schema = conn.execute(
+            "SELECT quote_ident(n.nspname) FROM pg_extension e"
+            " JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        ).fetchone()
+        if vector_schema is None:
+            raise MigrationError("the vector extension is not installed")
+        # pgvector's objects are named schema-qualified, and the functions are
+        # made as they run: seeing pg_catalog only (an overload planted in a
+        # schema others write must neither be called nor make a body ambiguous).
+        # An earlier release's script (upgrade tests) named pgvector's types bare.
+        if idempotent is None:
+            conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        conn.execute(script.replace("@extschema:vector@", vector_schema[0]))  # type: ignore[arg-type]
+        conn.execute("RESET search_path")
     register_vector(conn)
     return applied_now

@@ -249,7 +249,7 @@ BEGIN
     -- Chunked: one row per chunk, its characters in the embedded text
     -- (embedded_text() without the passage instruction); text_hash is the row's.
     EXECUTE format(
-        'CREATE TABLE %I.%I (%s, %s %I %s(%s) NOT NULL, text_hash bytea NOT NULL,'
+        'CREATE TABLE %I.%I (%s, %s %I @extschema:vector@.%s(%s) NOT NULL, text_hash bytea NOT NULL,'
         ' embedded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s%s))',
         dest_schema, dest_table, key_defs,
         CASE WHEN create_vectorizer.chunking = 'tokens'

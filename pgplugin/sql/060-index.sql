@@ -21,8 +21,8 @@ LANGUAGE sql STABLE AS $$
         'rowembed_' || v.id || '_vector_idx',
         rowembed._qualified(v.destination),
         CASE v.index_method
-            WHEN 'hnsw' THEN format('%I %s_cosine_ops', v.embedding_column, v.storage)
-            ELSE format('(binary_quantize(%I)::bit(%s)) bit_hamming_ops',
+            WHEN 'hnsw' THEN format('%I @extschema:vector@.%s_cosine_ops', v.embedding_column, v.storage)
+            ELSE format('(@extschema:vector@.binary_quantize(%I)::bit(%s)) @extschema:vector@.bit_hamming_ops',
                         v.embedding_column, v.dimensions) END)
       FROM rowembed.vectorizer AS v
      WHERE v.id = vectorizer_id AND v.index_method <> 'none'

@@ -51,7 +51,7 @@ $$;
 -- The cosine distance of column `col` to the query vector $1, in the column's type.
 CREATE OR REPLACE FUNCTION rowembed._distance_sql(v rowembed.vectorizer, col text) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT format('(%s <=> $1::%s(%s))', col, v.storage, v.dimensions)
+    SELECT format('(%s OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%s(%s))', col, v.storage, v.dimensions)
 $$;
 
 -- Candidates the index returns for k results: k, or with a binary-quantized
@@ -95,7 +95,8 @@ LANGUAGE sql STABLE AS $$
             rowembed._columns(v.pk_columns, '($4)'))
         ELSE '' END,
         CASE WHEN v.index_method = 'hnsw_binary' AND v.index_state = 'built'
-            THEN format('binary_quantize(e.%1$I)::bit(%2$s) <~> binary_quantize($1)::bit(%2$s)',
+            THEN format('@extschema:vector@.binary_quantize(e.%1$I)::bit(%2$s) OPERATOR(@extschema:vector@.<~>)'
+                        ' @extschema:vector@.binary_quantize($1)::bit(%2$s)',
                         v.embedding_column, v.dimensions)
             ELSE rowembed._distance_sql(v, format('e.%I', v.embedding_column)) END,
         CASE WHEN v.chunking = 'none'
@@ -129,7 +130,7 @@ $$;
 -- chunks: the candidates grow (at most 8 rounds of four times as many) until
 -- they hold k rows or all there are. Parameters as _search_sql's.
 CREATE OR REPLACE FUNCTION rowembed._candidates_for_rows(
-    v rowembed.vectorizer, exclude_row boolean, query vector, k int, item anyelement,
+    v rowembed.vectorizer, exclude_row boolean, query @extschema:vector@.vector, k int, item anyelement,
     filter jsonb)
 RETURNS int
 LANGUAGE plpgsql AS $body$
@@ -206,7 +207,7 @@ $body$;
 -- threshold. Usage: SELECT similarity, (item).* FROM rowembed.search(NULL::docs, $1, 10)
 CREATE OR REPLACE FUNCTION rowembed.search(
     source anyelement,
-    query vector,
+    query @extschema:vector@.vector,
     k int DEFAULT 10,
     min_similarity float8 DEFAULT NULL,
     vectorizer text DEFAULT NULL,
@@ -242,10 +243,10 @@ DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(item), vectorizer);
     candidates int;
     old text[];
-    query vector;
+    query @extschema:vector@.vector;
 BEGIN
     -- A chunked row is compared by the mean of its chunks.
-    EXECUTE format('SELECT avg(%I)::vector FROM %s WHERE (%s) = (%s)',
+    EXECUTE format('SELECT @extschema:vector@.avg(%I)::@extschema:vector@.vector FROM %s WHERE (%s) = (%s)',
         v.embedding_column, rowembed._qualified(v.destination), rowembed._columns(v.pk_columns),
         rowembed._columns(v.pk_columns, '($1)'))
         INTO query USING item;
@@ -264,7 +265,7 @@ $body$;
 -- The plan search() runs, to check that the HNSW index answers it.
 CREATE OR REPLACE FUNCTION rowembed.explain_search(
     source anyelement,
-    query vector,
+    query @extschema:vector@.vector,
     k int DEFAULT 10,
     vectorizer text DEFAULT NULL,
     filter jsonb DEFAULT NULL)

@@ -378,7 +378,7 @@ $body$;
 --   ORDER BY embedding <=> rowembed.embed_query('docs', 'key rotation')
 CREATE OR REPLACE FUNCTION rowembed.embed_query(
     vectorizer text, query text, timeout_seconds float8 DEFAULT NULL)
-RETURNS vector
+RETURNS @extschema:vector@.vector
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_named(vectorizer);
@@ -386,7 +386,7 @@ BEGIN
     IF query IS NULL OR btrim(query) = '' THEN
         RAISE EXCEPTION 'rowembed: the query text is empty';
     END IF;
-    RETURN rowembed._query_embedding(v.id, query, timeout_seconds)::vector;
+    RETURN rowembed._query_embedding(v.id, query, timeout_seconds)::@extschema:vector@.vector;
 END
 $body$;
 
@@ -427,7 +427,7 @@ RETURNS TABLE (similarity float8, item anyelement, rerank_score float8, chunk in
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
-    query_vector vector := rowembed.embed_query(v.name, query, timeout_seconds);
+    query_vector @extschema:vector@.vector := rowembed.embed_query(v.name, query, timeout_seconds);
 BEGIN
     IF NOT rerank THEN
         RETURN QUERY SELECT s.similarity, s.item, NULL::float8, s.chunk, s.chunk_start,

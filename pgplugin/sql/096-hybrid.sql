@@ -100,7 +100,7 @@ RETURNS TABLE (score float8, item anyelement, similarity float8, text_rank float
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
-    query_vector vector;
+    query_vector @extschema:vector@.vector;
 BEGIN
     IF v.text_search IS NULL THEN
         RAISE EXCEPTION 'rowembed: vectorizer % has no full text index', v.name

@@ -9,7 +9,7 @@
 -- reasonable floor for min_similarity.
 CREATE OR REPLACE FUNCTION rowembed.similarity_profile(
     name text,
-    queries vector[] DEFAULT NULL,
+    queries @extschema:vector@.vector[] DEFAULT NULL,
     sample int DEFAULT 100,
     k int DEFAULT 10)
 RETURNS TABLE (measure text, n bigint, p10 float8, p50 float8, p90 float8, p99 float8)
@@ -18,7 +18,7 @@ DECLARE
     v rowembed.vectorizer;
     dest text;
     own_rows boolean := queries IS NULL;
-    q vector;
+    q @extschema:vector@.vector;
     sims float8[];
     top1 float8[] := '{}';
     topk float8[] := '{}';
@@ -34,7 +34,7 @@ BEGIN
         -- its neighbours are rows by their best chunk, the row itself left out.
         keys := rowembed._columns(v.pk_columns);
         IF own_rows THEN
-            EXECUTE format('SELECT array_agg(r.q), array_agg(r.k) FROM (SELECT avg(%I)::vector AS q,'
+            EXECUTE format('SELECT array_agg(r.q), array_agg(r.k) FROM (SELECT @extschema:vector@.avg(%I)::@extschema:vector@.vector AS q,'
                            ' jsonb_build_array(%s) AS k FROM %s GROUP BY %s'
                            ' ORDER BY random() LIMIT $1) AS r', v.embedding_column, keys, dest, keys)
                 INTO queries, own_keys USING sample;
@@ -53,7 +53,7 @@ BEGIN
         END LOOP;
     ELSE
         IF own_rows THEN
-            EXECUTE format('SELECT array_agg(%I::vector) FROM (SELECT %I FROM %s'
+            EXECUTE format('SELECT array_agg(%I::@extschema:vector@.vector) FROM (SELECT %I FROM %s'
                            ' ORDER BY random() LIMIT $1) r', v.embedding_column, v.embedding_column, dest)
                 INTO queries USING sample;
         END IF;
@@ -71,7 +71,8 @@ BEGIN
         END LOOP;
     END IF;
     PERFORM rowembed._restore_search_settings(old);
-    EXECUTE format('SELECT array_agg(1 - (r.%1$I::vector <=> qv)) FROM unnest($1) AS qv,'
+    EXECUTE format('SELECT array_agg(1 - (r.%1$I::@extschema:vector@.vector OPERATOR(@extschema:vector@.<=>) qv))'
+                   ' FROM unnest($1) AS qv,'
                    ' (SELECT %1$I FROM %2$s ORDER BY random() LIMIT $2) AS r',
                    v.embedding_column, dest)
         INTO background USING queries, sample;

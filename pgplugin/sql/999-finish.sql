@@ -4,25 +4,17 @@
 DO $pin$
 DECLARE
     fn regprocedure;
-    vector_schema name;
 BEGIN
-    SELECT n.nspname INTO STRICT vector_schema
-    FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-    WHERE e.extname = 'vector';
-    -- SECURITY DEFINER ones see pg_catalog only: a role that may create in the
-    -- vector extension's schema (public, on PostgreSQL 14 and older) could
-    -- otherwise plant an operator or function they would call with their
-    -- owner's rights. They name everything else schema-qualified.
+    -- Every function sees pg_catalog only, and names the rest schema-qualified
+    -- (pgvector's types, operators and functions as @extschema:vector@, which
+    -- migrate fills in): a role that may create in the vector extension's schema
+    -- (public, on PostgreSQL 14 and older, or by grant) could otherwise plant an
+    -- overload that a worker or dispatcher running as a superuser would call.
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'rowembed'::regnamespace AND p.proname NOT LIKE '\_vz\_%'
     LOOP
-        IF (SELECT p.prosecdef FROM pg_proc p WHERE p.oid = fn) THEN
-            EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', fn);
-        ELSE
-            EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp',
-                           fn, vector_schema);
-        END IF;
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', fn);
     END LOOP;
 END
 $pin$;

@@ -53,7 +53,7 @@ def test_a_worker_role_of_one_vectorizer_works_beside_others(own_db: Conn) -> No
     ).fetchall() == [(mine.id, "done"), (theirs.id, "running")]
 
 
-RENAMED = "column body of broken was renamed or dropped"
+RENAMED = "column body of public.broken was renamed or dropped"
 
 
 @pytest.mark.parametrize(

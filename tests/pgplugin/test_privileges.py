@@ -530,3 +530,39 @@ def test_query_traffic_is_each_vectorizers_own(
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not search"),
     ):
         conn.execute("SELECT rowembed._query_embedding(%s, 'x', 0.1)", [mallory.vectorizer.id])
+
+
+def test_no_rowembed_function_resolves_a_name_in_a_schema_others_write(
+    own_db: Conn, owners: tuple[Owner, Owner]
+) -> None:
+    """Every function sees pg_catalog only and names pgvector's objects
+    schema-qualified: an overload a creator plants in the vector extension's
+    schema (she may create there, as on PostgreSQL 14 and older everyone may in
+    public) is never called by rowembed's functions, whoever runs them."""
+    alice, _ = owners
+    rows = own_db.execute(
+        "SELECT p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
+        " WHERE p.pronamespace = 'rowembed'::regnamespace OR p.proname LIKE 'rowembed\\_vz\\_%'"
+    ).fetchall()
+    paths = {f: [c for c in config or [] if c.startswith("search_path=")] for f, config in rows}
+    assert {f: p for f, p in paths.items() if p != ["search_path=pg_catalog, pg_temp"]} == {}
+    own_db.execute("CREATE TABLE public.pwned (by name)")
+    own_db.execute("GRANT INSERT ON public.pwned TO PUBLIC")
+    with connect(alice.url) as conn:  # a closer match than pg_catalog.format(text, VARIADIC "any")
+        conn.execute(
+            "CREATE FUNCTION public.format(text, name) RETURNS text LANGUAGE sql"
+            " AS $$ INSERT INTO public.pwned VALUES (current_user) RETURNING $1 $$"
+        )
+    v = alice.vectorizer
+    own_db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(f"wk_{own_db.info.dbname}")))
+    own_db.execute("SELECT rowembed.grant_worker(%s, %s)", [f"wk_{own_db.info.dbname}", v.name])
+    own_db.execute("SELECT rowembed.start_backfill(%s)", [v.name])
+    own_db.execute("SELECT rowembed.backfill_step(%s, 10)", [v.id])
+    own_db.execute("SELECT * FROM rowembed.status()")
+    own_db.execute(
+        sql.SQL("SELECT * FROM rowembed.search(NULL::{}, '[1,0,0]', 3)").format(
+            sql.Identifier(alice.table)
+        )
+    )
+    migrate(own_db)
+    assert own_db.execute("SELECT count(*) FROM public.pwned").fetchone() == (0,)

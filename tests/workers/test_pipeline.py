@@ -341,7 +341,7 @@ def test_rows_row_level_security_hides_are_errors_not_deletions(
     conn.execute("SELECT rowembed.start_backfill(%s)", [v.name])
     with connect(database_url.replace("postgres@", f"{role}@")) as worker:
         report = run(worker, v, encoder)
-        hidden = rf"row-level security on {table} hides rows"
+        hidden = rf"row-level security on public.{table} hides rows"
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match=hidden):
             worker.execute("SELECT rowembed.backfill_step(%s, 10)", [v.id])
     assert report.claimed == 0
@@ -350,7 +350,7 @@ def test_rows_row_level_security_hides_are_errors_not_deletions(
         "SELECT key, last_error FROM rowembed.errors() WHERE vectorizer = %s", [v.name]
     ).fetchall()
     assert [key for key, _ in failed] == [{"id": 1}, {"id": 2}]
-    assert all(f"row-level security on {table} hides rows" in error for _, error in failed)
+    assert all(f"row-level security on public.{table} hides rows" in error for _, error in failed)
 
 
 def test_rows_whose_worker_died_are_claimed_alone_and_parked_after_max_attempts(
