@@ -110,7 +110,7 @@ class Encoder(BatchedModel):
             head, tail = self._special_tokens()
             prefix = head + self.tokenizer(instruction, add_special_tokens=False)["input_ids"]
             size, overlap = plan.window(self.max_length, len(prefix) + len(tail))
-            bounded = [t[: size * plan.max_chunks * CHARS_PER_TOKEN] for t in texts]
+            bounded = [self._token_prefix(t, size * plan.max_chunks) for t in texts]
             batch = self.tokenizer(
                 bounded,
                 add_special_tokens=False,
@@ -132,6 +132,21 @@ class Encoder(BatchedModel):
                 chunk_texts.append(instruction + text[w.start_char : w.end_char])
                 ids.append(prefix + row_ids[w.first : w.end] + tail)
         return Chunked(Tokenized(chunk_texts, ids, [False] * len(ids)), spans, cut)
+
+    def _token_prefix(self, text: str, tokens: int) -> str:
+        """A prefix of `text` that holds more than `tokens` tokens (or all of it):
+        the first of 2, 8, 32 characters a token that does. Tokenizing costs the
+        characters it reads, and a character may be a token or more (CJK): a 2 MB
+        row is read only as far as its chunks go. Never past CHARS_PER_TOKEN."""
+        cap = tokens * CHARS_PER_TOKEN
+        chars = 2 * tokens
+        while chars < min(len(text), cap):
+            piece = text[:chars]
+            found = self.tokenizer(piece, add_special_tokens=False, return_attention_mask=False)
+            if len(found["input_ids"]) > tokens:
+                return piece
+            chars *= 4
+        return text[:cap]
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer puts before and after a text ([CLS] and [SEP], ...)."""

@@ -89,3 +89,37 @@ def test_a_huge_text_is_cut_at_its_last_allowed_chunk(encoder: Encoder) -> None:
     text = "word " * 200_000
     chunked = encoder.chunk([text], ChunkPlan(64, 0, 4))
     assert chunked.cut == [True] and len(chunked.spans[0]) == 4
+
+
+class CountingTokenizer:
+    """The encoder's tokenizer, counting the characters it is given."""
+
+    def __init__(self, tokenizer: object) -> None:
+        self.tokenizer = tokenizer
+        self.chars = 0
+
+    def __call__(self, texts: str | list[str], **kwargs: object) -> object:
+        self.chars += len(texts) if isinstance(texts, str) else sum(map(len, texts))
+        return self.tokenizer(texts, **kwargs)  # type: ignore[operator]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.parametrize("unit", ["漢字", "word "])
+def test_a_huge_row_is_read_only_as_far_as_its_chunks_go(
+    encoder: Encoder, monkeypatch: pytest.MonkeyPatch, unit: str
+) -> None:
+    """Text with a token or more per character (CJK) as much as English: the
+    tokenizer reads a few times what the allowed chunks hold, not the row, and
+    the chunks are those of the whole text."""
+    text = unit * 400_000
+    plan = ChunkPlan(64, 8, 3)
+    counting = CountingTokenizer(encoder.tokenizer)
+    monkeypatch.setattr(encoder, "tokenizer", counting)
+    chunked = encoder.chunk([text], plan)
+    assert chunked.cut == [True] and len(chunked.spans[0]) == 3
+    assert counting.chars < 64 * 3 * 40
+    monkeypatch.undo()
+    whole = encoder.chunk([text[:20_000]], plan)
+    assert chunked.spans == whole.spans and chunked.tokenized.ids == whole.tokenized.ids
