@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from ._call import Cast, call, scalar
+from ._call import call, scalar
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class QueryAnswer:
 def take_query_requests(conn: psycopg.Connection[Any], limit: int = 256) -> list[QueryRequest]:
     """Remove up to `limit` waiting requests, in the caller's transaction: if it
     rolls back (the worker died), they wait again."""
-    rows = call(conn, "take_query_requests", max_requests=Cast(limit, "int")).fetchall()
+    rows = call(conn, "take_query_requests", max_requests=limit).fetchall()
     return [QueryRequest(*row) for row in rows]
 
 
@@ -56,7 +56,7 @@ def store_query_answers(conn: psycopg.Connection[Any], answers: Sequence[QueryAn
 
 def prune_query_cache(conn: psycopg.Connection[Any], keep: int) -> int:
     """Drop the oldest cached query vectors beyond `keep`; returns how many."""
-    return int(scalar(conn, "prune_query_cache", keep=Cast(keep, "int")))
+    return int(scalar(conn, "prune_query_cache", keep=keep))
 
 
 def query_requests_waiting(conn: psycopg.Connection[Any]) -> bool:
@@ -74,7 +74,7 @@ class RerankRequest:
 
 def take_rerank_requests(conn: psycopg.Connection[Any], limit: int = 16) -> list[RerankRequest]:
     """Unanswered rerank requests, locked until the caller's transaction ends."""
-    rows = call(conn, "take_rerank_requests", max_requests=Cast(limit, "int")).fetchall()
+    rows = call(conn, "take_rerank_requests", max_requests=limit).fetchall()
     return [RerankRequest(*row) for row in rows]
 
 
@@ -84,9 +84,9 @@ def answer_rerank_request(
     call(
         conn,
         "answer_rerank",
-        id=Cast(id, "uuid"),
-        scores=Cast(None if scores is None else scores.astype(np.float32).tolist(), "real[]"),
-        error=Cast(error, "text"),
+        id=id,
+        scores=None if scores is None else scores.astype(np.float32).tolist(),
+        error=error,
     )
 
 

@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ._call import Cast, call, scalar
+from ._call import call, scalar
 from .vectorizers import Vectorizer
 
 
@@ -212,7 +212,7 @@ class Queue:
                     "release",
                     vectorizer_id=self.vectorizer.id,
                     token=claim.token,
-                    seqs=Cast(claim.seqs, "bigint[]"),
+                    seqs=claim.seqs,
                 )
 
     @staticmethod
@@ -224,9 +224,7 @@ class Queue:
 
     def read(self, conn: psycopg.Connection[Any], seqs: list[int]) -> list[QueuedRow]:
         """The claimed rows' current text, in a statement after the claim."""
-        rows = call(
-            conn, "read_claimed", vectorizer_id=self.vectorizer.id, seqs=Cast(seqs, "bigint[]")
-        )
+        rows = call(conn, "read_claimed", vectorizer_id=self.vectorizer.id, seqs=seqs)
         return [QueuedRow(*row) for row in rows.fetchall()]
 
     def write(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> WriteResult:
@@ -294,8 +292,8 @@ class Queue:
                 conn,
                 "record_failures",
                 vectorizer_id=self.vectorizer.id,
-                seqs=Cast(list(errors), "bigint[]"),
-                errors=Cast(list(errors.values()), "text[]"),
+                seqs=list(errors),
+                errors=list(errors.values()),
             )
 
     def log_batch(self, conn: psycopg.Connection[Any], stats: dict[str, Any]) -> None:

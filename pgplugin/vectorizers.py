@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from ._call import Cast, call, scalar
+from ._call import call, scalar
 from .options import ALTER_OPTIONS, CREATE_OPTIONS, given
 
 
@@ -114,8 +114,8 @@ def create_vectorizer(
         new_id = scalar(
             conn,
             "create_vectorizer",
-            source=Cast(source, "regclass"),
-            text_columns=Cast(list(text_columns), "name[]"),
+            source=source,
+            text_columns=list(text_columns),
             **given(options, CREATE_OPTIONS),
         )
     return get_vectorizer(conn, new_id)

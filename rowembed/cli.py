@@ -113,7 +113,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(settings.require_database(), args.port or settings.metrics_port, args.address)
+        serve(
+            settings.require_database(),
+            args.port or settings.metrics_port,
+            args.address,
+            settings.metrics_token,
+        )
     return 0
 
 
@@ -467,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument(
         "--address",
         default="127.0.0.1",
-        help="address to listen on (127.0.0.1: the samples name tables and vectorizers)",
+        help="address to listen on (127.0.0.1: the samples name tables and vectorizers;"
+        " elsewhere, set ROWEMBED_METRICS_TOKEN)",
     )
 
     search = sub.add_parser("search", help="search a vectorizer's table with a text query")

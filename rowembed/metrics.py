@@ -9,15 +9,19 @@ neither torch nor Celery.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import os
-import threading
+import socket
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from rowembed.pgplugin import connect
@@ -32,6 +36,9 @@ from rowembed.pgplugin.metrics import (
 )
 from rowembed.pgplugin.status import status
 from rowembed.pgplugin.vectorizers import list_vectorizers
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication
 
 log = logging.getLogger(__name__)
 
@@ -209,12 +216,46 @@ def _isolated(read: Callable[[], T], what: str) -> T | None:
         return None
 
 
-def serve(database_url: str, port: int, address: str = "127.0.0.1") -> None:
-    """Serves /metrics on `address:port` until interrupted."""
+def serve(
+    database_url: str, port: int, address: str = "127.0.0.1", token: str | None = None
+) -> None:
+    """Serves /metrics on `address:port` until interrupted; with `token`, only to
+    requests that carry it (Authorization: Bearer <token>)."""
     # libpq's wait for an unreachable server, which is forever by default.
     os.environ.setdefault("PGCONNECT_TIMEOUT", "5")
     registry = CollectorRegistry()
     registry.register(RowembedCollector(database_url))
-    start_http_server(port, address, registry=registry)
+    app = make_wsgi_app(registry)
+    if token is not None:
+        app = bearer_token_required(app, token)
+    elif not ipaddress.ip_address(socket.gethostbyname(address)).is_loopback:
+        log.warning(
+            "metrics: serving %s without authentication; the samples name tables and"
+            " vectorizers: set ROWEMBED_METRICS_TOKEN",
+            address,
+        )
+    server = make_server(address, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     log.info("metrics: serving http://%s:%d/metrics", address, port)
-    threading.Event().wait()
+    server.serve_forever()
+
+
+def bearer_token_required(app: WSGIApplication, token: str) -> WSGIApplication:
+    """`app` for requests whose Authorization header is `Bearer <token>`; 401 otherwise."""
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(given, expected):
+            start_response(
+                "401 Unauthorized",
+                [("WWW-Authenticate", 'Bearer realm="rowembed"'), ("Content-Type", "text/plain")],
+            )
+            return [b"rowembed metrics: this exporter requires its bearer token\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # one line per scrape is noise
+        pass

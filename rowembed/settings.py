@@ -18,7 +18,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-_TEXT = {"device", "attention", "index_memory", "log_format"}
+_TEXT = {"device", "attention", "index_memory", "log_format", "metrics_token"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Settings:
     index_workers: int = 4  # max_parallel_maintenance_workers of that build
     query_cache_rows: int = 10_000  # query vectors kept for SQL callers (search_text)
     metrics_port: int = 9464  # `rowembed metrics` (Prometheus exporter)
+    metrics_token: str | None = None  # the bearer token /metrics requires (None: none)
     log_format: str = "text"  # text, or json: one JSON object per line
 
     @classmethod

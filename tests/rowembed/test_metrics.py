@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,10 +36,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def exporter(database_url: str, port_from_env: bool = False) -> Iterator[str]:
+def exporter(
+    database_url: str, port_from_env: bool = False, token: str | None = None
+) -> Iterator[str]:
     """`rowembed metrics` in a process of its own; yields its /metrics URL."""
     port = free_port()
     env = {**os.environ, "ROWEMBED_DATABASE_URL": database_url}
+    if token is not None:
+        env["ROWEMBED_METRICS_TOKEN"] = token
     port_args = ["--port", str(port)]
     if port_from_env:
         env["ROWEMBED_METRICS_PORT"] = str(port)
@@ -63,6 +68,9 @@ def exporter(database_url: str, port_from_env: bool = False) -> Iterator[str]:
             try:
                 with urllib.request.urlopen(url, timeout=5):
                     return True
+            except urllib.error.HTTPError as refused:
+                refused.close()
+                return True  # it answered (with a token required: 401)
             except OSError:
                 return False
 
@@ -202,3 +210,18 @@ def test_the_exporter_imports_neither_torch_nor_celery() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_with_a_token_the_exporter_answers_only_who_brings_it(
+    own_db: Conn, postgres: EmbeddedPostgres
+) -> None:
+    with exporter(database_url_of(postgres, own_db), token="s3cret") as url:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30)
+            refused.value.close()
+            assert refused.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+        assert "rowembed_up 1.0" in text
