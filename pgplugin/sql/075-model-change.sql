@@ -3,17 +3,12 @@
 -- to both), searches keep using the old one until the replacement has every row
 -- and its index, then the two switch in one transaction.
 
--- The vectorizer being built to replace `v`, if any: of the same source, its
--- queue owned by the owner of `v`'s (a creator may write `replaces` on her own
--- catalog row; pointing it at another's vectorizer must not make hers its
--- replacement).
+-- The vectorizer being built to replace `v`, if any (the catalog's writer
+-- lets `replaces` name only a vectorizer of the same source and owner).
 CREATE OR REPLACE FUNCTION rowembed._replacement_of(v rowembed.vectorizer)
 RETURNS rowembed.vectorizer
 LANGUAGE sql STABLE AS $$
-    SELECT z.* FROM rowembed.vectorizer AS z
-     WHERE z.replaces = v.id AND z.source = v.source
-       AND (SELECT c.relowner FROM pg_class AS c WHERE c.oid = z.queue_table)
-           = (SELECT c.relowner FROM pg_class AS c WHERE c.oid = v.queue_table)
+    SELECT z.* FROM rowembed.vectorizer AS z WHERE z.replaces = v.id
 $$;
 
 -- The grants of table `old_table` given again on `new_table` (a worker's and a
@@ -241,7 +236,6 @@ BEGIN
                   JOIN pg_class AS c ON c.oid = z.destination
                  WHERE z.replaces IS NOT NULL AND pg_has_role(c.relowner, 'USAGE') LOOP
         SELECT * INTO old FROM rowembed.vectorizer AS z WHERE z.id = next.replaces;
-        CONTINUE WHEN (rowembed._replacement_of(old)).id IS DISTINCT FROM next.id;  -- forged
         BEGIN
             CONTINUE WHEN rowembed._switch_blocker(next) IS NOT NULL;
             PERFORM rowembed._switch(old, next);
