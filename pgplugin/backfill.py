@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 
 from ._call import call, scalar
+from .queue import owner_transaction
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,13 @@ def top_up_backfills(conn: psycopg.Connection[Any], chunk: int) -> None:
 
 
 def _top_up(conn: psycopg.Connection[Any], vectorizer_id: int, chunk: int) -> None:
+    run_as = scalar(conn, "_run_as", vectorizer_id=vectorizer_id)
     for _ in range(10):
-        backlog = scalar(conn, "backfill_backlog", vectorizer_id=vectorizer_id, cap=3 * chunk)
-        if backlog >= 3 * chunk:
-            break
-        step_backfill(conn, vectorizer_id, chunk)
+        with owner_transaction(conn, run_as):  # her tables: as her (see owner_transaction)
+            backlog = scalar(conn, "backfill_backlog", vectorizer_id=vectorizer_id, cap=3 * chunk)
+            if backlog >= 3 * chunk:
+                break
+            step_backfill(conn, vectorizer_id, chunk)
         state = conn.execute(
             "SELECT state FROM rowembed.backfill WHERE vectorizer_id = %s", [vectorizer_id]
         ).fetchone()

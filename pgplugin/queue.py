@@ -20,7 +20,8 @@ are claimable again at once, not after their lease.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -164,13 +165,18 @@ class Queue:
             done_keys=_keys(pk, "done"),
         )
 
+    def transaction(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """A transaction on this vectorizer's tables, as its owner where this
+        session may be (owner_transaction)."""
+        return owner_transaction(conn, self.vectorizer.run_as)
+
     def claim(self, conn: psycopg.Connection[Any], max_rows: int, lease_seconds: float) -> Claim:
         """Lease up to `max_rows` entries, live changes first (or one suspect
         alone: rowembed.claim()), under a new token this session holds until
         `end_claim`. Commits at once. The changes logged since are folded
         into the queue first."""
         self.fold(conn)
-        with conn.transaction():
+        with self.transaction(conn):
             token = scalar(conn, "register_worker")
             rows = call(
                 conn,
@@ -189,15 +195,16 @@ class Queue:
         key, the newest change), FOLD_CHANGES per statement; returns how many."""
         total = 0
         for _ in range(FOLD_ROUNDS):
-            folded = int(
-                scalar(
-                    conn,
-                    "fold_changes_of",
-                    vectorizer_id=self.vectorizer.id,
-                    max_changes=FOLD_CHANGES,
+            with self.transaction(conn):
+                folded = int(
+                    scalar(
+                        conn,
+                        "fold_changes_of",
+                        vectorizer_id=self.vectorizer.id,
+                        max_changes=FOLD_CHANGES,
+                    )
+                    or 0
                 )
-                or 0
-            )
             total += folded
             if folded < FOLD_CHANGES:
                 break
@@ -206,7 +213,7 @@ class Queue:
     def release(self, conn: psycopg.Connection[Any], claim: Claim) -> None:
         """Give back entries of `claim` not worked on (any session may)."""
         if claim.seqs:
-            with conn.transaction():
+            with self.transaction(conn):
                 call(
                     conn,
                     "release",
@@ -224,8 +231,9 @@ class Queue:
 
     def read(self, conn: psycopg.Connection[Any], seqs: list[int]) -> list[QueuedRow]:
         """The claimed rows' current text, in a statement after the claim."""
-        rows = call(conn, "read_claimed", vectorizer_id=self.vectorizer.id, seqs=seqs)
-        return [QueuedRow(*row) for row in rows.fetchall()]
+        with self.transaction(conn):
+            rows = call(conn, "read_claimed", vectorizer_id=self.vectorizer.id, seqs=seqs)
+            return [QueuedRow(*row) for row in rows.fetchall()]
 
     def write(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> WriteResult:
         """Store vectors and complete entries, in one short transaction; entries
@@ -265,7 +273,7 @@ class Queue:
         self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]
     ) -> tuple[set[int], WriteResult]:
         staged = _staged.setdefault(conn, set())
-        with conn.transaction():
+        with self.transaction(conn):
             # Changes logged since the claim give their entries a new seq first.
             call(
                 conn, "fold_changes_of", vectorizer_id=self.vectorizer.id, max_changes=FOLD_CHANGES
@@ -283,11 +291,12 @@ class Queue:
 
     def _still_queued(self, conn: psycopg.Connection[Any], seqs: list[int]) -> set[int]:
         query = sql.SQL("SELECT seq FROM {} WHERE seq = ANY (%s)").format(self.vectorizer.queue)
-        return {seq for (seq,) in conn.execute(query, [seqs])}
+        with self.transaction(conn):
+            return {seq for (seq,) in conn.execute(query, [seqs])}
 
     def record_failures(self, conn: psycopg.Connection[Any], errors: dict[int, str]) -> None:
         """`errors`: seq -> message. Back-off and parking are rowembed.record_failures()'s."""
-        with conn.transaction():
+        with self.transaction(conn):
             call(
                 conn,
                 "record_failures",
@@ -306,7 +315,8 @@ class Queue:
             "SELECT NOT EXISTS (SELECT FROM {} WHERE failed_at IS NULL)"
             " AND NOT EXISTS (SELECT FROM {})"
         ).format(self.vectorizer.queue, self.vectorizer.change_log)
-        row = conn.execute(query).fetchone()
+        with self.transaction(conn):
+            row = conn.execute(query).fetchone()
         return bool(row and row[0])
 
 
@@ -369,6 +379,18 @@ _CHUNKED_WRITE = sql.SQL("""
 """)
 
 _LOG_BATCH = "SELECT rowembed._record_batch(%s)"
+
+
+@contextmanager
+def owner_transaction(conn: psycopg.Connection[Any], run_as: str | None) -> Iterator[None]:
+    """A transaction run as `run_as` (a vectorizer's owner, rowembed._run_as;
+    None: as the session's role). Code an owner attached to her tables runs with
+    the rights of whoever reads or writes them: a superuser's worker must not
+    lend her its own."""
+    with conn.transaction():
+        if run_as is not None:
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(run_as)))
+        yield
 
 
 def vectorizers_with_work(conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:

@@ -44,6 +44,7 @@ class Vectorizer:
     chunk_overlap: int | None = None  # None: an eighth of a chunk
     max_chunks: int = 100
     replaces: str | None = None  # the vectorizer this one is being built to replace
+    run_as: str | None = None  # the owner this session acts as on its tables (rowembed._run_as)
 
     @property
     def chunked(self) -> bool:
@@ -82,7 +83,7 @@ _SELECT = sql.SQL("""
            v.max_attempts, v.storage, v.index_method, v.index_state,
            rowembed._problem(v) AS problem, v.chunking, v.chunk_tokens, v.chunk_overlap,
            v.max_chunks, (SELECT r.name FROM rowembed.vectorizer r WHERE r.id = v.replaces)
-               AS replaces
+               AS replaces, rowembed._run_as(v.id) AS run_as
     FROM rowembed.vectorizer v
     JOIN pg_class sc ON sc.oid = v.source JOIN pg_namespace sn ON sn.oid = sc.relnamespace
     JOIN pg_class dc ON dc.oid = v.destination JOIN pg_namespace dn ON dn.oid = dc.relnamespace

@@ -275,14 +275,20 @@ MUTATIONS = (
         "pgplugin/sql/095-query-embeddings.sql",
         "REVOKE ALL ON FUNCTION rowembed._query_embedding(int, text, float8) FROM PUBLIC;",
         "",
-        ("tests/pgplugin/test_search_text.py",),
+        (
+            "tests/pgplugin/test_privileges.py"
+            "::test_security_definer_functions_are_few_pinned_and_not_public",
+        ),
     ),
     Mutation(
         "rerank scores (SECURITY DEFINER) executable by PUBLIC",
         "pgplugin/sql/095-query-embeddings.sql",
         "REVOKE ALL ON FUNCTION rowembed._rerank_scores(int, text, text[], float8) FROM PUBLIC;",
         "",
-        ("tests/pgplugin/test_search_text.py",),
+        (
+            "tests/pgplugin/test_privileges.py"
+            "::test_security_definer_functions_are_few_pinned_and_not_public",
+        ),
     ),
     Mutation(
         "hybrid search without its full text leg",
@@ -572,6 +578,13 @@ MUTATIONS = (
         "        RETURN format('%s was renamed or dropped: rename it back",
         "        RETURN NULL; RETURN format('%s was renamed or dropped: rename it back",
         ("tests/pgplugin/test_isolation.py",),
+    ),
+    Mutation(
+        "a superuser's worker lends a creator's code its rights",
+        "pgplugin/queue.py",
+        '            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(run_as)))',
+        "            pass",
+        ("tests/pgplugin/test_privileges.py",),
     ),
     Mutation(
         "arguments sent with the types psycopg picks",

@@ -279,3 +279,16 @@ BEGIN
     END LOOP;
 END
 $revoke$;
+
+-- The role a session acts as while it reads or writes vectorizer
+-- `vectorizer_id`'s tables: its owner, where the session may be it and is not
+-- already (a superuser's worker or dispatcher, a member of the owner's role);
+-- else NULL. An owner can attach code to her tables (triggers, defaults, domain
+-- checks, policies) that runs with the rights of whoever touches them: it then
+-- runs with hers. The worker and dispatcher SET LOCAL ROLE to it.
+CREATE OR REPLACE FUNCTION rowembed._run_as(vectorizer_id int) RETURNS name
+LANGUAGE sql STABLE AS $$
+    SELECT r.rolname FROM rowembed.vectorizer AS z JOIN pg_catalog.pg_roles AS r ON r.oid = z.owner
+     WHERE z.id = vectorizer_id AND r.rolname <> current_user
+       AND pg_catalog.pg_has_role(session_user, z.owner, 'MEMBER')
+$$;

@@ -12,8 +12,9 @@ from psycopg.types.json import Jsonb
 
 from rowembed.dev.embedded import EmbeddedPostgres
 from rowembed.pgplugin import connect, create_vectorizer, migrate
+from rowembed.pgplugin.backfill import top_up_backfills
 from rowembed.pgplugin.queue import Queue
-from rowembed.pgplugin.vectorizers import Vectorizer
+from rowembed.pgplugin.vectorizers import Vectorizer, get_vectorizer
 from rowembed.workers.pipeline import run_batch
 from rowembed.workers.runtime import Encoder
 
@@ -566,3 +567,46 @@ def test_no_rowembed_function_resolves_a_name_in_a_schema_others_write(
     )
     migrate(own_db)
     assert own_db.execute("SELECT count(*) FROM public.pwned").fetchone() == (0,)
+
+
+def test_a_superusers_worker_runs_a_creators_code_as_the_creator(
+    own_db: Conn, postgres: EmbeddedPostgres, encoder: Encoder
+) -> None:
+    """A creator owns her queue, change log and destination, and may attach code
+    to them (here statement triggers) that runs with the rights of whoever
+    writes them. The worker and dispatcher of the single-URL setup connect as a
+    superuser: on her tables they act as her, so her code never runs as they."""
+    alice = Owner(own_db, postgres, f"alice_{own_db.info.dbname}", model=MODEL)
+    v = alice.vectorizer
+    own_db.execute("CREATE TABLE public.ran_as (who name)")
+    own_db.execute("GRANT INSERT ON public.ran_as TO PUBLIC")
+    with connect(alice.url) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.note_who() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO public.ran_as VALUES (current_user); RETURN NULL; END $$"
+        )
+        for table in (v.queue, v.change_log, v.destination):
+            conn.execute(
+                sql.SQL(
+                    "CREATE TRIGGER note_who AFTER INSERT OR UPDATE OR DELETE ON {}"
+                    " FOR EACH STATEMENT EXECUTE FUNCTION public.note_who()"
+                ).format(table)
+            )
+    worker_view = get_vectorizer(own_db, v.id)
+    assert worker_view.run_as == alice.role
+    own_db.execute(
+        sql.SQL("INSERT INTO {} VALUES (3, 'three')").format(sql.Identifier(alice.table))
+    )
+    while run_batch(own_db, Queue(worker_view), encoder, limit=10, lease_seconds=60).claimed:
+        pass
+    with connect(alice.url) as conn:  # her own statement: her trigger runs as her
+        conn.execute(sql.SQL("DELETE FROM {}").format(v.destination))
+    own_db.execute("SELECT rowembed.start_backfill(%s)", [v.name])
+    top_up_backfills(own_db, chunk=100)
+    while run_batch(own_db, Queue(worker_view), encoder, limit=10, lease_seconds=60).claimed:
+        pass
+    ran_as = own_db.execute("SELECT who::text, count(*) FROM public.ran_as GROUP BY 1").fetchall()
+    assert {who for who, _ in ran_as} == {alice.role}, ran_as
+    assert own_db.execute(sql.SQL("SELECT count(*) FROM {}").format(v.destination)).fetchone() == (
+        3,
+    )
