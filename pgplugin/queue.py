@@ -382,14 +382,20 @@ _LOG_BATCH = "SELECT rowembed._record_batch(%s)"
 
 
 @contextmanager
-def owner_transaction(conn: psycopg.Connection[Any], run_as: str | None) -> Iterator[None]:
+def owner_transaction(
+    conn: psycopg.Connection[Any], run_as: str | None, seconds: float | None = None
+) -> Iterator[None]:
     """A transaction run as `run_as` (a vectorizer's owner, rowembed._run_as;
-    None: as the session's role). Code an owner attached to her tables runs with
-    the rights of whoever reads or writes them: a superuser's worker must not
-    lend her its own."""
+    None: as the session's role), each statement bounded by `seconds` if given.
+    Code an owner attached to her tables runs with the rights of whoever reads
+    or writes them: a superuser's worker must not lend her its own."""
     with conn.transaction():
         if run_as is not None:
             conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(run_as)))
+        if seconds is not None:
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, true)", [f"{int(seconds * 1000)}ms"]
+            )
         yield
 
 

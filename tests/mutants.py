@@ -587,6 +587,13 @@ MUTATIONS = (
         ("tests/pgplugin/test_privileges.py",),
     ),
     Mutation(
+        "a slow backfill step holds up the others",
+        "pgplugin/queue.py",
+        "        if seconds is not None:",
+        "        if False:",
+        ("tests/pgplugin/test_isolation.py",),
+    ),
+    Mutation(
         "arguments sent with the types psycopg picks",
         "pgplugin/_call.py",
         "        if type_name is not None:",

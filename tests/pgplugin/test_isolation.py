@@ -111,10 +111,10 @@ def test_one_failing_backfill_does_not_stop_the_others(
         own_db.execute("SELECT rowembed.start_backfill(%s)", [v.name])
     real_top_up = backfill._top_up
 
-    def top_up(conn: Conn, vectorizer_id: int, chunk: int) -> None:
+    def top_up(conn: Conn, vectorizer_id: int, chunk: int, seconds: float) -> None:
         if vectorizer_id == first.id:
             conn.execute("SELECT * FROM no_such_table")
-        real_top_up(conn, vectorizer_id, chunk)
+        real_top_up(conn, vectorizer_id, chunk, seconds)
 
     monkeypatch.setattr(backfill, "_top_up", top_up)
     top_up_backfills(own_db, chunk=100)
@@ -185,3 +185,33 @@ def test_a_tenant_altering_her_own_queue_delays_no_one_else(own_db: Conn, column
     assert by_name["free"].problem is None and by_name["free"].queued == 1
     assert by_name["odd"].problem is not None
     errors(own_db)
+
+
+def test_a_slow_backfill_step_delays_no_one_else(
+    own_db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step over its bound (here its owner's trigger on her queue sleeps) is
+    cancelled and logged; the next backfill is stepped at once."""
+    import time
+
+    slow, quick = docs(own_db, "slow"), docs(own_db, "quick")
+    own_db.execute(
+        "CREATE FUNCTION public.dawdle() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$"
+    )
+    own_db.execute(
+        sql.SQL(
+            "CREATE TRIGGER dawdle AFTER INSERT ON {} FOR EACH STATEMENT"
+            " EXECUTE FUNCTION public.dawdle()"
+        ).format(slow.queue)
+    )
+    for v in (slow, quick):
+        own_db.execute(sql.SQL("DELETE FROM {}").format(v.queue))
+        own_db.execute("SELECT rowembed.start_backfill(%s)", [v.name])
+    started = time.monotonic()
+    top_up_backfills(own_db, chunk=100, step_seconds=0.5)
+    assert time.monotonic() - started < 10
+    assert own_db.execute(
+        "SELECT vectorizer_id, state FROM rowembed.backfill ORDER BY vectorizer_id"
+    ).fetchall() == [(slow.id, "running"), (quick.id, "done")]
+    assert ["statement timeout" in r.getMessage() for r in caplog.records] == [True]
