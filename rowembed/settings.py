@@ -29,7 +29,7 @@ class Settings:
     attention: str = "auto"  # auto: flash_attention_2 on CUDA when installed, else sdpa
     batch_rows: int | None = None  # None: 512 on CPU, 4096 on CUDA
     token_budget: int | None = None  # None: runtime.forward.default_token_budget
-    lease_seconds: float = 300.0
+    lease_seconds: float | None = None  # None: the larger of 300 and twice the hard time limit
     task_seconds: float = 10.0
     sweep_seconds: float = 5.0
     poll_seconds: float = 0.05  # the dispatcher's look at the change clock
@@ -63,6 +63,34 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"ROWEMBED_{f.name.upper()}={raw!r} is not a number") from None
         return cls(**values)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds is not None and self.lease_seconds <= self.hard_time_limit:
+            # A claim must outlive the longest a task may run, or a live worker's
+            # rows go to another while it still embeds them.
+            raise SettingsError(
+                f"ROWEMBED_LEASE_SECONDS={self.lease_seconds:g} must exceed the task's hard time"
+                f" limit, {self.hard_time_limit:g} s (9 x ROWEMBED_TASK_SECONDS="
+                f"{self.task_seconds:g}, at least 90): raise it, or leave it unset"
+            )
+
+    @property
+    def soft_time_limit(self) -> float:
+        """When a task is told to stop (it only catches a hang: tasks hand back
+        after task_seconds)."""
+        return max(60.0, self.task_seconds * 6)
+
+    @property
+    def hard_time_limit(self) -> float:
+        """When a task's process is killed."""
+        return max(90.0, self.task_seconds * 9)
+
+    @property
+    def lease(self) -> float:
+        """How long a claim holds: always past the hard time limit."""
+        if self.lease_seconds is not None:
+            return self.lease_seconds
+        return max(300.0, 2 * self.hard_time_limit)
 
     def require_database(self) -> str:
         if not self.database_url:

@@ -43,8 +43,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         # and stay far below Redis' visibility timeout (when an unacknowledged
         # message is delivered again). Correctness never rests on either: claims
         # die with the worker's database session, and the dispatcher re-sends hints.
-        task_soft_time_limit=max(60.0, settings.task_seconds * 6),
-        task_time_limit=max(90.0, settings.task_seconds * 9),
+        task_soft_time_limit=settings.soft_time_limit,
+        task_time_limit=settings.hard_time_limit,
         broker_transport_options={
             "visibility_timeout": 3600,
             "priority_steps": [HINT_URGENT, HINT_BACKGROUND],

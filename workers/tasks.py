@@ -48,7 +48,7 @@ def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
                     vectorizer,
                     state.encoder(vectorizer.model),
                     limit=limit,
-                    lease_seconds=state.settings.lease_seconds,
+                    lease_seconds=state.settings.lease,
                     time_budget=state.settings.task_seconds,
                     worker=state.name,
                     # Between batches: another table's live changes must not wait.

@@ -13,7 +13,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://fallback")
     monkeypatch.setenv("ROWEMBED_REDIS_URL", "redis://preferred")
     monkeypatch.setenv("ROWEMBED_BATCH_ROWS", "64")
-    monkeypatch.setenv("ROWEMBED_LEASE_SECONDS", "12.5")
+    monkeypatch.setenv("ROWEMBED_LEASE_SECONDS", "912.5")
     monkeypatch.setenv("ROWEMBED_DEVICE", "cuda:1")
     monkeypatch.setenv("ROWEMBED_INDEX_MEMORY", "8GB")
     monkeypatch.setenv("ROWEMBED_INDEX_WORKERS", "7")
@@ -21,7 +21,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.redis_url, s.batch_rows, s.lease_seconds, s.device) == (
         "redis://preferred",
         64,
-        12.5,
+        912.5,
         "cuda:1",
     )
     assert (s.index_memory, s.index_workers) == ("8GB", 7)
@@ -38,3 +38,15 @@ def test_missing_urls_are_named() -> None:
         Settings().require_database()
     with pytest.raises(SettingsError, match="ROWEMBED_REDIS_URL"):
         Settings().require_redis()
+
+
+def test_a_lease_always_outlives_the_hard_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Else a live worker's rows go to another while it still embeds them."""
+    monkeypatch.setenv("ROWEMBED_TASK_SECONDS", "60")
+    assert Settings.from_env().hard_time_limit == 540
+    assert Settings.from_env().lease == 1080  # derived: twice the hard limit
+    monkeypatch.setenv("ROWEMBED_LEASE_SECONDS", "300")
+    with pytest.raises(SettingsError, match=r"ROWEMBED_LEASE_SECONDS=300 must exceed .* 540 s"):
+        Settings.from_env()
+    monkeypatch.delenv("ROWEMBED_TASK_SECONDS")
+    assert Settings.from_env().lease == 300  # given, and past the default hard limit (90 s)
