@@ -594,6 +594,27 @@ MUTATIONS = (
         ("tests/pgplugin/test_isolation.py",),
     ),
     Mutation(
+        "a row that meets the time limit alone is retried forever",
+        "workers/pipeline.py",
+        "                        timed_out = batch",
+        "                        pass",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "after a time limit, rows are claimed in batches again",
+        "workers/policy.py",
+        "        self.rows = 1",
+        "        self.rows = max(self.FLOOR, self.rows // 4)",
+        ("tests/workers/test_policy.py",),
+    ),
+    Mutation(
+        "a lease shorter than the hard time limit passes",
+        "rowembed/settings.py",
+        "        if self.lease_seconds is not None and self.lease_seconds <= self.hard_time_limit:",
+        "        if False:",
+        ("tests/rowembed/test_settings.py",),
+    ),
+    Mutation(
         "arguments sent with the types psycopg picks",
         "pgplugin/_call.py",
         "        if type_name is not None:",

@@ -306,6 +306,12 @@ def _checked(encoder: TextEncoder, vectorizer: Vectorizer) -> TextEncoder:
     return encoder
 
 
+TIMED_OUT = (
+    "embedding this row alone met the worker's time limit: it takes longer than a task may"
+    " run on this machine (raise ROWEMBED_TASK_SECONDS, or chunk the vectorizer)"
+)
+
+
 def drain(
     conn: psycopg.Connection[Any],
     reader: psycopg.Connection[Any],
@@ -355,13 +361,19 @@ def drain(
         batch: Claimed | None = None  # claimed, not yet handed to the writer
         upcoming: Future[Claimed] | None = None
         writes: tuple[Future[BatchReport], Claimed] | None = None
+        timed_out: Claimed | None = None  # a row that met the time limit alone
         try:
             batch = claim_batch()
             more = batch.more_may_remain(limit)
             while batch.seqs:
                 if more and time.monotonic() < deadline:
                     upcoming = claiming.submit(claim_batch)
-                result = embed_batch(batch, vectorizer, encoder, abort_on, clock)
+                try:
+                    result = embed_batch(batch, vectorizer, encoder, abort_on, clock)
+                except abort_on:
+                    if len(batch.seqs) == 1:  # alone: the row is what outlasted the limit
+                        timed_out = batch
+                    raise
                 if writes is not None:
                     total.add(writes[0].result())
                     written.append(writes[1].claim)
@@ -385,7 +397,7 @@ def drain(
                 total.add(writes[0].result())
                 writes = None
         finally:
-            _give_back(reader, queue, batch, upcoming, writes)
+            _give_back(reader, queue, batch, upcoming, writes, timed_out)
             _end_claims(reader, queue, held, held[:])
     return total, more
 
@@ -411,9 +423,12 @@ def _give_back(
     batch: Claimed | None,
     upcoming: Future[Claimed] | None,
     writes: tuple[Future[BatchReport], Claimed] | None,
+    timed_out: Claimed | None = None,
 ) -> None:
     """Release claims at once rather than after their lease: a batch claimed but
-    not embedded (stopping), and, when something failed, the batches in flight."""
+    not embedded (stopping), and, when something failed, the batches in flight.
+    A row that met the time limit alone is recorded as failed instead (an
+    attempt: backed off, parked after max_attempts); rows beside it never are."""
     if conn.broken:  # the session, and with it every claim, is gone already
         return
     unwritten = [batch] if batch is not None else []
@@ -425,6 +440,9 @@ def _give_back(
                 writes[0].result()
             except Exception:
                 unwritten.append(writes[1])
+        if timed_out is not None:
+            queue.record_failures(conn, {timed_out.seqs[0]: TIMED_OUT})
+            unwritten.remove(timed_out)
         for b in unwritten:
             queue.release(conn, b.claim)
     except Exception:

@@ -85,5 +85,8 @@ class ClaimSize:
             self.rows = max(self.FLOOR, min(self.ceiling, fitting))
 
     def timed_out(self) -> None:
-        """A batch met the soft time limit: claim far fewer rows next time."""
-        self.rows = max(self.FLOOR, self.rows // 4)
+        """A batch met the soft time limit: claim one row next, so that a row
+        that outlasts the limit meets it alone (and is counted, then parked)
+        while those claimed beside it go on; observe() grows claims back from
+        the rate of those."""
+        self.rows = 1

@@ -13,7 +13,7 @@ from psycopg import sql
 from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.queue import Action, Outcome, Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
-from rowembed.workers.pipeline import drain, run_batch
+from rowembed.workers.pipeline import TIMED_OUT, drain, run_batch
 from rowembed.workers.runtime import Chunked, ChunkPlan, Encoded, Encoder, Tokenized
 
 from ..conftest import MODEL
@@ -444,3 +444,46 @@ def test_an_entry_held_for_a_moment_at_the_write_is_completed_on_a_second_try(
         result = queue.write(conn, [Outcome(row.seq, Action.WRITE, row.text_hash, vector)])
     assert (result.completed, result.written) == (1, 1)
     assert queued(conn, v) == [] and list(stored(conn, v)) == [1]
+
+
+class TimeLimit(Exception):
+    """Stands in for Celery's SoftTimeLimitExceeded."""
+
+
+class SlowOnEncoder(CountingEncoder):
+    """Meets the time limit whenever a batch holds `slow`."""
+
+    def encode_tokenized(self, tokenized: Tokenized, clock: Any = None) -> Encoded:
+        if self.fail_on and any(self.fail_on in t for t in tokenized.texts):
+            raise TimeLimit
+        return super().encode_tokenized(tokenized, clock)
+
+
+def test_a_row_that_meets_the_time_limit_alone_counts_and_is_parked(
+    conn: Conn, database_url: str, table: str, encoder: Encoder
+) -> None:
+    """Beside others it is given back and blames no one; alone, it counts an
+    attempt (backed off), and is parked after max_attempts with a clear error."""
+    v = setup(conn, table, {1: "one", 2: "SLOW two", 3: "three"})
+    conn.execute("SELECT rowembed.alter_vectorizer(%s, max_attempts => 2)", [v.name])
+    slow = SlowOnEncoder(encoder, fail_on="SLOW")
+    errors = sql.SQL("SELECT id, attempts, last_error, failed_at IS NOT NULL FROM {}").format(
+        v.queue
+    )
+    with connect(database_url) as reader:
+
+        def drain_once(limit: int) -> None:
+            with pytest.raises(TimeLimit):
+                drain(conn, reader, v, slow, limit=limit, lease_seconds=300, time_budget=60,
+                      abort_on=(TimeLimit,))  # fmt: skip
+
+        drain_once(limit=10)
+        assert [r[2] for r in conn.execute(errors)] == [None, None, None]  # nobody blamed
+        assert run_batch(conn, Queue(v), encoder, limit=1, lease_seconds=60).written == 1  # row 1
+        for attempt in (1, 2):
+            drain_once(limit=1)
+            (row,) = [r for r in conn.execute(errors) if r[0] == 2]
+            assert row[1:] == (attempt, TIMED_OUT, attempt == 2)
+            conn.execute(sql.SQL("UPDATE {} SET lease_until = NULL").format(v.queue))
+        report, _ = drain(conn, reader, v, slow, limit=10, lease_seconds=300, time_budget=60)
+    assert report.written == 1 and queued(conn, v) == [2]  # row 3; row 2 stays parked

@@ -14,12 +14,11 @@ def test_claims_shrink_to_fit_the_time_a_batch_may_take_and_grow_back() -> None:
     assert size.rows == 512
 
 
-def test_a_timed_out_batch_shrinks_claims_to_a_quarter_never_below_the_floor() -> None:
+def test_a_timed_out_batch_claims_one_row_next_then_grows_back() -> None:
     size = ClaimSize(ceiling=512, target_seconds=20)
     size.timed_out()
-    assert size.rows == 128
-    for _ in range(10):
-        size.timed_out()
-    assert size.rows == ClaimSize.FLOOR
+    assert size.rows == 1
     size.observe(rows=0, seconds=0)  # nothing claimed: nothing learned
-    assert size.rows == ClaimSize.FLOOR
+    assert size.rows == 1
+    size.observe(rows=1, seconds=0.05)  # an ordinary row: 20 rows/s
+    assert size.rows == 400
