@@ -615,6 +615,13 @@ MUTATIONS = (
         ("tests/rowembed/test_settings.py",),
     ),
     Mutation(
+        "a rerank request of any size",
+        "pgplugin/sql/095-query-embeddings.sql",
+        "    ELSIF pg_catalog.cardinality(passages) > rowembed.max_rerank_passages() THEN",
+        "    ELSIF false THEN",
+        ("tests/pgplugin/test_search_text.py::test_a_rerank_holds_a_bounded_number_of_passages",),
+    ),
+    Mutation(
         "arguments sent with the types psycopg picks",
         "pgplugin/_call.py",
         "        if type_name is not None:",

@@ -149,6 +149,11 @@ BEGIN
 END
 $body$;
 
+-- The most passages one rerank request may hold (search_text's candidates with
+-- rerank, rerank()'s passages): a worker scores one request at a time.
+CREATE OR REPLACE FUNCTION rowembed.max_rerank_passages() RETURNS int
+LANGUAGE sql IMMUTABLE AS 'SELECT 1000';
+
 -- The longest a caller may wait for a worker: a loopback session is held as long.
 CREATE OR REPLACE FUNCTION rowembed.max_query_timeout() RETURNS float8
 LANGUAGE sql IMMUTABLE AS 'SELECT 60::float8';
@@ -348,6 +353,11 @@ DECLARE
 BEGIN
     IF coalesce(pg_catalog.cardinality(passages), 0) = 0 THEN
         RETURN '{}';
+    ELSIF pg_catalog.cardinality(passages) > rowembed.max_rerank_passages() THEN
+        -- One request holds a worker: a bounded one never starves the others.
+        RAISE EXCEPTION 'rowembed: a rerank takes at most % passages, not %',
+            rowembed.max_rerank_passages(), pg_catalog.cardinality(passages)
+            USING HINT = 'Rerank fewer candidates (search_text''s candidates => ...).';
     END IF;
     answer := rowembed._ask_workers(
         pg_catalog.format('INSERT INTO rowembed.rerank_request (id, vectorizer_id, query, passages)'

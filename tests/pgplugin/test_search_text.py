@@ -425,3 +425,15 @@ def test_loopback_sessions_run_as_a_capped_role_with_the_protocols_rights_only(
             search_text(own_db, table, "anything", timeout_seconds=1)
         thread.join()
     assert seen[:1] == [("rowembed_loopback", False)]
+
+
+def test_a_rerank_holds_a_bounded_number_of_passages(own_db: Conn, table: str) -> None:
+    """Refused at the SQL boundary with one line, before any worker is asked."""
+    t = sql.Identifier(table)
+    own_db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    v = create_vectorizer(own_db, table, ["body"], model=MODEL)
+    with pytest.raises(psycopg.errors.RaiseException, match="at most 1000 passages, not 1001"):
+        own_db.execute(
+            "SELECT rowembed.rerank(%s, 'q', array_fill('p'::text, ARRAY[1001]))", [v.name]
+        )
+    assert own_db.execute("SELECT count(*) FROM rowembed.rerank_request").fetchone() == (0,)
