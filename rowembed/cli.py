@@ -47,17 +47,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from rowembed.workers.celery_app import app
     from rowembed.workers.queues import QUEUES
 
-    unknown = set(args.queues.split(",")) - set(QUEUES)
+    served = args.queues.split(",")
+    unknown = set(served) - set(QUEUES)
     if unknown:
         raise SettingsError(f"unknown queues {sorted(unknown)}; choose from {sorted(QUEUES)}")
-    queues = ",".join(QUEUES[q] for q in args.queues.split(","))
+    interactive = [q for q in served if q in ("query", "rerank")]
     if args.log_format == "json":
         libraries_log_through_logging()
-    dispatcher = None
+    children = []
     if not args.no_dispatcher:
-        dispatcher = subprocess.Popen(
-            [sys.executable, "-m", "rowembed", "--loglevel", args.loglevel, "dispatcher"]
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "rowembed", "--loglevel", args.loglevel, "dispatcher"]
+            )
         )
+    if "embed" in served and interactive:
+        # Searches never wait behind embedding: queries and reranks have a
+        # worker process of their own, its models loaded before it is ready.
+        children.append(
+            subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "rowembed", "--loglevel", args.loglevel),
+                    *("--log-format", args.log_format, "worker", "--no-dispatcher"),
+                    *("--queues", ",".join(interactive), "--name", f"query-{args.name or '%h'}"),
+                ]
+            )
+        )
+        served = ["embed"]
+    pool = args.pool or ("prefork" if "embed" in served else "threads")
+    if pool != "prefork":  # tasks run in this process: load their models now
+        from rowembed.workers.state import worker_state
+
+        worker_state().load_served_models(rerank="rerank" in served, query="query" in served)
     try:
         app.worker_main(
             [
@@ -66,18 +87,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 "worker",
                 f"--loglevel={args.loglevel}",
                 f"--concurrency={args.concurrency}",
-                f"--pool={args.pool}",
+                f"--pool={pool}",
                 "-Q",
-                queues,
+                ",".join(QUEUES[q] for q in served),
                 "--without-gossip",
                 "--without-mingle",
                 *(["-n", args.name] if args.name else []),
             ]
         )
     finally:
-        if dispatcher is not None:
-            dispatcher.terminate()
-            dispatcher.wait(10)
+        for child in children:
+            child.terminate()
+            child.wait(10)
     return 0
 
 
@@ -450,11 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a Celery embedding worker (and a dispatcher)")
     worker.add_argument("--concurrency", type=int, default=1, help="processes (one per GPU)")
-    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument(
+        "--pool",
+        choices=["prefork", "solo", "threads"],
+        help="prefork (one process per GPU) when it embeds; threads for queries and reranks",
+    )
     worker.add_argument(
         "--queues",
         default="embed,rerank,query",
-        help="what to serve: embed, rerank, query, comma-separated (default all)",
+        help="what to serve: embed, rerank, query, comma-separated (default all; with embed,"
+        " queries and reranks are served by a worker process of their own)",
     )
     worker.add_argument("--name", help="Celery node name")
     worker.add_argument(

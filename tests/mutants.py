@@ -622,6 +622,13 @@ MUTATIONS = (
         ("tests/pgplugin/test_search_text.py::test_a_rerank_holds_a_bounded_number_of_passages",),
     ),
     Mutation(
+        "searches wait behind embedding",
+        "rowembed/cli.py",
+        '    if "embed" in served and interactive:',
+        "    if False:",
+        ("tests/workers/test_worker.py::test_searches_are_answered_while_a_backlog_drains",),
+    ),
+    Mutation(
         "arguments sent with the types psycopg picks",
         "pgplugin/_call.py",
         "        if type_name is not None:",

@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -45,6 +45,29 @@ class WorkerState:
             device = pick_device(self.settings.device)
             self._name = f"{socket.gethostname()}:{os.getpid()}/{device}"
         return self._name
+
+    def load_served_models(self, *, query: bool, rerank: bool) -> None:
+        """Load the database's vectorizers' models (query) and rerank models, so
+        the first search does not wait for them. One that cannot be loaded is
+        logged; its requests answer with the error."""
+        try:
+            with connect(self.settings.require_database()) as conn:
+                rows = conn.execute(
+                    "SELECT DISTINCT model, rerank_model FROM rowembed.vectorizer"
+                ).fetchall()
+        except psycopg.Error as exc:
+            log.warning("models not loaded ahead: %s", str(exc).strip().splitlines()[0])
+            return
+        wanted: list[tuple[Callable[[str], object], str]] = []
+        wanted += [(lambda m: self.encoder(m).dimensions, m) for m in {m for m, _ in rows} if query]
+        wanted += [(self.reranker, r) for r in {r for _, r in rows} if rerank]
+        for load, name in sorted(wanted, key=lambda w: w[1]):
+            try:
+                load(name)  # an encoder is lazy: asking its size loads it
+            except Exception as exc:  # a missing model: its requests say so
+                log.warning("model %s not loaded ahead: %s", name, str(exc).strip()[:300])
+            else:
+                log.info("model %s loaded", name)
 
     def claim_size(self) -> ClaimSize:
         """Adapts to this process's measured rate; a batch aims at a third of the

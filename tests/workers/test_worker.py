@@ -170,3 +170,39 @@ def test_another_tables_change_does_not_wait_for_a_backfill(stack: Stack) -> Non
     ]
     # One hand-back for the live table, then the rest in the same task (7 batches).
     assert len(reports) <= 3, reports
+
+
+def test_searches_are_answered_while_a_backlog_drains(stack: Stack) -> None:
+    """The default `rowembed worker` serves queries and reranks from a process
+    of its own, its models loaded before it is ready: search_text() is answered
+    while the embedding process holds a long task on a large backlog."""
+    words = " ".join(f"word{i}" for i in range(120))
+    with connect(stack.pg.url) as conn:
+        conn.execute("CREATE TABLE backlog (id int PRIMARY KEY, body text)")
+        conn.execute(
+            "INSERT INTO backlog SELECT i, concat_ws(' ', 'row', i, %s::text)"
+            " FROM generate_series(1, 4000) i",
+            [words],
+        )
+        backlog = create_vectorizer(conn, "backlog", ["body"], model=MODEL)
+        worker = stack.worker(
+            "one", env={"ROWEMBED_TASK_SECONDS": "300", "ROWEMBED_BATCH_ROWS": "64"}
+        )
+
+        def count() -> int:
+            return conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(backlog.destination)
+            ).fetchone()[0]  # type: ignore[index]
+
+        wait_until(lambda: count() > 0, timeout=60)
+        for i in range(10):  # each text new: a worker embeds it
+            found = conn.execute(
+                "SELECT count(*) FROM rowembed.search_text(NULL::backlog, %s, 3, -1,"
+                " timeout_seconds => 30)",
+                [f"row {i} word7"],
+            ).fetchone()
+            assert found is not None and found[0] > 0
+        assert count() < 4000, "the backlog drained before the searches: no overlap shown"
+    log = worker.log()
+    assert f"model {MODEL} loaded" in log
+    assert log.index(f"model {MODEL} loaded") < log.index("query-")
