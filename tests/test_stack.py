@@ -39,7 +39,7 @@ LONG_RUNNING = sorted(set(ROWEMBED_SERVICES) - {"migrate"})
 
 def test_the_stack_has_the_services_it_needs() -> None:
     assert {"postgres", "redis", "migrate", "dispatcher", "worker", "metrics"} <= set(SERVICES)
-    assert set(LONG_RUNNING) == {"dispatcher", "worker", "metrics"}
+    assert set(LONG_RUNNING) == {"dispatcher", "worker", "query-worker", "metrics"}
 
 
 @pytest.mark.parametrize("name", sorted(ROWEMBED_SERVICES))
@@ -194,6 +194,7 @@ def test_the_compose_commands_migrate_embed_search_and_export(
             v = create_vectorizer(conn, "docs", ["body"], model=MODEL)
             start("dispatcher", SERVICES["dispatcher"]["command"])
             start("worker", SERVICES["worker"]["command"])
+            start("query-worker", SERVICES["query-worker"]["command"])
             metrics_port = free_port()
             metrics_command = [
                 str(metrics_port) if arg == "9464" else arg
