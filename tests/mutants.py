@@ -166,7 +166,10 @@ MUTATIONS = (
         "pgplugin/sql/050-vectorizers.sql",
         "     WHERE coalesce(has_table_privilege(z.queue_table, 'SELECT'), true)\n",
         "",
-        ("tests/pgplugin/test_isolation.py",),
+        (
+            "tests/pgplugin/test_isolation.py",
+            "tests/pgplugin/test_privileges.py::test_a_role_sees_only_the_vectorizers_it_may_use",
+        ),
     ),
     Mutation(
         "the sweep hints broken vectorizers",
@@ -529,8 +532,8 @@ MUTATIONS = (
     Mutation(
         "status() and the metrics scrape wait on one tenant's locked queue",
         "pgplugin/sql/080-status.sql",
-        "LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS",
-        "LANGUAGE plpgsql STABLE AS",
+        "               rebuild text)\nLANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS",
+        "               rebuild text)\nLANGUAGE plpgsql STABLE AS",
         ("tests/pgplugin/test_isolation.py", "tests/rowembed/test_metrics.py"),
     ),
     Mutation(

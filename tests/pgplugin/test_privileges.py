@@ -415,6 +415,8 @@ def test_a_role_sees_only_the_vectorizers_it_may_use(
     own_db.execute("SELECT rowembed.start_backfill(%s)", [alice.vectorizer.name])
     with connect(login(postgres, own_db, stranger)) as conn:
         assert conn.execute("SELECT count(*) FROM rowembed.backfill").fetchone() == (0,)
+    with connect(login(postgres, own_db, searcher)) as conn:  # it searches: it works none
+        assert conn.execute("SELECT name, problem FROM rowembed.status()").fetchall() == []
 
 
 def visible(url: str) -> list[str]:
