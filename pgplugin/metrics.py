@@ -95,16 +95,22 @@ def workers_seen(conn: psycopg.Connection[Any]) -> list[WorkerSeen]:
 # application_name of the processes' sessions: a worker pool process's writer
 # (workers/state.py; one per process once it ran a task) and a dispatcher
 # (workers/dispatcher.py).
-SESSION_KINDS = {"rowembed-worker": "worker", "rowembed-dispatcher": "dispatcher"}
+SESSION_KINDS = {
+    "rowembed-worker": "worker",
+    "rowembed-query-worker": "query_worker",
+    "rowembed-dispatcher": "dispatcher",
+}
 
 
 def connected_processes(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Worker and dispatcher processes connected to this database now, by kind
     (application_name is shown to every role in pg_stat_activity)."""
     rows = conn.execute(
-        "SELECT application_name, count(*)::int FROM pg_stat_activity"
-        " WHERE datname = current_database() AND application_name = ANY (%s)"
-        " GROUP BY application_name",
+        "SELECT split_part(application_name, ':', 1) AS kind, count(*)::int"
+        "  FROM pg_stat_activity"
+        " WHERE datname = current_database()"
+        "   AND split_part(application_name, ':', 1) = ANY (%s)"  # 'rowembed-dispatcher: ...'
+        " GROUP BY 1",
         [list(SESSION_KINDS)],
     ).fetchall()
     counts = dict.fromkeys(SESSION_KINDS.values(), 0)

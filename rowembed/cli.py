@@ -78,7 +78,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if pool != "prefork":  # tasks run in this process: load their models now
         from rowembed.workers.state import worker_state
 
-        worker_state().load_served_models(rerank="rerank" in served, query="query" in served)
+        state = worker_state()
+        if "embed" not in served:
+            state.application_name = "rowembed-query-worker"
+        state.load_served_models(rerank="rerank" in served, query="query" in served)
     try:
         app.worker_main(
             [
@@ -105,11 +108,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_dispatcher(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from rowembed.workers.celery_app import app
-    from rowembed.workers.dispatcher import CeleryHints, Dispatcher
+    from rowembed.workers.dispatcher import CeleryHints, Dispatcher, broker_location
     from rowembed.workers.queues import EMBED_QUEUE
 
-    settings.require_redis()
-    hints = CeleryHints(app, EMBED_QUEUE, settings.max_pending_hints)
+    redis_url = settings.require_redis()
+    hints = CeleryHints(
+        app, EMBED_QUEUE, settings.max_pending_hints, broker=broker_location(redis_url)
+    )
     dispatcher = Dispatcher(
         settings.require_database(),
         hints,
@@ -120,6 +125,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
         index_workers=settings.index_workers,
         send_queries=hints.queries,
         send_reranks=hints.reranks,
+        broker_problem=hints.problem,
     )
     stop = threading.Event()
     try:

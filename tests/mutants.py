@@ -632,6 +632,23 @@ MUTATIONS = (
         ("tests/workers/test_worker.py::test_searches_are_answered_while_a_backlog_drains",),
     ),
     Mutation(
+        "a timeout without a dispatcher blames the workers",
+        "pgplugin/sql/095-query-embeddings.sql",
+        "    IF dispatchers IS NULL THEN",
+        "    IF false THEN",
+        ("tests/pgplugin/test_search_text.py::test_a_timeout_says_which_of_three_things_is_wrong",),
+    ),
+    Mutation(
+        "a dispatcher without its broker keeps it to itself",
+        "workers/dispatcher.py",
+        "                if problem != shown:  # a caller whose request waits is told why",
+        "                if False:",
+        (
+            "tests/pgplugin/test_search_text.py"
+            "::test_a_dispatcher_without_its_broker_says_so_to_callers",
+        ),
+    ),
+    Mutation(
         "arguments sent with the types psycopg picks",
         "pgplugin/_call.py",
         "        if type_name is not None:",

@@ -239,8 +239,8 @@ def test_the_compose_commands_migrate_embed_search_and_export(
         with urllib.request.urlopen(url, timeout=30) as response:
             scraped = response.read().decode()
         assert 'rowembed_embedded_rows{vectorizer="docs"} 3.0' in scraped
-        # The embedding worker and the query worker (it answered the search).
-        assert 'rowembed_connected_processes{kind="worker"} 2.0' in scraped
+        assert 'rowembed_connected_processes{kind="worker"} 1.0' in scraped
+        assert 'rowembed_connected_processes{kind="query_worker"} 1.0' in scraped
         assert 'rowembed_connected_processes{kind="dispatcher"} 1.0' in scraped
     finally:
         for _, process, _ in processes:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -44,11 +45,13 @@ class Dispatcher:
         index_workers: int = 4,
         send_queries: Callable[[], None] = lambda: None,
         send_reranks: Callable[[], None] = lambda: None,
+        broker_problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.database_url = database_url
         self.send_hint = send_hint
         self.send_queries = send_queries  # SQL callers' query texts wait
         self.send_reranks = send_reranks  # SQL callers' rerank requests wait
+        self.broker_problem = broker_problem  # shown to SQL callers in application_name
         self.sweep_seconds = sweep_seconds
         self.poll_seconds = poll_seconds
         self.retry_max_seconds = retry_max_seconds
@@ -88,7 +91,13 @@ class Dispatcher:
             self.listening.set()
             watch = ChangeWatch()
             next_sweep = 0.0
+            shown: str | None = None
             while not stop.is_set():
+                problem = self.broker_problem()
+                if problem != shown:  # a caller whose request waits is told why
+                    name = "rowembed-dispatcher" + (f": {problem}" if problem else "")
+                    conn.execute("SELECT set_config('application_name', %s, false)", [name[:63]])
+                    shown = problem
                 if time.monotonic() >= next_sweep:
                     top_up_backfills(conn, self.backfill_chunk)
                     for vectorizer_id, changes in vectorizers_with_work(conn):
@@ -192,26 +201,77 @@ class IndexBuilds:
 
 class CeleryHints:
     """Sends embed hints, urgent ones (live changes) ahead of the rest, unless
-    too many wait already (policy.may_send_hint)."""
+    too many wait already (policy.may_send_hint). While the broker is
+    unreachable it says so once, sends nothing for RETRY_SECONDS at a time (the
+    work waits in PostgreSQL; the sweep sends again), and `problem()` names it."""
 
-    def __init__(self, app: Any, queue: str, max_pending: int) -> None:
+    RETRY_SECONDS = 5.0
+
+    def __init__(self, app: Any, queue: str, max_pending: int, broker: str = "") -> None:
         self.app = app
         self.queue = queue
         self.max_pending = max_pending
+        self.broker = broker  # where it is, without credentials: for messages
+        self.down = False
+        self._retry_at = 0.0
+
+    def problem(self) -> str | None:
+        return f"broker {self.broker} unreachable" if self.down else None
 
     def queries(self) -> None:
         """Query texts of SQL callers wait: a task on the query queue answers them."""
-        self.app.send_task("rowembed.answer_queries", queue=QUERY_QUEUE)
+        self._send(
+            lambda: self.app.send_task(
+                "rowembed.answer_queries", queue=QUERY_QUEUE, ignore_result=True
+            )
+        )
 
     def reranks(self) -> None:
         """Rerank requests of SQL callers wait: a task on the rerank queue answers them."""
-        self.app.send_task("rowembed.answer_reranks", queue=RERANK_QUEUE)
+        self._send(
+            lambda: self.app.send_task(
+                "rowembed.answer_reranks", queue=RERANK_QUEUE, ignore_result=True
+            )
+        )
 
     def __call__(self, vectorizer_id: int, urgent: bool) -> None:
-        if policy.may_send_hint(self.app, self.queue, self.max_pending, urgent):
-            self.app.send_task(
-                "rowembed.embed",
-                args=[vectorizer_id],
-                queue=self.queue,
-                priority=policy.hint_priority(urgent),
-            )
+        def hint() -> None:
+            if policy.may_send_hint(self.app, self.queue, self.max_pending, urgent):
+                self.app.send_task(
+                    "rowembed.embed",
+                    args=[vectorizer_id],
+                    queue=self.queue,
+                    priority=policy.hint_priority(urgent),
+                    ignore_result=True,  # nobody waits for it (nor for the result backend)
+                )
+
+        self._send(hint)
+
+    def _send(self, send: Callable[[], None]) -> None:
+        now = time.monotonic()
+        if self.down and now < self._retry_at:
+            return
+        try:
+            send()
+        except (KombuOperationalError, OSError) as exc:
+            if not self.down:
+                log.warning(
+                    "dispatcher: the broker %s is unreachable (%s); the work waits in"
+                    " PostgreSQL, and hints are tried again every %.0f s",
+                    self.broker,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    self.RETRY_SECONDS,
+                )
+            self.down, self._retry_at = True, now + self.RETRY_SECONDS
+            return
+        if self.down:
+            log.info("dispatcher: the broker %s answers again", self.broker)
+            self.down = False
+
+
+def broker_location(url: str) -> str:
+    """host:port (or the socket's path) of a broker URL: never its credentials."""
+    parts = urlsplit(url)
+    if parts.hostname:
+        return f"{parts.hostname}:{parts.port or 6379}"
+    return parts.path or parts.scheme

@@ -35,6 +35,9 @@ class WorkerState:
         self._rerankers: OrderedDict[str, Reranker] = OrderedDict()
         self._claim_size: ClaimSize | None = None
         self._name: str | None = None
+        # How its sessions show in pg_stat_activity: SQL callers waiting for a
+        # query worker, and the metrics, tell the kinds apart by it.
+        self.application_name = "rowembed-worker"
 
     @property
     def name(self) -> str:
@@ -50,8 +53,8 @@ class WorkerState:
         """Load the database's vectorizers' models (query) and rerank models, so
         the first search does not wait for them. One that cannot be loaded is
         logged; its requests answer with the error."""
-        try:
-            with connect(self.settings.require_database()) as conn:
+        try:  # the sessions stay open: callers see a query worker connected
+            with self.connections() as (conn, _):
                 rows = conn.execute(
                     "SELECT DISTINCT model, rerank_model FROM rowembed.vectorizer"
                 ).fetchall()
@@ -84,9 +87,9 @@ class WorkerState:
         if self._conns is None or any(c.closed for c in self._conns):
             self._close()
             url = self.settings.require_database()
-            writer = connect(url, "rowembed-worker")
+            writer = connect(url, self.application_name)
             try:
-                self._conns = (writer, connect(url, "rowembed-worker-claim"))
+                self._conns = (writer, connect(url, f"{self.application_name}-claim"))
             except BaseException:
                 writer.close()
                 raise

@@ -131,11 +131,8 @@ BEGIN
             EXIT WHEN answer IS NOT NULL OR failed IS NOT NULL;
             IF clock_timestamp() >= deadline THEN
                 EXECUTE format('SELECT %I.dblink_exec(%L, %L)', dblink, link, withdraw);
-                RAISE EXCEPTION 'rowembed: no worker answered on the % queue (rowembed.%) within % s',
-                    queue, queue, wait
-                    USING HINT = format('Start one (rowembed worker, whose --queues include %s),'
-                                        ' or give it longer: timeout_seconds or SET'
-                                        ' rowembed.query_timeout.', queue);
+                RAISE EXCEPTION 'rowembed: no worker answered on the % queue (rowembed.%) within % s: %',
+                    queue, queue, wait, rowembed._why_unanswered(queue);
             END IF;
             PERFORM pg_sleep(pause);
             pause := least(pause * 2, 0.02);
@@ -157,6 +154,44 @@ LANGUAGE sql IMMUTABLE AS 'SELECT 1000';
 -- The longest a caller may wait for a worker: a loopback session is held as long.
 CREATE OR REPLACE FUNCTION rowembed.max_query_timeout() RETURNS float8
 LANGUAGE sql IMMUTABLE AS 'SELECT 60::float8';
+
+-- Why a request on `queue` ('query' or 'rerank') went unanswered, from who is
+-- connected (pg_stat_activity shows every role the application names): no
+-- dispatcher (no worker hears of it), a dispatcher that cannot reach its broker
+-- (it says so in its application_name), no query worker, or busy ones.
+CREATE OR REPLACE FUNCTION rowembed._why_unanswered(queue text) RETURNS text
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    dispatchers text[];
+    workers bigint;
+    waiting bigint;
+BEGIN
+    SELECT array_agg(a.application_name) INTO dispatchers FROM pg_stat_activity AS a
+     WHERE a.datname = current_database()
+       AND split_part(a.application_name, ':', 1) = 'rowembed-dispatcher';
+    IF dispatchers IS NULL THEN
+        RETURN 'no dispatcher is connected to this database, so no worker hears of requests'
+               ' (start rowembed worker, or rowembed dispatcher)';
+    ELSIF NOT 'rowembed-dispatcher' = ANY (dispatchers) THEN
+        RETURN format('the dispatcher cannot reach its broker (%s): start it, or fix'
+                      ' ROWEMBED_REDIS_URL', substr(dispatchers[1], 22));
+    END IF;
+    SELECT count(*) INTO workers FROM pg_stat_activity AS a
+     WHERE a.datname = current_database() AND a.application_name = 'rowembed-query-worker';
+    IF workers = 0 THEN
+        RETURN format('no worker serving the %s queue is connected to this database (start'
+                      ' rowembed worker, whose --queues include %s)', queue, queue);
+    END IF;
+    IF queue = 'query' THEN
+        SELECT count(*) INTO waiting FROM rowembed.query_request;
+    ELSE
+        SELECT count(*) INTO waiting FROM rowembed.rerank_request AS r WHERE rowembed._rerank_waits(r);
+    END IF;
+    RETURN format('%s worker(s) serve the %s queue and are busy: %s request(s) wait; give it'
+                  ' longer (timeout_seconds, SET rowembed.query_timeout) or start more',
+                  workers, queue, waiting);
+END
+$body$;
 
 -- Seconds to wait for a worker: the call's, else rowembed.query_timeout, else 5;
 -- at most max_query_timeout().

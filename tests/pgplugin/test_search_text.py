@@ -4,6 +4,7 @@ the loopback session and the query queue, the cache, the timeout, privileges."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -437,3 +438,73 @@ def test_a_rerank_holds_a_bounded_number_of_passages(own_db: Conn, table: str) -
             "SELECT rowembed.rerank(%s, 'q', array_fill('p'::text, ARRAY[1001]))", [v.name]
         )
     assert own_db.execute("SELECT count(*) FROM rowembed.rerank_request").fetchone() == (0,)
+
+
+def session(conn: Conn, application_name: str) -> psycopg.Connection[Any]:
+    """A session that shows as `application_name`, as a dispatcher or worker does."""
+    return psycopg.connect(conn.info.dsn, application_name=application_name, autocommit=True)
+
+
+def test_a_timeout_says_which_of_three_things_is_wrong(own_db: Conn, table: str) -> None:
+    """No dispatcher (no worker hears of it), a dispatcher that cannot reach its
+    broker, no query worker, or busy ones: each a line of its own."""
+    own_db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(table)
+    ))  # fmt: skip
+
+    def why() -> str:
+        with pytest.raises(psycopg.errors.RaiseException) as timed_out:
+            search_text(own_db, table, "anything", timeout_seconds=0.2)
+        return str(timed_out.value).splitlines()[0]
+
+    create_vectorizer(own_db, table, ["body"], model=MODEL)
+    assert "no dispatcher is connected to this database" in why()
+    with session(own_db, "rowembed-dispatcher: broker 127.0.0.1:1 unreachable"):
+        assert "cannot reach its broker (broker 127.0.0.1:1 unreachable)" in why()
+    with session(own_db, "rowembed-dispatcher"):
+        assert "no worker serving the query queue is connected" in why()
+        with session(own_db, "rowembed-query-worker"):
+            assert "1 worker(s) serve the query queue and are busy" in why()
+
+
+def test_a_dispatcher_without_its_broker_says_so_to_callers(
+    own_db: Conn, table: str, tmp_path: Path
+) -> None:
+    """A real dispatcher whose Redis is unreachable keeps listening, says so once
+    in its log, and the caller's timeout names the broker without credentials."""
+    import subprocess
+    import sys
+
+    own_db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(table)
+    ))  # fmt: skip
+    create_vectorizer(own_db, table, ["body"], model=MODEL)
+    log = tmp_path / "dispatcher.log"
+    env = {
+        **os.environ,
+        "ROWEMBED_DATABASE_URL": own_db.info.dsn,
+        "ROWEMBED_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0",
+    }
+    with log.open("wb") as out:
+        dispatcher = subprocess.Popen(
+            [sys.executable, "-m", "rowembed", "dispatcher"], env=env, stdout=out, stderr=out
+        )
+    try:
+        listening = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'rowembed-dispatcher%%'"
+        )
+        wait_until(lambda: own_db.execute(listening).fetchone() == (1,), timeout=30)
+        messages = set()
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.RaiseException) as timed_out:
+                search_text(own_db, table, "anything", timeout_seconds=1)
+            messages.add(str(timed_out.value).splitlines()[0].split(" s: ", 1)[1])
+        assert "the dispatcher cannot reach its broker (broker 127.0.0.1:1 unreachable)" in "".join(
+            messages
+        )
+    finally:
+        dispatcher.terminate()
+        dispatcher.wait(10)
+    text = log.read_text()
+    assert text.count("is unreachable") == 1 and "s3cret" not in text, text
