@@ -649,6 +649,26 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "a batch holds every row claimed, whatever its text",
+        "workers/pipeline.py",
+        '            or characters + len(row.text or "") <= max_characters\n',
+        "            or True\n",
+        (
+            "tests/workers/test_pipeline.py"
+            "::test_a_batch_holds_the_work_that_fits_and_gives_the_rest_back",
+        ),
+    ),
+    Mutation(
+        "a trimmed batch ends the drain",
+        "workers/pipeline.py",
+        "        return len(self.seqs) >= limit or self.trimmed or self.claim.suspect",
+        "        return len(self.seqs) >= limit or self.claim.suspect",
+        (
+            "tests/workers/test_pipeline.py"
+            "::test_a_batch_holds_the_work_that_fits_and_gives_the_rest_back",
+        ),
+    ),
+    Mutation(
         "arguments sent with the types psycopg picks",
         "pgplugin/_call.py",
         "        if type_name is not None:",

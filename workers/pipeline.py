@@ -59,6 +59,7 @@ class BatchReport:
     failed: int = 0
     tokens: int = 0
     padded_tokens: int = 0
+    characters: int = 0  # of the texts the model embedded: what claims are sized by
     seconds: float = 0.0
 
     def add(self, other: BatchReport) -> None:
@@ -79,14 +80,15 @@ class Claimed:
     # rows whose text could not be cut have an error (index into to_embed).
     chunked: Chunked | None = None
     errors: dict[int, str] = field(default_factory=dict)
+    trimmed: bool = False  # rows over the batch's work were given back
 
     @property
     def seqs(self) -> list[int]:
         return self.claim.seqs
 
     def more_may_remain(self, limit: int) -> bool:
-        """A full claim, or a suspect claimed alone, leaves more to claim."""
-        return len(self.seqs) >= limit or self.claim.suspect
+        """A full claim, a trimmed one, or a suspect claimed alone leaves more to claim."""
+        return len(self.seqs) >= limit or self.trimmed or self.claim.suspect
 
 
 def take_batch(
@@ -96,10 +98,13 @@ def take_batch(
     *,
     limit: int,
     lease_seconds: float,
+    max_characters: int | None = None,
     clock: StageClock | None = None,
 ) -> Claimed:
-    """The take stage: claim up to `limit` entries, read their rows, tokenize
-    the texts that need the model."""
+    """The take stage: claim up to `limit` entries, read their rows, give back
+    those past `max_characters` of text to embed (the work a batch may hold on
+    this machine; the first row always stays), tokenize the texts that need the
+    model."""
     started = time.monotonic()
     with timed(clock, "claim"):
         claim = queue.claim(conn, limit, lease_seconds)
@@ -119,23 +124,38 @@ def take_batch(
         return Claimed(Claim([], claim.token), [], [], None, started)
     outcomes: list[Outcome] = []
     to_embed = []
+    spare: list[int] = []
+    characters = 0
     for row in rows:
-        if row.action is None:
-            to_embed.append(row)
-        else:
+        if row.action is not None:
             outcomes.append(Outcome(row.seq, row.action))
+        elif (
+            max_characters is None
+            or not to_embed
+            or characters + len(row.text or "") <= max_characters
+        ):
+            to_embed.append(row)
+            characters += len(row.text or "")
+        else:
+            spare.append(row.seq)
+    if spare:  # at once: another batch (or worker) takes them
+        queue.release(conn, Claim(spare, claim.token))
+        given_back = set(spare)
+        claim = Claim([s for s in seqs if s not in given_back], claim.token, claim.suspect)
     tokenized = None
     if to_embed and queue.vectorizer.chunked:
         with timed(clock, "tokenize"):
             chunked, errors = _chunk(encoder, queue.vectorizer, to_embed)
-        return Claimed(claim, outcomes, to_embed, chunked.tokenized, started, chunked, errors)
+        return Claimed(
+            claim, outcomes, to_embed, chunked.tokenized, started, chunked, errors, bool(spare)
+        )
     if to_embed:
         try:
             with timed(clock, "tokenize"):
                 tokenized = encoder.tokenize(_texts(to_embed))
         except Exception:
             log.debug("tokenizing failed; the model stage will record the error", exc_info=True)
-    return Claimed(claim, outcomes, to_embed, tokenized, started)
+    return Claimed(claim, outcomes, to_embed, tokenized, started, trimmed=bool(spare))
 
 
 def _chunk(
@@ -227,6 +247,7 @@ def store_batch(
         truncated=truncated,
         tokens=result.tokens,
         padded_tokens=result.padded_tokens,
+        characters=sum(len(r.text or "") for r in to_embed),
     )
     if errors:
         queue.record_failures(conn, {to_embed[i].seq: error for i, error in errors.items()})
@@ -321,6 +342,7 @@ def drain(
     limit: int,
     lease_seconds: float,
     time_budget: float,
+    max_characters: int | None = None,
     worker: str = "",
     should_stop: Callable[[], bool] = lambda: False,
     abort_on: tuple[type[BaseException], ...] = (),
@@ -348,7 +370,13 @@ def drain(
     def claim_batch() -> Claimed:
         _end_claims(reader, queue, held, written)
         claimed = take_batch(
-            reader, queue, encoder, limit=limit, lease_seconds=lease_seconds, clock=clock
+            reader,
+            queue,
+            encoder,
+            limit=limit,
+            lease_seconds=lease_seconds,
+            max_characters=max_characters,
+            clock=clock,
         )
         held.append(claimed.claim)
         return claimed

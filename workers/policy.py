@@ -66,10 +66,12 @@ def follow_up_is_urgent(conn: psycopg.Connection[Any], vectorizer_id: int) -> bo
 
 
 class ClaimSize:
-    """Rows per claim: `ceiling` (ROWEMBED_BATCH_ROWS or the device's default),
-    shrunk while batches take longer than `target_seconds` (a slow or busy
-    machine), so that an ordinary batch never meets the task's time limits;
-    it grows back as batches get faster. One per worker process."""
+    """What a claim may hold: `rows` (at most `ceiling`: ROWEMBED_BATCH_ROWS or
+    the device's default) and `characters` of text to embed, both from this
+    process's measured rate, so that a batch takes about `target_seconds`
+    whatever its rows' lengths (a slow or busy machine, long rows, chunked ones)
+    and never meets the task's time limits; they grow back as batches get
+    faster. One per worker process."""
 
     FLOOR = 8
 
@@ -77,12 +79,15 @@ class ClaimSize:
         self.ceiling = ceiling
         self.target_seconds = target_seconds
         self.rows = ceiling
+        self.characters: int | None = None  # unknown until measured
 
-    def observe(self, rows: int, seconds: float) -> None:
-        """A drain claimed `rows` in `seconds`."""
+    def observe(self, rows: int, seconds: float, characters: int = 0) -> None:
+        """A drain claimed `rows` and embedded `characters` of text in `seconds`."""
         if rows > 0 and seconds > 0:
             fitting = int(rows / seconds * self.target_seconds)
             self.rows = max(self.FLOOR, min(self.ceiling, fitting))
+        if characters > 0 and seconds > 0:
+            self.characters = max(1, int(characters / seconds * self.target_seconds))
 
     def timed_out(self) -> None:
         """A batch met the soft time limit: claim one row next, so that a row

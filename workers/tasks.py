@@ -50,6 +50,7 @@ def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
                     limit=limit,
                     lease_seconds=state.settings.lease,
                     time_budget=state.settings.task_seconds,
+                    max_characters=claim_size.characters,
                     worker=state.name,
                     # Between batches: another table's live changes must not wait.
                     should_stop=lambda: policy.should_hand_back(app, reader, vectorizer_id),
@@ -65,8 +66,11 @@ def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
                 )
                 self.apply_async((vectorizer_id,), priority=policy.hint_priority(False))
                 return {}
+            elapsed = time.monotonic() - started
             if report.claimed >= limit:  # a measure of throughput, not of one row's latency
-                claim_size.observe(report.claimed, time.monotonic() - started)
+                claim_size.observe(report.claimed, elapsed)
+            if report.characters:
+                claim_size.observe(0, elapsed, report.characters)
             urgent = more and policy.follow_up_is_urgent(conn, vectorizer_id)
     except psycopg.OperationalError as exc:
         # The database is down or restarting; claims die with the session, so

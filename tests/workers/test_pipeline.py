@@ -13,7 +13,7 @@ from psycopg import sql
 from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.queue import Action, Outcome, Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
-from rowembed.workers.pipeline import TIMED_OUT, drain, run_batch
+from rowembed.workers.pipeline import TIMED_OUT, drain, run_batch, take_batch
 from rowembed.workers.runtime import Chunked, ChunkPlan, Encoded, Encoder, Tokenized
 
 from ..conftest import MODEL
@@ -487,3 +487,29 @@ def test_a_row_that_meets_the_time_limit_alone_counts_and_is_parked(
             conn.execute(sql.SQL("UPDATE {} SET lease_until = NULL").format(v.queue))
         report, _ = drain(conn, reader, v, slow, limit=10, lease_seconds=300, time_budget=60)
     assert report.written == 1 and queued(conn, v) == [2]  # row 3; row 2 stays parked
+
+
+def test_a_batch_holds_the_work_that_fits_and_gives_the_rest_back(
+    conn: Conn, database_url: str, table: str, encoder: Encoder
+) -> None:
+    """Claims are sized by the text to embed: past max_characters the rows go
+    back at once (no attempt counted), the first row always stays, and the
+    drain goes on in batches of that size until the queue is empty."""
+    v = setup(conn, table, {i: f"row {i:02} " + "x" * 90 for i in range(1, 11)})  # 97 chars
+    with connect(database_url) as reader:
+        batch = take_batch(reader, Queue(v), encoder, limit=10, lease_seconds=60,
+                           max_characters=250)  # fmt: skip
+        assert len(batch.to_embed) == 2 and batch.more_may_remain(limit=10)
+        given_back = sql.SQL(
+            "SELECT count(*) FROM {} WHERE claimed_by IS NULL AND attempts = 0"
+        ).format(v.queue)
+        assert conn.execute(given_back).fetchone() == (8,)
+        Queue(v).release(reader, batch.claim)
+        one = take_batch(reader, Queue(v), encoder, limit=10, lease_seconds=60,
+                         max_characters=10)  # fmt: skip
+        assert len(one.to_embed) == 1  # larger than the budget, alone
+        Queue(v).release(reader, one.claim)
+        report, more = drain(conn, reader, v, encoder, limit=10, lease_seconds=60,
+                             time_budget=60, max_characters=250)  # fmt: skip
+    assert (report.written, more, queued(conn, v)) == (10, False, [])
+    assert report.characters == 970

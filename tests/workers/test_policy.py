@@ -22,3 +22,10 @@ def test_a_timed_out_batch_claims_one_row_next_then_grows_back() -> None:
     assert size.rows == 1
     size.observe(rows=1, seconds=0.05)  # an ordinary row: 20 rows/s
     assert size.rows == 400
+
+
+def test_a_claims_text_fits_the_time_a_batch_may_take() -> None:
+    size = ClaimSize(ceiling=512, target_seconds=20)
+    assert size.characters is None  # not measured yet: rows bound the claim
+    size.observe(rows=0, seconds=10, characters=50_000)  # 5,000 characters a second
+    assert size.characters == 100_000
