@@ -120,8 +120,8 @@ MUTATIONS = (
     Mutation(
         "a drain stops after a suspect",
         "workers/pipeline.py",
-        "        return len(self.seqs) >= limit or self.claim.suspect\n",
-        "        return len(self.seqs) >= limit\n",
+        " or self.trimmed or self.claim.suspect\n",
+        " or self.trimmed\n",
         ("tests/workers/test_pipeline.py",),
     ),
     Mutation(
@@ -666,6 +666,16 @@ MUTATIONS = (
         (
             "tests/workers/test_pipeline.py"
             "::test_a_batch_holds_the_work_that_fits_and_gives_the_rest_back",
+        ),
+    ),
+    Mutation(
+        "a batch is prefetched beside a suspect",
+        "workers/pipeline.py",
+        "                if go_on and not alone:",
+        "                if go_on:",
+        (
+            "tests/workers/test_pipeline.py"
+            "::test_no_row_is_claimed_beside_a_suspect_while_it_is_embedded",
         ),
     ),
     Mutation(

@@ -394,7 +394,12 @@ def drain(
             batch = claim_batch()
             more = batch.more_may_remain(limit)
             while batch.seqs:
-                if more and time.monotonic() < deadline:
+                go_on = more and time.monotonic() < deadline
+                # A suspect (its worker died with it before) is embedded with no
+                # claim beside it: were it to kill this process again, no other
+                # row would be counted for it.
+                alone = batch.claim.suspect
+                if go_on and not alone:
                     upcoming = claiming.submit(claim_batch)
                 try:
                     result = embed_batch(batch, vectorizer, encoder, abort_on, clock)
@@ -412,6 +417,8 @@ def drain(
                     batch,
                 )
                 batch = None
+                if upcoming is None and go_on and alone:
+                    upcoming = claiming.submit(claim_batch)
                 if upcoming is None:
                     break
                 batch, upcoming = upcoming.result(), None

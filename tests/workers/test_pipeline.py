@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -513,3 +514,33 @@ def test_a_batch_holds_the_work_that_fits_and_gives_the_rest_back(
                              time_budget=60, max_characters=250)  # fmt: skip
     assert (report.written, more, queued(conn, v)) == (10, False, [])
     assert report.characters == 970
+
+
+def test_no_row_is_claimed_beside_a_suspect_while_it_is_embedded(
+    conn: Conn, table: str, encoder: Encoder, database_url: str
+) -> None:
+    """Were the suspect to kill the process again, a batch prefetched meanwhile
+    would die with it, and its innocent rows would be counted for it."""
+    v = setup(conn, table, {i: f"text {i}" for i in range(1, 7)})
+    queue = Queue(v)
+    for _ in range(2):
+        with connect(database_url) as doomed:
+            held = queue.claim(doomed, 1, 60)  # its session ends: the worker died
+    claimed_meanwhile: list[int] = []
+
+    class Watching(CountingEncoder):
+        def encode_tokenized(self, tokenized: Tokenized, clock: Any = None) -> Encoded:
+            time.sleep(0.3)  # time for a prefetch, were there one
+            with connect(database_url) as look:
+                count = look.execute(
+                    sql.SQL("SELECT count(*) FROM {} WHERE claimed_by IS NOT NULL").format(v.queue)
+                ).fetchone()
+            claimed_meanwhile.append(count[0] if count else -1)
+            return super().encode_tokenized(tokenized, clock)
+
+    with connect(database_url) as reader:
+        report, more = drain(conn, reader, v, Watching(encoder), limit=2, lease_seconds=60,
+                             time_budget=60)  # fmt: skip
+    assert (report.written, more) == (6, False)
+    assert claimed_meanwhile[0] == 1, claimed_meanwhile  # the suspect (held), alone
+    assert len(held.seqs) == 1
