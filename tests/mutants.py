@@ -679,6 +679,16 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "a search asks for any number of candidates",
+        "pgplugin/sql/095-query-embeddings.sql",
+        "    IF candidates IS NULL OR candidates < 1 OR candidates > most THEN",
+        "    IF false THEN",
+        (
+            "tests/pgplugin/test_search_text.py"
+            "::test_a_search_asks_for_a_bounded_number_of_candidates",
+        ),
+    ),
+    Mutation(
         "arguments sent with the types psycopg picks",
         "pgplugin/_call.py",
         "        if type_name is not None:",

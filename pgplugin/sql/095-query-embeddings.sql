@@ -151,6 +151,27 @@ $body$;
 CREATE OR REPLACE FUNCTION rowembed.max_rerank_passages() RETURNS int
 LANGUAGE sql IMMUTABLE AS 'SELECT 1000';
 
+-- The most candidates a search by text may ask for (without rerank).
+CREATE OR REPLACE FUNCTION rowembed.max_candidates() RETURNS int
+LANGUAGE sql IMMUTABLE AS 'SELECT 10000';
+
+-- `candidates`, if within bounds (max_rerank_passages() when they are reranked,
+-- else max_candidates()): checked before any worker is asked.
+CREATE OR REPLACE FUNCTION rowembed._bounded_candidates(candidates int, reranked boolean)
+RETURNS int
+LANGUAGE plpgsql IMMUTABLE AS $body$
+DECLARE
+    most int := CASE WHEN reranked THEN rowembed.max_rerank_passages()
+                     ELSE rowembed.max_candidates() END;
+BEGIN
+    IF candidates IS NULL OR candidates < 1 OR candidates > most THEN
+        RAISE EXCEPTION 'rowembed: candidates must be from 1 to %, not %', most,
+            coalesce(candidates::text, 'NULL');
+    END IF;
+    RETURN candidates;
+END
+$body$;
+
 -- The longest a caller may wait for a worker: a loopback session is held as long.
 CREATE OR REPLACE FUNCTION rowembed.max_query_timeout() RETURNS float8
 LANGUAGE sql IMMUTABLE AS 'SELECT 60::float8';
@@ -472,6 +493,7 @@ RETURNS TABLE (similarity float8, item anyelement, rerank_score float8, chunk in
 LANGUAGE plpgsql AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_for(pg_typeof(source), vectorizer);
+    bounded int := rowembed._bounded_candidates(candidates, rerank);  -- before any worker
     query_vector @extschema:vector@.vector := rowembed.embed_query(v.name, query, timeout_seconds);
 BEGIN
     IF NOT rerank THEN

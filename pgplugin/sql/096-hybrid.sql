@@ -109,6 +109,7 @@ BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'rowembed: k must be at least 1';
     END IF;
+    PERFORM rowembed._bounded_candidates(candidates, false);
     query_vector := rowembed.embed_query(v.name, query, timeout_seconds);
     RETURN QUERY EXECUTE format($q$
         WITH by_vector AS (

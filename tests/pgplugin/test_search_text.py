@@ -508,3 +508,20 @@ def test_a_dispatcher_without_its_broker_says_so_to_callers(
         dispatcher.wait(10)
     text = log.read_text()
     assert text.count("is unreachable") == 1 and "s3cret" not in text, text
+
+
+def test_a_search_asks_for_a_bounded_number_of_candidates(own_db: Conn, table: str) -> None:
+    """Refused with one line before any worker is asked (no request is made)."""
+    t = sql.Identifier(table)
+    own_db.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    v = create_vectorizer(own_db, table, ["body"], model=MODEL)
+    own_db.execute("SELECT rowembed.enable_text_search(%s)", [v.name])
+    for statement, most in (
+        ("SELECT * FROM rowembed.search_text(NULL::{}, 'q', rerank => true, candidates => 1001)",
+         1000),
+        ("SELECT * FROM rowembed.search_text(NULL::{}, 'q', candidates => 10001)", 10000),
+        ("SELECT * FROM rowembed.hybrid_search(NULL::{}, 'q', candidates => 10001)", 10000),
+    ):  # fmt: skip
+        with pytest.raises(psycopg.errors.RaiseException, match=f"from 1 to {most}, not"):
+            own_db.execute(sql.SQL(statement).format(t))
+    assert own_db.execute("SELECT count(*) FROM rowembed.query_request").fetchone() == (0,)
