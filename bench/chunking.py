@@ -2,6 +2,7 @@
 chunking finds that truncation cannot.
 
     python bench/chunking.py [--docs 120] [--rounds 3] [--json]
+    python bench/chunking.py --long [--docs 30] [--chunks 50] [--json]
 
 Documents: standard-library docstrings joined in order, eight to a document
 (long rows, several times the model's limit). Throughput: the worker's own
@@ -14,6 +15,13 @@ source row. Rounds alternate; tokens per second of each, and the ratio of
 medians. Retrieval: for each docstring that starts past the model's limit in
 its document, its first line is the query and its document the answer: hit@10
 and MRR@10 of the truncated (unchunked) vectorizer and the chunked one.
+
+--long: documents of at least `--chunks` chunks each (standard-library
+docstrings joined, in a different order per document), embedded to completion
+by a real `rowembed worker` process with every setting at its default (its
+claims sized by the work it measures, a row larger than a batch in slices),
+against the same chunks stored as short rows through the same worker: chunks
+per second of each, their ratio, and the rows parked (none is the point).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -93,12 +102,90 @@ def ranked(conn: Conn, table: str, name: str, vector: Any) -> list[int]:
     return [r[0] for r in rows]
 
 
+def long_documents(encoder: Encoder, count: int, chunks: int) -> list[str]:
+    """`count` documents of at least `chunks` chunks of the model's limit each."""
+    docs = [d.text for d in stdlib_docstrings(4000)]
+    per_chunk = 4 * encoder.max_length  # characters, generously (about 4 per token)
+    out = []
+    for k in range(count):
+        start, parts, size = (k * 97) % len(docs), [], 0
+        while size < (chunks + 5) * per_chunk:
+            text = docs[(start + len(parts)) % len(docs)]
+            parts.append(text)
+            size += len(text) + 2
+        out.append("\n\n".join(parts))
+    return out
+
+
+def long_rows(args: argparse.Namespace) -> dict[str, Any]:
+    """--long: a real worker at its defaults, long chunked rows against short rows."""
+    from rowembed.dev.bench import drained, wait_for, worker_process
+    from rowembed.pgplugin.status import status
+
+    encoder = Encoder.load(MODEL, device="cpu")
+    texts = long_documents(encoder, args.docs, args.chunks)
+    chunked = encoder.chunk(texts, ChunkPlan(None, 0, 1000))
+    per_doc = [len(spans) for spans in chunked.spans]
+    short = chunked.tokenized.texts
+    figures: dict[str, Any] = {
+        "documents": len(texts),
+        "chunks": len(short),
+        "chunks_per_document_min": min(per_doc),
+        "characters": sum(map(len, texts)),
+        "cpus": os.cpu_count(),
+    }
+    del encoder
+    with (
+        services(Settings.from_env()) as (database_url, redis_url),
+        connect(database_url) as conn,
+    ):
+        migrate(conn)
+        create_text_table(conn, "bench_warmup", short[:16])
+        create_text_table(conn, "bench_long_docs", texts)
+        create_text_table(conn, "bench_chunk_rows", short)
+        with worker_process(database_url, redis_url, {}):
+            warm = vectorizer(conn, "bench_warmup", "bench_warmup")
+            wait_for(lambda: drained(conn, warm), timeout=600, interval=0.1)
+            for label, table, options in (
+                ("short rows", "bench_chunk_rows", {}),
+                ("chunked", "bench_long_docs", {"chunking": "tokens", "chunk_overlap": 0}),
+            ):
+                name = f"bench_{label.replace(' ', '_')}"
+                started = time.perf_counter()
+                v = vectorizer(conn, table, name, **options)
+                wait_for(lambda v=v: drained(conn, v), timeout=3600, interval=0.2)
+                seconds = time.perf_counter() - started
+                (state,) = status(conn, name)
+                figures[label] = {
+                    "seconds": seconds,
+                    "chunks_per_second": len(short) / seconds,
+                    "parked": state.failed,
+                }
+    figures["chunked_over_short_rows"] = (
+        figures["chunked"]["chunks_per_second"] / figures["short rows"]["chunks_per_second"]
+    )
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=120)
+    parser.add_argument("--docs", type=int)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--long", action="store_true")
+    parser.add_argument("--chunks", type=int, default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.long:
+        args.docs = args.docs or 30
+        figures = long_rows(args)
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            for key, value in figures.items():
+                print(f"{key}: {value}")
+        return 0
+    args.docs = args.docs or 120
 
     encoder = Encoder.load(MODEL, device="cpu")
     docs = documents(args.docs)

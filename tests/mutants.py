@@ -730,6 +730,27 @@ MUTATIONS = (
         "        CONTINUE;",
         ("tests/pgplugin/test_application_writes.py",),
     ),
+    Mutation(
+        "a long row's slices are thrown away between tasks",
+        "workers/pipeline.py",
+        "            progress.vectors[todo[n]] = vector\n",
+        "            pass\n",
+        ("tests/workers/test_chunked_pipeline.py",),
+    ),
+    Mutation(
+        "a long row that got a slice done is counted for a time limit",
+        "workers/pipeline.py",
+        "row_progress is not None and len(row_progress.vectors) > chunks_before",
+        "False",
+        ("tests/workers/test_chunked_pipeline.py",),
+    ),
+    Mutation(
+        "a long row holds its worker past the task's time",
+        "workers/pipeline.py",
+        "        if done and time.monotonic() >= deadline:",
+        "        if False:",
+        ("tests/workers/test_chunked_pipeline.py",),
+    ),
 )
 
 

@@ -20,6 +20,7 @@ import psycopg
 from rowembed.pgplugin.queue import Action, Claim, Outcome, Queue, QueuedRow
 from rowembed.pgplugin.vectorizers import Vectorizer
 
+from .progress import ChunkProgress, RowProgress, slices
 from .runtime import Chunked, ChunkPlan, Encoded, Tokenized
 from .runtime.isolate import DimensionMismatch, Isolated, encode_isolating
 from .runtime.stages import StageClock, timed
@@ -327,6 +328,71 @@ def _checked(encoder: TextEncoder, vectorizer: Vectorizer) -> TextEncoder:
     return encoder
 
 
+# The text a batch holds before this process has measured its rate (about
+# 10 s of bge-base on two CPU cores, a fraction of a second on a GPU); also the
+# slices of a long row when the caller gives no budget.
+UNMEASURED_CHARACTERS = 50_000
+
+
+def _slices_of(claimed: Claimed, max_characters: int | None) -> list[range] | None:
+    """A chunked row alone in its claim whose chunks exceed one batch's work:
+    its slices of chunks (None: embedded as a batch, as any other)."""
+    chunked = claimed.chunked
+    if chunked is None or len(claimed.to_embed) != 1 or claimed.errors:
+        return None
+    sizes = [end - start for start, end in chunked.spans[0]]
+    parts = slices(sizes, max_characters or UNMEASURED_CHARACTERS)
+    return parts if len(parts) > 1 else None
+
+
+def _progress_key(claimed: Claimed, vectorizer: Vectorizer, encoder: TextEncoder) -> Any:
+    (row,) = claimed.to_embed
+    plan = (vectorizer.chunk_tokens, vectorizer.chunk_overlap, vectorizer.max_chunks)
+    return (vectorizer.id, row.seq, row.text_hash, plan, encoder.name)
+
+
+def embed_in_slices(
+    claimed: Claimed,
+    parts: Sequence[range],
+    vectorizer: Vectorizer,
+    encoder: TextEncoder,
+    progress: RowProgress,
+    deadline: float,
+    abort_on: tuple[type[BaseException], ...] = (),
+    clock: StageClock | None = None,
+) -> Isolated | None:
+    """The embed stage of a long row alone in its claim, slice by slice, each
+    kept in `progress` once done (a slice done in an earlier task is not done
+    again). None: the deadline came first; the rest waits for a later task."""
+    assert claimed.chunked is not None
+    tokenized = claimed.chunked.tokenized
+    done = 0
+    for part in parts:
+        todo = [i for i in part if i not in progress.vectors]
+        if not todo:
+            continue
+        if done and time.monotonic() >= deadline:
+            return None
+        result = encode_isolating(
+            lambda inputs: _checked(encoder, vectorizer).encode_tokenized(
+                tokenized.subset(inputs), clock
+            ),
+            todo,
+            abort_on=abort_on,
+        )
+        if result.errors:  # the row fails: one chunk that fails fails it
+            errors = {todo[n]: error for n, error in result.errors.items()}
+            return Isolated(dict(progress.vectors), errors)
+        for n, vector in result.vectors.items():
+            progress.vectors[todo[n]] = vector
+        progress.tokens += result.tokens
+        progress.padded_tokens += result.padded_tokens
+        done += 1
+    return Isolated(
+        dict(progress.vectors), tokens=progress.tokens, padded_tokens=progress.padded_tokens
+    )
+
+
 TIMED_OUT = (
     "embedding this row alone met the worker's time limit: it takes longer than a task may"
     " run on this machine (raise ROWEMBED_TASK_SECONDS, or chunk the vectorizer)"
@@ -347,6 +413,7 @@ def drain(
     should_stop: Callable[[], bool] = lambda: False,
     abort_on: tuple[type[BaseException], ...] = (),
     clock: StageClock | None = None,
+    progress: ChunkProgress | None = None,
 ) -> tuple[BatchReport, bool]:
     """Run batches until the queue is empty, the time budget is spent or
     `should_stop()`. Returns the summed report and whether work may remain.
@@ -358,6 +425,12 @@ def drain(
     batch on `conn`. `should_stop` is asked after each model pass, once the next
     claim is complete (so it may use `reader`); stopping then gives that claim
     back at once, so the rows wait for nobody.
+
+    A chunked row with more chunks than a batch holds (`max_characters`) is
+    claimed alone and embedded in slices kept in `progress`: when the time
+    budget is spent between slices, or a time limit ends the task, it is given
+    back without an attempt counted, and a later drain of this process goes on
+    from where it stopped. Only an attempt that finished no slice counts.
     """
     queue = Queue(vectorizer)
     total = BatchReport()
@@ -397,14 +470,34 @@ def drain(
                 go_on = more and time.monotonic() < deadline
                 # A suspect (its worker died with it before) is embedded with no
                 # claim beside it: were it to kill this process again, no other
-                # row would be counted for it.
-                alone = batch.claim.suspect
+                # row would be counted for it. So is a long row in slices.
+                parts = _slices_of(batch, max_characters) if progress is not None else None
+                alone = batch.claim.suspect or parts is not None
                 if go_on and not alone:
                     upcoming = claiming.submit(claim_batch)
+                row_progress: RowProgress | None = None
+                chunks_before = 0
                 try:
-                    result = embed_batch(batch, vectorizer, encoder, abort_on, clock)
+                    if parts is None:
+                        result = embed_batch(batch, vectorizer, encoder, abort_on, clock)
+                    else:
+                        assert progress is not None
+                        key = _progress_key(batch, vectorizer, encoder)
+                        row_progress = progress.of(key)
+                        chunks_before = len(row_progress.vectors)
+                        result = embed_in_slices(
+                            batch, parts, vectorizer, encoder, row_progress, deadline,
+                            abort_on, clock,
+                        )  # fmt: skip
+                        if result is None:  # the rest in a later task; nothing counted
+                            more = True
+                            break
+                        progress.forget(key)
                 except abort_on:
-                    if len(batch.seqs) == 1:  # alone: the row is what outlasted the limit
+                    # Alone, the row is what outlasted the limit, unless a slice of it got done.
+                    if len(batch.seqs) == 1 and not (
+                        row_progress is not None and len(row_progress.vectors) > chunks_before
+                    ):
                         timed_out = batch
                     raise
                 if writes is not None:

@@ -15,6 +15,7 @@ from rowembed.pgplugin.queue import vectorizers_with_work
 from rowembed.settings import Settings
 
 from .celery_app import HINT_BACKGROUND, HINT_URGENT, waiting_messages
+from .pipeline import UNMEASURED_CHARACTERS
 from .queues import EMBED_QUEUE
 
 # Queue entries claimed per batch. The claim is the window sorted by length:
@@ -79,7 +80,7 @@ class ClaimSize:
         self.ceiling = ceiling
         self.target_seconds = target_seconds
         self.rows = ceiling
-        self.characters: int | None = None  # unknown until measured
+        self.characters = UNMEASURED_CHARACTERS  # until measured
 
     def observe(self, rows: int, seconds: float, characters: int = 0) -> None:
         """A drain claimed `rows` and embedded `characters` of text in `seconds`."""

@@ -16,6 +16,8 @@ import psycopg
 from rowembed.pgplugin import connect
 from rowembed.settings import Settings
 
+from .progress import ChunkProgress
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -34,6 +36,8 @@ class WorkerState:
         self._encoders: OrderedDict[str, LazyEncoder] = OrderedDict()
         self._rerankers: OrderedDict[str, Reranker] = OrderedDict()
         self._claim_size: ClaimSize | None = None
+        # Long rows' chunks embedded so far, kept between tasks (pipeline.drain).
+        self.progress = ChunkProgress()
         self._name: str | None = None
         # How its sessions show in pg_stat_activity: SQL callers waiting for a
         # query worker, and the metrics, tell the kinds apart by it.

@@ -55,6 +55,7 @@ def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
                     # Between batches: another table's live changes must not wait.
                     should_stop=lambda: policy.should_hand_back(app, reader, vectorizer_id),
                     abort_on=(SoftTimeLimitExceeded,),
+                    progress=state.progress,
                 )
             except SoftTimeLimitExceeded:
                 # A slow or busy machine: the claims were given back; smaller ones next.

@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 import psycopg
+import pytest
 from psycopg import sql
 
-from rowembed.pgplugin import create_vectorizer
+from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.vectorizers import Vectorizer
-from rowembed.workers.pipeline import embed_batch, store_batch, take_batch
-from rowembed.workers.runtime import Encoder
+from rowembed.workers.pipeline import TIMED_OUT, drain, embed_batch, store_batch, take_batch
+from rowembed.workers.progress import ChunkProgress, slices
+from rowembed.workers.runtime import ChunkPlan, Encoder
 
 from ..conftest import MODEL
 from .test_pipeline import CountingEncoder, queued, run
@@ -132,3 +134,79 @@ def test_an_unchanged_row_skips_the_model(conn: Conn, table: str, encoder: Encod
     counting = CountingEncoder(encoder)
     report = run(conn, v, counting)
     assert (report.unchanged, counting.texts) == (1, [])
+
+
+class TimeLimit(Exception):
+    """Stands in for Celery's SoftTimeLimitExceeded."""
+
+
+class LimitAfter(CountingEncoder):
+    """Meets the time limit at the model pass after `passes` passes."""
+
+    def __init__(self, encoder: Encoder, passes: int) -> None:
+        super().__init__(encoder)
+        self.passes = passes
+
+    def encode_tokenized(self, tokenized: Any, clock: Any = None) -> Any:
+        if self.passes == 0:
+            raise TimeLimit
+        self.passes -= 1
+        return super().encode_tokenized(tokenized, clock)
+
+
+def test_a_long_row_is_embedded_in_slices_that_a_time_limit_does_not_throw_away(
+    conn: Conn, database_url: str, table: str, encoder: Encoder
+) -> None:
+    """A row with more chunks than a batch holds goes in slices: a time limit
+    loses only the slice in flight and counts no attempt (a slice got done); a
+    spent time budget gives the row back between slices; the next drains go on
+    where it stopped, and what is stored is the row's every chunk, as a batch."""
+    v = setup(conn, table, {1: LONG}, chunk_overlap=0)
+    whole = encoder.chunk([LONG], ChunkPlan(64, 0, 100))
+    texts = whole.tokenized.texts
+    budget = sum(end - start for start, end in whole.spans[0][:3])  # about three chunks a slice
+    parts = slices([end - start for start, end in whole.spans[0]], budget)
+    assert len(parts) > 3
+    progress = ChunkProgress()
+    entry = sql.SQL("SELECT attempts, last_error, lease_until FROM {}").format(v.queue)
+    with connect(database_url) as reader:
+
+        def drain_once(model: Any, time_budget: float) -> tuple[Any, bool]:
+            return drain(conn, reader, v, model, limit=10, lease_seconds=300,
+                         time_budget=time_budget, max_characters=budget,
+                         abort_on=(TimeLimit,), progress=progress)  # fmt: skip
+
+        limited = LimitAfter(encoder, passes=2)
+        with pytest.raises(TimeLimit):
+            drain_once(limited, time_budget=60)
+        assert conn.execute(entry).fetchone() == (0, None, None)  # given back, uncounted
+        assert limited.texts == texts[: parts[1].stop]
+        spent = CountingEncoder(encoder)
+        report, more = drain_once(spent, time_budget=0)  # one slice, then given back
+        assert (report.written, more) == (0, True) and spent.texts == texts[
+            parts[2].start : parts[2].stop
+        ]
+        assert conn.execute(entry).fetchone() == (0, None, None)
+        rest = CountingEncoder(encoder)
+        report, more = drain_once(rest, time_budget=60)
+    assert (report.written, more) == (1, False) and rest.texts == texts[parts[3].start :]
+    stored = chunks(conn, v)[1]
+    assert [(c[1], c[2]) for c in stored] == whole.spans[0]
+    expected = encoder.encode(texts).vectors
+    assert np.abs(np.stack([c[3] for c in stored]) - expected).max() < 1e-5
+    assert queued(conn, v) == []
+
+
+def test_a_long_row_that_finishes_no_slice_within_the_limit_counts_an_attempt(
+    conn: Conn, database_url: str, table: str, encoder: Encoder
+) -> None:
+    v = setup(conn, table, {1: LONG}, chunk_overlap=0, max_attempts=1)
+    budget = 200
+    with connect(database_url) as reader, pytest.raises(TimeLimit):
+        drain(conn, reader, v, LimitAfter(encoder, passes=0), limit=10, lease_seconds=300,
+              time_budget=60, max_characters=budget, abort_on=(TimeLimit,),
+              progress=ChunkProgress())  # fmt: skip
+    row = conn.execute(
+        sql.SQL("SELECT attempts, last_error, failed_at IS NOT NULL FROM {}").format(v.queue)
+    ).fetchone()
+    assert row == (1, TIMED_OUT, True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from rowembed.workers.pipeline import UNMEASURED_CHARACTERS
 from rowembed.workers.policy import ClaimSize
+from rowembed.workers.progress import slices
 
 
 def test_claims_shrink_to_fit_the_time_a_batch_may_take_and_grow_back() -> None:
@@ -26,6 +28,13 @@ def test_a_timed_out_batch_claims_one_row_next_then_grows_back() -> None:
 
 def test_a_claims_text_fits_the_time_a_batch_may_take() -> None:
     size = ClaimSize(ceiling=512, target_seconds=20)
-    assert size.characters is None  # not measured yet: rows bound the claim
+    assert size.characters == UNMEASURED_CHARACTERS  # not measured yet: a cautious start
     size.observe(rows=0, seconds=10, characters=50_000)  # 5,000 characters a second
     assert size.characters == 100_000
+
+
+def test_a_long_rows_chunks_are_cut_into_slices_of_a_batchs_work() -> None:
+    assert slices([40, 40, 40, 40, 40], budget=100) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert slices([300, 10, 10], budget=100) == [range(0, 1), range(1, 3)]  # one at least
+    assert slices([10, 10], budget=100) == [range(0, 2)]
+    assert slices([], budget=100) == []
