@@ -38,6 +38,7 @@ from rowembed.pgplugin.status import status
 from rowembed.settings import Settings
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+AFTER_SECONDS = 30
 SEARCH = "SELECT (item).id FROM rowembed.search_text(NULL::bench_live, %s, 10)"
 FRESH = "SELECT EXISTS (SELECT FROM {} WHERE id = %s AND text_hash = rowembed._text_hash(%s))"
 
@@ -130,6 +131,12 @@ def main() -> int:
             (left,) = status(conn, backfill.name)
             figures["backlog_left_after"] = left.pending
             figures["seconds_measured"] = time.perf_counter() - started
+            figures["backfill_rows_per_s_while_probed"] = (args.rows - left.pending) / figures[
+                "seconds_measured"
+            ]
+            time.sleep(AFTER_SECONDS)  # the backfill alone, for comparison
+            (later,) = status(conn, backfill.name)
+            figures["backfill_rows_per_s_alone"] = (left.pending - later.pending) / AFTER_SECONDS
     figures["search_text"] = {
         "calls": len(queries),
         "failed": len(searched["failures"]),
@@ -155,6 +162,10 @@ def main() -> int:
     print(
         f"  backlog left after: {figures['backlog_left_after']} of {args.rows} rows"
         f" ({figures['seconds_measured']:.0f} s)"
+    )
+    print(
+        f"  backfill: {figures['backfill_rows_per_s_while_probed']:.0f} rows/s while probed,"
+        f" {figures['backfill_rows_per_s_alone']:.0f} rows/s alone after"
     )
     return 0
 

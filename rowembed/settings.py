@@ -31,6 +31,7 @@ class Settings:
     token_budget: int | None = None  # None: runtime.forward.default_token_budget
     lease_seconds: float | None = None  # None: the larger of 300 and twice the hard time limit
     task_seconds: float = 10.0
+    batch_seconds: float = 5.0  # the work a batch aims at (embedded in eighths: pipeline.drain)
     sweep_seconds: float = 5.0
     poll_seconds: float = 0.05  # the dispatcher's look at the change clock
     max_pending_hints: int = 8

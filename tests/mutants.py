@@ -731,6 +731,20 @@ MUTATIONS = (
         ("tests/pgplugin/test_application_writes.py",),
     ),
     Mutation(
+        "a batch is never stopped between its slices",
+        "workers/pipeline.py",
+        "        if n and stop is not None and stop():",
+        "        if False:",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
+        "a batch stopped between slices counts the rows it gave back",
+        "workers/pipeline.py",
+        "                    claiming.submit(queue.release, reader, release).result()",
+        "                    pass",
+        ("tests/workers/test_pipeline.py",),
+    ),
+    Mutation(
         "a long row's slices are thrown away between tasks",
         "workers/pipeline.py",
         "            progress.vectors[todo[n]] = vector\n",

@@ -195,15 +195,23 @@ def _texts(rows: Sequence[QueuedRow]) -> list[str]:
     return [r.text or "" for r in rows]  # rows to embed have text (QueuedRow.action)
 
 
+# A batch is embedded in this many slices of its inputs (of like lengths, so
+# each pads as little as the whole would) when it may stop between them.
+SLICES_PER_BATCH = 8
+
+
 def embed_batch(
     claimed: Claimed,
     vectorizer: Vectorizer,
     encoder: TextEncoder,
     abort_on: tuple[type[BaseException], ...] = (),
     clock: StageClock | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Isolated:
     """The embed stage: vectors for `claimed.to_embed`, failing inputs isolated
-    (`abort_on`: exceptions that end the stage instead, such as a time limit)."""
+    (`abort_on`: exceptions that end the stage instead, such as a time limit).
+    With `stop`, in slices, asking it between them: when it says so the inputs
+    not reached have neither a vector nor an error (`_unfinished` names their rows)."""
     if not claimed.to_embed:
         return Isolated()
     tokenized = claimed.tokenized
@@ -214,11 +222,43 @@ def embed_batch(
         return encode_isolating(
             lambda part: _checked(encoder, vectorizer).encode(part), texts, abort_on=abort_on
         )
-    return encode_isolating(
-        lambda part: _checked(encoder, vectorizer).encode_tokenized(tokenized.subset(part), clock),
-        range(len(tokenized.ids)),  # rows, or a chunked vectorizer's chunks
-        abort_on=abort_on,
-    )
+    parts = [list(range(len(tokenized.ids)))]
+    if stop is not None:
+        by_length = sorted(parts[0], key=lambda i: len(tokenized.ids[i]))
+        sizes = [len(tokenized.ids[i]) for i in by_length]
+        cut = slices(sizes, -(-sum(sizes) // SLICES_PER_BATCH))
+        parts = [[by_length[i] for i in part] for part in cut]
+    result = Isolated()
+    for n, inputs in enumerate(parts):
+        if n and stop is not None and stop():
+            break
+        done = encode_isolating(
+            lambda part: _checked(encoder, vectorizer).encode_tokenized(
+                tokenized.subset(part), clock
+            ),
+            inputs,  # rows, or a chunked vectorizer's chunks
+            abort_on=abort_on,
+        )
+        result.vectors.update({inputs[i]: v for i, v in done.vectors.items()})
+        result.errors.update({inputs[i]: e for i, e in done.errors.items()})
+        for counter in ("truncated", "tokens", "padded_tokens", "calls"):
+            setattr(result, counter, getattr(result, counter) + getattr(done, counter))
+    return result
+
+
+def _unfinished(claimed: Claimed, result: Isolated) -> list[int]:
+    """Indices into `to_embed` of rows an embed stage stopped short of: an input
+    of theirs has neither a vector nor an error."""
+    if not claimed.to_embed or (claimed.chunked is not None and not claimed.chunked.tokenized.ids):
+        return []
+    reached = result.vectors.keys() | result.errors.keys()
+    if claimed.chunked is None:
+        return [i for i in range(len(claimed.to_embed)) if i not in reached]
+    return [
+        i
+        for i, inputs in enumerate(claimed.chunked.inputs_of())
+        if i not in claimed.errors and not set(inputs) <= reached
+    ]
 
 
 def store_batch(
@@ -233,22 +273,23 @@ def store_batch(
     """The store stage: write the vectors, record failures, log the batch."""
     vectorizer = queue.vectorizer
     to_embed = claimed.to_embed
+    unfinished = set(_unfinished(claimed, result))  # given back already
     if claimed.chunked is None:
         written, errors = _row_outcomes(claimed, result)
         truncated = result.truncated
     else:
-        written, errors = _chunked_outcomes(claimed, claimed.chunked, result)
+        written, errors = _chunked_outcomes(claimed, claimed.chunked, result, unfinished)
         truncated = sum(claimed.chunked.cut)
     outcomes = claimed.outcomes + written
     report = BatchReport(
-        claimed=len(claimed.seqs),
+        claimed=len(claimed.seqs) - len(unfinished),
         unchanged=sum(o.action is Action.KEEP for o in claimed.outcomes),
         embedded=len(written),
         failed=len(errors),
         truncated=truncated,
         tokens=result.tokens,
         padded_tokens=result.padded_tokens,
-        characters=sum(len(r.text or "") for r in to_embed),
+        characters=sum(len(r.text or "") for i, r in enumerate(to_embed) if i not in unfinished),
     )
     if errors:
         queue.record_failures(conn, {to_embed[i].seq: error for i, error in errors.items()})
@@ -280,7 +321,7 @@ def _row_outcomes(claimed: Claimed, result: Isolated) -> tuple[list[Outcome], di
 
 
 def _chunked_outcomes(
-    claimed: Claimed, chunked: Chunked, result: Isolated
+    claimed: Claimed, chunked: Chunked, result: Isolated, unfinished: set[int]
 ) -> tuple[list[Outcome], dict[int, str]]:
     """A row is written with all its chunks or not at all: one chunk that fails
     fails the row."""
@@ -288,7 +329,7 @@ def _chunked_outcomes(
     outcomes: list[Outcome] = []
     errors = dict(claimed.errors)
     for i, inputs in enumerate(chunked.inputs_of()):
-        if i in errors:
+        if i in errors or i in unfinished:
             continue
         failed = next((result.errors[n] for n in inputs if n in result.errors), None)
         if failed is not None:
@@ -360,10 +401,12 @@ def embed_in_slices(
     deadline: float,
     abort_on: tuple[type[BaseException], ...] = (),
     clock: StageClock | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Isolated | None:
     """The embed stage of a long row alone in its claim, slice by slice, each
     kept in `progress` once done (a slice done in an earlier task is not done
-    again). None: the deadline came first; the rest waits for a later task."""
+    again). None: the deadline or `stop()` came first; the rest waits for a
+    later task."""
     assert claimed.chunked is not None
     tokenized = claimed.chunked.tokenized
     done = 0
@@ -372,6 +415,8 @@ def embed_in_slices(
         if not todo:
             continue
         if done and time.monotonic() >= deadline:
+            return None
+        if done and stop():
             return None
         result = encode_isolating(
             lambda inputs: _checked(encoder, vectorizer).encode_tokenized(
@@ -422,13 +467,16 @@ def drain(
 
     Three stages overlap: a thread claims, reads and tokenizes the next batch on
     `reader` while the model runs this one, and another writes the previous
-    batch on `conn`. `should_stop` is asked after each model pass, once the next
-    claim is complete (so it may use `reader`); stopping then gives that claim
-    back at once, so the rows wait for nobody.
+    batch on `conn`. `should_stop` is asked between the slices of each batch
+    (SLICES_PER_BATCH, inputs of like lengths) and after each batch, on the
+    claiming thread once its claim is complete (so it may use `reader`):
+    stopping mid-batch writes the rows done and gives the rest back at once, as
+    it does the next claim, so another table's live change waits for a slice,
+    not a batch, and the rows wait for nobody.
 
     A chunked row with more chunks than a batch holds (`max_characters`) is
-    claimed alone and embedded in slices kept in `progress`: when the time
-    budget is spent between slices, or a time limit ends the task, it is given
+    embedded in slices kept in `progress`: when the time budget is spent or
+    `should_stop()` between slices, or a time limit ends the task, it is given
     back without an attempt counted, and a later drain of this process goes on
     from where it stopped. Only an attempt that finished no slice counts.
     """
@@ -458,6 +506,11 @@ def drain(
         ThreadPoolExecutor(1, "rowembed-claim") as claiming,
         ThreadPoolExecutor(1, "rowembed-write") as writing,
     ):
+
+        def stop_between() -> bool:
+            # On the claiming thread, after any claim in flight: `reader` is its.
+            return claiming.submit(should_stop).result()
+
         # What this session holds and has not written: given back if we stop or fail.
         batch: Claimed | None = None  # claimed, not yet handed to the writer
         upcoming: Future[Claimed] | None = None
@@ -470,16 +523,18 @@ def drain(
                 go_on = more and time.monotonic() < deadline
                 # A suspect (its worker died with it before) is embedded with no
                 # claim beside it: were it to kill this process again, no other
-                # row would be counted for it. So is a long row in slices.
+                # row would be counted for it.
                 parts = _slices_of(batch, max_characters) if progress is not None else None
-                alone = batch.claim.suspect or parts is not None
+                alone = batch.claim.suspect
                 if go_on and not alone:
                     upcoming = claiming.submit(claim_batch)
                 row_progress: RowProgress | None = None
                 chunks_before = 0
                 try:
                     if parts is None:
-                        result = embed_batch(batch, vectorizer, encoder, abort_on, clock)
+                        result = embed_batch(
+                            batch, vectorizer, encoder, abort_on, clock, stop=stop_between
+                        )
                     else:
                         assert progress is not None
                         key = _progress_key(batch, vectorizer, encoder)
@@ -487,7 +542,7 @@ def drain(
                         chunks_before = len(row_progress.vectors)
                         result = embed_in_slices(
                             batch, parts, vectorizer, encoder, row_progress, deadline,
-                            abort_on, clock,
+                            abort_on, clock, stop_between,
                         )  # fmt: skip
                         if result is None:  # the rest in a later task; nothing counted
                             more = True
@@ -500,6 +555,11 @@ def drain(
                     ):
                         timed_out = batch
                     raise
+                # Stopped between slices: the rows done are written, the rest given back.
+                unfinished = [batch.to_embed[i].seq for i in _unfinished(batch, result)]
+                if unfinished:
+                    release = Claim(unfinished, batch.claim.token)
+                    claiming.submit(queue.release, reader, release).result()
                 if writes is not None:
                     total.add(writes[0].result())
                     written.append(writes[1].claim)
@@ -510,6 +570,9 @@ def drain(
                     batch,
                 )
                 batch = None
+                if unfinished:
+                    more = True
+                    break
                 if upcoming is None and go_on and alone:
                     upcoming = claiming.submit(claim_batch)
                 if upcoming is None:

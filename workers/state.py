@@ -77,12 +77,12 @@ class WorkerState:
                 log.info("model %s loaded", name)
 
     def claim_size(self) -> ClaimSize:
-        """Adapts to this process's measured rate; a batch aims at a third of the
-        soft time limit (twice ROWEMBED_TASK_SECONDS)."""
+        """Adapts to this process's measured rate; a batch aims at
+        ROWEMBED_BATCH_SECONDS of work."""
         if self._claim_size is None:
             from .policy import ClaimSize, claim_rows
 
-            self._claim_size = ClaimSize(claim_rows(self.settings), 2 * self.settings.task_seconds)
+            self._claim_size = ClaimSize(claim_rows(self.settings), self.settings.batch_seconds)
         return self._claim_size
 
     @contextmanager

@@ -292,17 +292,51 @@ def test_drain_gives_claims_back_when_it_stops_or_fails(
             conn, reader, v, encoder, limit=10, lease_seconds=300, time_budget=60,
             should_stop=lambda: True,
         )  # fmt: skip
-        # The first batch is written; the one claimed meanwhile is given back untouched.
-        assert (report.written, more) == (10, True)
-        assert len(queued(conn, v)) == 20 and conn.execute(held).fetchone() == (0,)
+        # The first batch's first slice is written; the rest of it, and the batch
+        # claimed meanwhile, are given back untouched.
+        assert 0 < report.written < 10 and more
+        left = 30 - report.written
+        assert len(queued(conn, v)) == left and conn.execute(held).fetchone() == (0,)
 
         with pytest.raises(RuntimeError, match="broker went away"):
             drain(conn, reader, v, encoder, limit=10, lease_seconds=300, time_budget=60,
                   should_stop=fail)  # fmt: skip
-        assert len(queued(conn, v)) == 10 and conn.execute(held).fetchone() == (0,)
+        assert len(queued(conn, v)) == left and conn.execute(held).fetchone() == (0,)
 
         report, more = drain(conn, reader, v, encoder, limit=10, lease_seconds=300, time_budget=60)
-    assert (report.written, more) == (10, False) and queued(conn, v) == []
+    assert (report.written, more) == (left, False) and queued(conn, v) == []
+
+
+def test_a_drain_stops_between_the_slices_of_a_batch_and_keeps_what_is_done(
+    conn: Conn, database_url: str, table: str, encoder: Encoder
+) -> None:
+    """Another table's live change waits for a slice, not a batch: asked
+    between slices, stopping writes the rows embedded so far (each embedded
+    once) and gives the others back at once, with no attempt counted."""
+    texts = {i: f"row {i} " + "word " * (i % 7) for i in range(1, 41)}
+    v = setup(conn, table, texts)
+    asked: list[int] = []
+
+    def third_time() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    counting = CountingEncoder(encoder)
+    untouched = sql.SQL("SELECT count(*) FROM {} WHERE claimed_by IS NULL AND attempts = 0").format(
+        v.queue
+    )
+    with connect(database_url) as reader:
+        report, more = drain(conn, reader, v, counting, limit=40, lease_seconds=300,
+                             time_budget=60, should_stop=third_time)  # fmt: skip
+        assert len(asked) == 3 and more
+        assert 0 < report.written < 40 and report.claimed == report.written
+        assert report.written == len(counting.texts)  # two slices of eight
+        assert conn.execute(untouched).fetchone() == (40 - report.written,)
+        rest, more = drain(conn, reader, v, counting, limit=40, lease_seconds=300,
+                           time_budget=60)  # fmt: skip
+    assert (report.written + rest.written, more) == (40, False)
+    assert sorted(counting.texts) == sorted(texts.values())  # none embedded twice
+    assert queued(conn, v) == []
 
 
 def test_the_passage_instruction_is_part_of_the_embedded_text(
