@@ -47,7 +47,7 @@ class Settings:
     def from_env(cls) -> Settings:
         values: dict[str, object] = {
             "database_url": _env("ROWEMBED_DATABASE_URL", "DATABASE_URL"),
-            "redis_url": _env("ROWEMBED_REDIS_URL", "REDIS_URL"),
+            "redis_url": _env("ROWEMBED_BROKER_URL", "ROWEMBED_REDIS_URL", "REDIS_URL"),
         }
         for f in fields(cls):
             if f.name in values:
@@ -105,13 +105,22 @@ class Settings:
 
     def require_redis(self) -> str:
         if not self.redis_url:
-            raise SettingsError("no broker: set ROWEMBED_REDIS_URL (or REDIS_URL, or --redis-url)")
-        _check_scheme("ROWEMBED_REDIS_URL", self.redis_url, REDIS_SCHEMES)
+            raise SettingsError(
+                "no broker: set ROWEMBED_REDIS_URL (or ROWEMBED_BROKER_URL, REDIS_URL,"
+                " or --redis-url)"
+            )
+        _check_scheme("ROWEMBED_REDIS_URL", self.redis_url, REDIS_SCHEMES + AMQP_SCHEMES)
         return self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """RabbitMQ (or another AMQP broker) rather than Redis."""
+        return (self.redis_url or "").partition("://")[0] in AMQP_SCHEMES
 
 
 DATABASE_SCHEMES = ("postgresql", "postgres")
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 
 def _check_scheme(name: str, url: str, schemes: tuple[str, ...]) -> None:

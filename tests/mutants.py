@@ -731,6 +731,20 @@ MUTATIONS = (
         ("tests/pgplugin/test_application_writes.py",),
     ),
     Mutation(
+        "RabbitMQ queues without priorities",
+        "workers/celery_app.py",
+        'queue_arguments={"x-max-priority": max(HINT_PRIORITIES["amqp"])})',
+        "queue_arguments={})",
+        ("tests/workers/test_brokers.py",),
+    ),
+    Mutation(
+        "RabbitMQ with the broker as result backend",
+        "workers/celery_app.py",
+        'backend="rpc://" if settings.broker_is_amqp else settings.redis_url,',
+        "backend=settings.redis_url,",
+        ("tests/workers/test_brokers.py",),
+    ),
+    Mutation(
         "a batch is never stopped between its slices",
         "workers/pipeline.py",
         "        if n and stop is not None and stop():",

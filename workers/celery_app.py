@@ -6,15 +6,16 @@ module builds the app from the environment: `import rowembed` does not."""
 from __future__ import annotations
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from rowembed.settings import Settings
 
 from .queues import EMBED_QUEUE, QUERY_QUEUE, RERANK_QUEUE
 
-# Message priorities of embed hints (Redis serves lower numbers first); which
-# hint gets which is the policy's (policy.hint_priority).
-HINT_URGENT = 0
-HINT_BACKGROUND = 9
+# Message priorities of embed hints, (urgent, background): Redis serves lower
+# numbers first, RabbitMQ higher ones (from queues declared with
+# x-max-priority). Which hint gets which is the policy's (policy.hint_priority).
+HINT_PRIORITIES = {"redis": (0, 9), "amqp": (9, 0)}
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -22,10 +23,17 @@ def make_app(settings: Settings | None = None) -> Celery:
     app = Celery(
         "rowembed",
         broker=settings.redis_url,
-        # Only the interactive tasks return results, briefly.
-        backend=settings.redis_url,
+        # Only the interactive tasks return results, briefly: in Redis, or on
+        # RabbitMQ as replies to the caller (rpc://).
+        backend="rpc://" if settings.broker_is_amqp else settings.redis_url,
         include=["rowembed.workers.tasks"],
     )
+    if settings.broker_is_amqp:
+        app.conf.task_queues = [
+            Queue(name, Exchange(name, "direct"), routing_key=name,
+                  queue_arguments={"x-max-priority": max(HINT_PRIORITIES["amqp"])})
+            for name in (EMBED_QUEUE, QUERY_QUEUE, RERANK_QUEUE)
+        ]  # fmt: skip
     app.conf.update(
         task_default_queue=EMBED_QUEUE,
         task_routes={
@@ -47,7 +55,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_time_limit=settings.hard_time_limit,
         broker_transport_options={
             "visibility_timeout": 3600,
-            "priority_steps": [HINT_URGENT, HINT_BACKGROUND],
+            "priority_steps": sorted(HINT_PRIORITIES["redis"]),
         },
         # On SIGTERM, finish the running batch (a few seconds) before exiting.
         worker_soft_shutdown_timeout=max(10.0, settings.task_seconds * 2),
@@ -63,6 +71,12 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+def hint_priorities(app: Celery) -> tuple[int, int]:
+    """(urgent, background) message priorities on `app`'s broker."""
+    amqp = Settings(redis_url=app.conf.broker_url).broker_is_amqp
+    return HINT_PRIORITIES["amqp" if amqp else "redis"]
 
 
 def waiting_messages(app: Celery, queue: str) -> int:

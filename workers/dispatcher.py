@@ -241,7 +241,7 @@ class CeleryHints:
                     "rowembed.embed",
                     args=[vectorizer_id],
                     queue=self.queue,
-                    priority=policy.hint_priority(urgent),
+                    priority=policy.hint_priority(self.app, urgent),
                     ignore_result=True,  # nobody waits for it (nor for the result backend)
                 )
 

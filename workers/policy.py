@@ -14,7 +14,7 @@ import psycopg
 from rowembed.pgplugin.queue import vectorizers_with_work
 from rowembed.settings import Settings
 
-from .celery_app import HINT_BACKGROUND, HINT_URGENT, waiting_messages
+from .celery_app import hint_priorities, waiting_messages
 from .pipeline import UNMEASURED_CHARACTERS
 from .queues import EMBED_QUEUE
 
@@ -37,9 +37,10 @@ def claim_rows(settings: Settings) -> int:
     return DEFAULT_CLAIM_ROWS[pick_device(settings.device).type]
 
 
-def hint_priority(urgent: bool) -> int:
+def hint_priority(app: Any, urgent: bool) -> int:
     """Hints of live changes overtake backfill hints waiting in the broker."""
-    return HINT_URGENT if urgent else HINT_BACKGROUND
+    urgent_priority, background_priority = hint_priorities(app)
+    return urgent_priority if urgent else background_priority
 
 
 def may_send_hint(app: Any, queue: str, max_pending: int, urgent: bool) -> bool:

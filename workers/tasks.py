@@ -65,7 +65,7 @@ def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
                     vectorizer.name,
                     claim_size.rows,
                 )
-                self.apply_async((vectorizer_id,), priority=policy.hint_priority(False))
+                self.apply_async((vectorizer_id,), priority=policy.hint_priority(app, False))
                 return {}
             elapsed = time.monotonic() - started
             if report.claimed >= limit:  # a measure of throughput, not of one row's latency
@@ -80,7 +80,7 @@ def embed_task(self: Any, vectorizer_id: int) -> dict[str, Any]:
         log.warning("database unavailable (%s); retrying in %ss", _first_line(exc), delay)
         raise self.retry(countdown=delay) from exc
     if more:
-        self.apply_async((vectorizer_id,), priority=policy.hint_priority(urgent))
+        self.apply_async((vectorizer_id,), priority=policy.hint_priority(app, urgent))
     if report.claimed:
         log.info("vectorizer %s: %s", vectorizer.name, report)
     return asdict(report)
