@@ -40,9 +40,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_sessions(url: str, who: str) -> None:
+    """A worker or dispatcher behind a transaction pooler stops at start, saying why."""
+    from rowembed.pgplugin.sessions import SharedSessions, require_own_sessions
+
+    try:
+        require_own_sessions(url, who)
+    except SharedSessions as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    settings.require_database()
+    _own_sessions(settings.require_database(), "worker")
     settings.require_redis()
     from rowembed.workers.celery_app import app
     from rowembed.workers.queues import QUEUES
@@ -112,6 +122,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
     from rowembed.workers.queues import EMBED_QUEUE
 
     redis_url = settings.require_redis()
+    _own_sessions(settings.require_database(), "dispatcher")
     hints = CeleryHints(
         app, EMBED_QUEUE, settings.max_pending_hints, broker=broker_location(redis_url)
     )

@@ -731,6 +731,13 @@ MUTATIONS = (
         ("tests/pgplugin/test_application_writes.py",),
     ),
     Mutation(
+        "a worker starts behind a transaction pooler",
+        "pgplugin/sessions.py",
+        "    if first_pid == second_pid:",
+        "    if False:",
+        ("tests/pgplugin/test_poolers.py",),
+    ),
+    Mutation(
         "RabbitMQ queues without priorities",
         "workers/celery_app.py",
         'queue_arguments={"x-max-priority": max(HINT_PRIORITIES["amqp"])})',
