@@ -52,8 +52,9 @@ def _own_sessions(url: str, who: str) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    _own_sessions(settings.require_database(), "worker")
+    database_url = settings.require_database()
     settings.require_redis()
+    _own_sessions(database_url, "worker")
     from rowembed.workers.celery_app import app
     from rowembed.workers.queues import QUEUES
 
