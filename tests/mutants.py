@@ -731,6 +731,27 @@ MUTATIONS = (
         ("tests/pgplugin/test_application_writes.py",),
     ),
     Mutation(
+        "the query cache does not replicate",
+        "migrations/0011_standby_searches.sql",
+        "ALTER TABLE rowembed.query_cache SET LOGGED;\n",
+        "\n",
+        ("tests/pgplugin/test_standby.py",),
+    ),
+    Mutation(
+        "a standby asks its own workers",
+        "pgplugin/sql/095-query-embeddings.sql",
+        "    SELECT CASE WHEN pg_is_in_recovery() THEN\n",
+        "    SELECT CASE WHEN false THEN\n",
+        ("tests/pgplugin/test_standby.py",),
+    ),
+    Mutation(
+        "status on a standby sees no claim in flight",
+        "pgplugin/sql/080-status.sql",
+        "    held text := CASE WHEN pg_is_in_recovery()",
+        "    held text := CASE WHEN false",
+        ("tests/pgplugin/test_standby.py",),
+    ),
+    Mutation(
         "a worker starts behind a transaction pooler",
         "pgplugin/sessions.py",
         "    if first_pid == second_pid:",

@@ -4,6 +4,8 @@
 -- rows, the planner's estimate (an exact count would read the whole table).
 -- in_flight: claimed by a live worker; queued: the rest, entries backing off
 -- included, and the changes logged and not folded yet (a key logged twice counts twice).
+-- On a hot standby, which sees none of the primary's workers, in_flight counts
+-- claims whose lease holds (a dead worker's too, until its lease ends).
 -- problem: why the vectorizer cannot work (rowembed._problem()), counts NULL when
 -- they cannot be read. chunks: a chunked vectorizer's destination rows (embedded
 -- counts source rows). rebuild: a model change in progress (alter_vectorizer).
@@ -17,6 +19,9 @@ LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS $body$
 DECLARE
     v rowembed.vectorizer;
     live int[] := ARRAY(SELECT rowembed.live_workers());
+    held text := CASE WHEN pg_is_in_recovery()
+                      THEN 'coalesce(lease_until >= now() AND claimed_by IS NOT NULL, false)'
+                      ELSE rowembed._held_sql() END;
 BEGIN
     FOR v IN SELECT * FROM rowembed._visible_vectorizers() LOOP
         name := v.name;
@@ -40,7 +45,7 @@ BEGIN
                 '       count(*) FILTER (WHERE failed_at IS NULL AND held),'
                 '       count(*) FILTER (WHERE failed_at IS NOT NULL)'
                 '  FROM (SELECT failed_at, %s AS held FROM %s) AS q',
-                rowembed._held_sql(), rowembed._qualified(v.queue_table))
+                held, rowembed._qualified(v.queue_table))
                 INTO STRICT queued, in_flight, failed USING live;
             queued := queued + rowembed._logged_changes(v.queue_table);
             embedded := rowembed._row_estimate(v.destination, 1000001);

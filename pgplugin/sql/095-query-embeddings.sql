@@ -59,11 +59,14 @@ $loopback$;
 -- The loopback session's connection string: rowembed.query_connection's, else
 -- this server's first socket directory (or localhost), port and database, as
 -- rowembed_loopback (or, where it does not exist, the current role: the owner,
--- in the SECURITY DEFINER functions below).
+-- in the SECURITY DEFINER functions below). On a hot standby, the connection
+-- to the primary that set_query_connection(..., standby => true) set, or NULL.
 CREATE OR REPLACE FUNCTION rowembed._loopback_conninfo() RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(
-        (SELECT c.conninfo FROM rowembed.query_connection AS c),
+    SELECT CASE WHEN pg_is_in_recovery() THEN
+        (SELECT c.conninfo FROM rowembed.query_connection AS c WHERE c.on_standby)
+    ELSE coalesce(
+        (SELECT c.conninfo FROM rowembed.query_connection AS c WHERE NOT c.on_standby),
         format('host=%s port=%s dbname=%s user=%s application_name=rowembed-query',
             rowembed._conninfo_value(coalesce(nullif(btrim(split_part(
                 current_setting('unix_socket_directories'), ',', 1)), ''), 'localhost')),
@@ -71,24 +74,31 @@ LANGUAGE sql STABLE AS $$
             rowembed._conninfo_value(current_database()),
             rowembed._conninfo_value(coalesce(
                 (SELECT r.rolname FROM pg_roles AS r WHERE r.rolname = 'rowembed_loopback'),
-                current_user))))
+                current_user)))) END
 $$;
 
 -- Sets (or, with NULL, clears) the loopback session's connection string, where
 -- the default does not authenticate, e.g. 'host=/var/run/postgresql dbname=app
 -- user=rowembed_loopback password=...' (after ALTER ROLE rowembed_loopback
--- PASSWORD ...). Only the owner of rowembed's tables can; no other role can read it.
-CREATE OR REPLACE FUNCTION rowembed.set_query_connection(conninfo text) RETURNS void
+-- PASSWORD ...); with `standby`, the connection hot standbys use to reach the
+-- primary ('host=primary.internal dbname=app user=rowembed_loopback ...'): set
+-- on the primary, it replicates to them. Only the owner of rowembed's tables
+-- can; no other role can read it.
+CREATE OR REPLACE FUNCTION rowembed.set_query_connection(
+    conninfo text, standby boolean DEFAULT false) RETURNS void
 LANGUAGE sql AS $$
-    DELETE FROM rowembed.query_connection;
-    INSERT INTO rowembed.query_connection (conninfo)
-    SELECT set_query_connection.conninfo WHERE set_query_connection.conninfo IS NOT NULL;
+    DELETE FROM rowembed.query_connection AS c WHERE c.on_standby = set_query_connection.standby;
+    INSERT INTO rowembed.query_connection (conninfo, on_standby)
+    SELECT set_query_connection.conninfo, set_query_connection.standby
+     WHERE set_query_connection.conninfo IS NOT NULL;
 $$;
 
 -- Asks the workers through a loopback session of its own: runs `request` there
 -- (an INSERT and a NOTIFY, committed at once), then `poll` (one row: the answer
 -- as text, or an error) until either is not NULL or `wait` seconds pass; then
--- `withdraw`, and an error naming `queue`. Closes the session before it returns,
+-- `withdraw`, and an error naming `queue`. On a hot standby the session is to
+-- the primary: the answer comes from there, with no wait for replay (polled
+-- once before the request: the primary may have it cached already). Closes the session before it returns,
 -- whatever happens: called by the SECURITY DEFINER functions below, it runs as
 -- their owner, and a session left open would outlive them in the caller's
 -- backend. Returns ARRAY[answer, error].
@@ -99,6 +109,9 @@ LANGUAGE plpgsql AS $body$
 DECLARE
     dblink name := rowembed._dblink_schema();
     link text := format('rowembed_ask_%s_%s', pg_backend_pid(), floor(random() * 1e9));
+    standby boolean := pg_is_in_recovery();
+    conninfo text := rowembed._loopback_conninfo();
+    why text;
     deadline timestamptz;
     pause float8 := 0.001;
     answer text;
@@ -111,10 +124,15 @@ BEGIN
     IF wait IS NULL OR NOT wait > 0 THEN
         RAISE EXCEPTION 'rowembed: timeout_seconds must be positive, not %', wait;
     END IF;
+    IF conninfo IS NULL THEN  -- a standby, with no connection to its primary
+        RAISE EXCEPTION 'rowembed: this server is a hot standby: a search by text asks the'
+                        ' primary''s workers, and no connection to the primary is set'
+            USING HINT = 'On the primary: SELECT rowembed.set_query_connection(''host=<primary>'
+                         ' dbname=... user=rowembed_loopback password=...'', standby => true).';
+    END IF;
     deadline := clock_timestamp() + make_interval(secs => wait);
     BEGIN
-        EXECUTE format('SELECT %I.dblink_connect(%L, %L)', dblink, link,
-                       rowembed._loopback_conninfo());
+        EXECUTE format('SELECT %I.dblink_connect(%L, %L)', dblink, link, conninfo);
     EXCEPTION WHEN sqlclient_unable_to_establish_sqlconnection THEN
         RAISE EXCEPTION 'rowembed: the loopback session to ask the workers could not connect: %',
             SQLERRM
@@ -123,16 +141,31 @@ BEGIN
                          ' SELECT rowembed.set_query_connection(''host=... user=... password=...'').';
     END;
     BEGIN
-        EXECUTE format('SELECT %I.dblink_exec(%L, %L)', dblink, link, request);
+        IF standby THEN
+            EXECUTE format('SELECT * FROM %I.dblink(%L, %L) AS t(answer text, error text)',
+                           dblink, link, poll)
+                INTO answer, failed;
+        END IF;
+        IF answer IS NULL AND failed IS NULL THEN
+            EXECUTE format('SELECT %I.dblink_exec(%L, %L)', dblink, link, request);
+        END IF;
         LOOP
+            EXIT WHEN answer IS NOT NULL OR failed IS NOT NULL;
             EXECUTE format('SELECT * FROM %I.dblink(%L, %L) AS t(answer text, error text)',
                            dblink, link, poll)
                 INTO answer, failed;
             EXIT WHEN answer IS NOT NULL OR failed IS NOT NULL;
             IF clock_timestamp() >= deadline THEN
                 EXECUTE format('SELECT %I.dblink_exec(%L, %L)', dblink, link, withdraw);
+                IF standby THEN  -- the requests and the workers are the primary's
+                    EXECUTE format('SELECT * FROM %I.dblink(%L, %L) AS t(why text)', dblink, link,
+                                   format('SELECT rowembed._why_unanswered(%L)', queue))
+                        INTO why;
+                ELSE
+                    why := rowembed._why_unanswered(queue);
+                END IF;
                 RAISE EXCEPTION 'rowembed: no worker answered on the % queue (rowembed.%) within % s: %',
-                    queue, queue, wait, rowembed._why_unanswered(queue);
+                    queue, queue, wait, why;
             END IF;
             PERFORM pg_sleep(pause);
             pause := least(pause * 2, 0.02);

@@ -127,6 +127,19 @@ class EmbeddedPostgres:
         )
         return self
 
+    def standby(self) -> EmbeddedPostgres:
+        """A hot standby of this server, started: a base backup streaming from it
+        (pg_basebackup -R), listening on a socket in a directory of its own."""
+        replica = EmbeddedPostgres(durable=self.durable)
+        replica.base_dir.chmod(0o755)
+        if replica._user:
+            os.chown(replica.base_dir, replica._user.pw_uid, replica._user.pw_gid)
+        replica._run(
+            "pg_basebackup", "-D", str(replica.data_dir), "-R", "-X", "stream",
+            "-c", "fast", "-h", str(self.base_dir), "-U", "postgres",
+        )  # fmt: skip
+        return replica.start()
+
     def binary(self, name: str) -> Path:
         """A program shipped beside the server (pgbench, psql, ...)."""
         return self.bin_dir / name
