@@ -404,3 +404,45 @@ def test_several_workers_share_one_queue_without_duplicated_work(
         assert sum(n for _, n in per_worker) == 400  # each row embedded once, by one worker
         assert len(per_worker) >= 2  # and the work was shared
         assert_current(conn, v, encoder)
+
+
+def test_two_workers_and_two_dispatchers_one_of_each_killed_mid_backfill(
+    stack: Stack, encoder: Encoder
+) -> None:
+    """Scale out: two `rowembed worker`s, each with its dispatcher, on one
+    database; one machine's worth (worker, dispatcher, query worker) is killed
+    while the backfill is still queueing and embedding. Nothing is lost: the other
+    dispatcher goes on queueing, the other worker takes the dead one's claims;
+    rows are embedded again only if the dead one held them (at least once, never
+    more); and the survivors keep live changes current."""
+    rows = 11_500  # past the 10,000 that create_vectorizer queues itself
+    env = {"ROWEMBED_BATCH_ROWS": "256", "ROWEMBED_BACKFILL_CHUNK": "500"}
+    with connect(stack.pg.url) as conn:
+        docs_table(conn, rows, words=4)
+        doomed = stack.worker("a", env=env)
+        stack.worker("b", env=env)
+        v = create_vectorizer(conn, "docs", ["body"], model=MODEL)
+        scanned = "SELECT scanned FROM rowembed.backfill WHERE vectorizer_id = %s"
+        wait_until(
+            lambda: (
+                embedded_count(conn, v) > 0 and conn.execute(scanned, [v.id]).fetchone()[0] < rows
+            ),  # type: ignore[index]
+            timeout=120,
+        )
+        (in_flight,) = conn.execute(
+            "SELECT in_flight FROM rowembed.status() WHERE id = %s", [v.id]
+        ).fetchone()  # type: ignore[misc]
+        doomed.kill()
+        wait_until(lambda: drained(conn, v) and embedded_count(conn, v) == rows, timeout=600)
+        assert conn.execute(
+            "SELECT state, scanned FROM rowembed.backfill WHERE vectorizer_id = %s", [v.id]
+        ).fetchone() == ("done", rows)
+        (done,) = conn.execute(
+            "SELECT sum(embedded) FROM rowembed.batch_stats WHERE vectorizer_id = %s", [v.id]
+        ).fetchone()  # type: ignore[misc]
+        assert rows <= done <= rows + in_flight  # only the dead one's claims twice
+        conn.execute("UPDATE docs SET body = body || ' changed' WHERE id % 100 = 0")
+        conn.execute("DELETE FROM docs WHERE id % 500 = 1")
+        wait_until(lambda: drained(conn, v), timeout=120)
+        wait_until(lambda: embedded_count(conn, v) == rows - rows // 500, timeout=60)
+        assert_current(conn, v, encoder)
