@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # The soak tests (several workers, restarts, long random histories) run apart:
-# `make test` stays within minutes; CI runs both.
+# `make test` takes about five minutes on two cores; CI runs both.
 test: lint
 	$(BIN)/pytest -m "not soak"
 

@@ -149,6 +149,8 @@ def search(
             conn, vectorizer, text, k=k, min_similarity=min_similarity, filter=filter,
             rerank=rerank, candidates=candidates, timeout=timeout,
         )  # fmt: skip
+    if not text.strip():  # as rowembed.search_text() refuses it
+        raise ValueError("rowembed: the query text is empty")
     query = models.encode_query(vectorizer.model, vectorizer.query_instruction + text)
     hits = search_vector(
         conn,

@@ -173,6 +173,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SettingsError(
             "--rerank-model needs --local: the workers rerank with the vectorizer's rerank_model"
         )
+    if not args.text.strip():
+        raise SettingsError("the query text is empty: give the text to search for")
     models = _models(args, settings) if local else None
     with connect(settings.require_database()) as conn:
         vectorizer = get_vectorizer(conn, args.name)
@@ -348,10 +350,11 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from rowembed.pgplugin import connect
+    from rowembed.pgplugin import connect, get_vectorizer
     from rowembed.pgplugin.queue import retry_failed
 
     with connect(_settings(args).require_database()) as conn:
+        get_vectorizer(conn, args.name)  # a missing one is worded as for every command
         count = retry_failed(conn, args.name)
     print(f"{count} failed rows queued again")
     return 0

@@ -58,6 +58,10 @@ def configure_logging(level: str, log_format: str) -> None:
         logging.captureWarnings(True)
     else:
         logging.basicConfig(level=level.upper(), format=TEXT_FORMAT)
+    if logging.getLevelName(level.upper()) != logging.DEBUG:
+        # Celery's "Task ... succeeded in 0.01s: 0", several a second from the
+        # query tasks; the embed task logs its own report, failures stay ERROR.
+        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 
 def libraries_log_through_logging() -> None:

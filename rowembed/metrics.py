@@ -121,7 +121,8 @@ class _Families:
         )
         self.worker_age = GaugeMetricFamily(
             "rowembed_worker_last_batch_age_seconds",
-            "Seconds since the worker (host:pid) last wrote a batch (workers of the last day)",
+            "Seconds since the worker (host:pid/device) last wrote a batch (workers of the last"
+            " day)",
             labels=["worker"],
         )
         self.changes = CounterMetricFamily(

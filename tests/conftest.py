@@ -9,9 +9,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # weights come from site-packages, never the
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import itertools
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +27,21 @@ from rowembed.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from rowembed.pgplugin import connect, migrate
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A temporary directory of this session's own, removed at its end: pytest's
+    shared one keeps the last three sessions' and prunes older ones, a running
+    session's among them when two run at once."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="rowembed-pytest-")
+        config._rowembed_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = getattr(config, "_rowembed_basetemp", None)
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05) -> Any:
@@ -213,6 +230,17 @@ def database_with_worker(
             yield url, process
         finally:
             process.stop()
+
+
+@pytest.fixture(scope="module")
+def served(
+    postgres: EmbeddedPostgres, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, WorkerProcess]]:
+    """A migrated database of this module's own and a worker (with its
+    dispatcher) serving it alone: (URL, worker)."""
+    log = tmp_path_factory.mktemp("served-worker") / "worker.log"
+    with database_with_worker(postgres, redis_url, log) as stack:
+        yield stack
 
 
 class Stack:

@@ -79,7 +79,31 @@ def test_the_image_is_lean_and_runs_as_a_user() -> None:
     assert 'ENTRYPOINT ["rowembed"]' in dockerfile
     installs = " ".join(rest for word, rest in instructions if word == "RUN")
     assert "embedded" not in installs  # the demo's servers and model stay out
-    assert "pip install --no-cache-dir ." in installs
+    assert "pip install --no-cache-dir --no-deps ." in installs
+    assert '"torch==$TORCH_VERSION"' in installs  # pinned, one build for every service
+    # The dependencies install before any source is copied (the layer is cached).
+    steps = [f"{word} {rest}" for word, rest in instructions]
+    dependencies = next(i for i, step in enumerate(steps) if "requirements.txt" in step)
+    assert dependencies < next(
+        i for i, step in enumerate(steps) if step.startswith("COPY rowembed")
+    )
+
+
+def test_the_stack_runs_without_a_gpu_and_takes_one_where_asked() -> None:
+    """`docker compose up` works on any machine: GPUs come from the override file."""
+    assert not any("deploy" in service for service in SERVICES.values())
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
+    assert set(gpu) == {"worker", "query-worker"}
+    for service in gpu.values():
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"]
+
+
+def test_a_stopped_worker_may_finish_its_batch() -> None:
+    """Docker's 10 s default would kill a batch mid-way: the worker's grace
+    outlasts the hard time limit."""
+    grace = SERVICES["worker"]["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > Settings().hard_time_limit
 
 
 # ---------------------------------------------------------------------------

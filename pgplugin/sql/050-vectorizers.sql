@@ -167,6 +167,17 @@ BEGIN
         RAISE EXCEPTION 'rowembed: table % has no column %',
             create_vectorizer.source, quote_ident(missing);
     END IF;
+    -- Columns are embedded by their text form (numbers, dates, json as written);
+    -- bytea's is its hex escape, never text a model should read.
+    SELECT c INTO missing FROM unnest(create_vectorizer.text_columns) AS u(c)
+      JOIN pg_attribute AS a ON a.attrelid = create_vectorizer.source AND a.attname = u.c
+     WHERE a.atttypid = 'bytea'::regtype
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'rowembed: column % of % is bytea: it has no text to embed',
+            quote_ident(missing), create_vectorizer.source
+            USING HINT = 'Embed a text column (or a generated column holding its text).';
+    END IF;
 
     IF create_vectorizer.chunking IS NULL
        OR create_vectorizer.chunking NOT IN ('none', 'tokens') THEN
@@ -179,11 +190,13 @@ BEGIN
         ELSIF create_vectorizer.chunk_overlap < 0
               OR create_vectorizer.chunk_overlap >= create_vectorizer.chunk_tokens / 2 THEN
             RAISE EXCEPTION 'rowembed: chunk_overlap must be at least 0 and under half of chunk_tokens';
-        ELSIF create_vectorizer.max_chunks IS NULL OR create_vectorizer.max_chunks < 1
-              OR create_vectorizer.max_chunks > 1000 THEN
-            -- Bounded: a worker embeds a row's chunks in one batch.
-            RAISE EXCEPTION 'rowembed: max_chunks must be from 1 to 1000';
         END IF;
+    END IF;
+    IF create_vectorizer.max_chunks IS NULL OR create_vectorizer.max_chunks < 1
+       OR create_vectorizer.max_chunks > 1000 THEN
+        -- Bounded: a worker holds a row's chunks (and their vectors) in memory.
+        RAISE EXCEPTION 'rowembed: max_chunks must be from 1 to 1000, not %',
+            coalesce(create_vectorizer.max_chunks::text, 'NULL');
     END IF;
     SELECT c INTO missing FROM unnest(pk_cols || create_vectorizer.embedding_column) AS u(c)
     WHERE u.c = ANY (reserved) LIMIT 1;
@@ -300,9 +313,10 @@ BEGIN
 END
 $body$;
 
+-- Quiet: "... does not exist, skipping" of what a half-made vectorizer lacks is noise.
 CREATE OR REPLACE FUNCTION rowembed.drop_vectorizer(name text, drop_destination boolean DEFAULT true)
 RETURNS void
-LANGUAGE plpgsql AS $body$
+LANGUAGE plpgsql SET client_min_messages = warning AS $body$
 DECLARE
     v rowembed.vectorizer;
     event text;

@@ -73,8 +73,10 @@ BEGIN
             rows_per_second := coalesce(rows_per_second, 0);
             eta_seconds := CASE WHEN rows_per_second > 0
                                 THEN (queued + in_flight) / rows_per_second END;
-            SELECT format('%s: %s rows scanned of about %s, %s queued', b.state, b.scanned,
-                          greatest(c.reltuples, 0)::bigint, b.queued)
+            -- reltuples is -1 until the table is first analyzed: no estimate then.
+            SELECT format('%s: %s rows scanned%s, %s queued', b.state, b.scanned,
+                          CASE WHEN c.reltuples >= 0
+                               THEN format(' of about %s', c.reltuples::bigint) END, b.queued)
               INTO backfill
               FROM rowembed.backfill AS b JOIN pg_class AS c ON c.oid = v.source
              WHERE b.vectorizer_id = v.id;

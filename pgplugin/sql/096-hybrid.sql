@@ -63,7 +63,7 @@ $body$;
 -- Drops a vectorizer's full text index (with its document function, on which
 -- the index depends).
 CREATE OR REPLACE FUNCTION rowembed.disable_text_search(name text) RETURNS void
-LANGUAGE plpgsql AS $body$
+LANGUAGE plpgsql SET client_min_messages = warning AS $body$
 DECLARE
     v rowembed.vectorizer := rowembed._vectorizer_named(name);
 BEGIN

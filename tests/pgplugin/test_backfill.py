@@ -172,3 +172,22 @@ def test_create_vectorizer_queues_a_small_table_at_once(conn: Conn, table: str) 
     assert len(queued_keys(conn, v, priority=1)) == 200
     status = conn.execute("SELECT backfill FROM rowembed.status() WHERE id = %s", [v.id]).fetchone()
     assert status is not None and status[0].startswith("done: 200 rows scanned")
+
+
+def test_backfill_progress_gives_no_row_estimate_before_the_table_is_analyzed(
+    conn: Conn, table: str
+) -> None:
+    """reltuples is -1 until the first ANALYZE: "34 rows scanned of about 0" was
+    wrong; then the estimate shows."""
+    v = make(conn, table, 34)
+    conn.execute(
+        sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(sql.Identifier(table))
+    )
+    conn.execute("SELECT rowembed.start_backfill(%s)", [v.name])
+    conn.execute("SELECT rowembed.backfill_step(%s, 100)", [v.id])
+    progress = "SELECT backfill FROM rowembed.status() WHERE id = %s"
+    assert conn.execute(progress, [v.id]).fetchone() == ("done: 34 rows scanned, 34 queued",)
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+    assert conn.execute(progress, [v.id]).fetchone() == (
+        "done: 34 rows scanned of about 34, 34 queued",
+    )

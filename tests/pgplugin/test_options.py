@@ -66,12 +66,25 @@ def test_options_only_queries_read_change_in_place(conn: Conn, table: str) -> No
     assert get_vectorizer(conn, table).rerank_model == "another/reranker"
 
 
+@pytest.mark.parametrize("chunking", ["tokens", "none"])
 @pytest.mark.parametrize("max_chunks", [0, 1001])
-def test_max_chunks_is_bounded(conn: Conn, table: str, max_chunks: int) -> None:
+def test_max_chunks_is_bounded(conn: Conn, table: str, max_chunks: int, chunking: str) -> None:
+    """Refused in one line whether or not the vectorizer is chunked (a raw
+    CheckViolation before, with chunking none)."""
     conn.execute(
         sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(sql.Identifier(table))
     )
     with pytest.raises(psycopg.errors.RaiseException, match="max_chunks must be from 1 to 1000"):
         create_vectorizer(
-            conn, table, ["body"], model=MODEL, chunking="tokens", max_chunks=max_chunks
+            conn, table, ["body"], model=MODEL, chunking=chunking, max_chunks=max_chunks
         )
+
+
+def test_a_bytea_column_is_refused_not_embedded_as_hex(conn: Conn, table: str) -> None:
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, blob bytea)").format(
+            sql.Identifier(table)
+        )
+    )
+    with pytest.raises(psycopg.errors.RaiseException, match=r"column blob of .* is bytea"):
+        create_vectorizer(conn, table, ["body", "blob"], model=MODEL)

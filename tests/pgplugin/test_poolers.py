@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from rowembed.dev.embedded import EmbeddedPostgres
-from rowembed.pgplugin import create_vectorizer
+from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.sessions import SharedSessions, require_own_sessions
 
 from ..conftest import MODEL, WorkerProcess, wait_until
@@ -34,8 +34,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def pooler_url(postgres: EmbeddedPostgres, database_url: str) -> Iterator[str]:
-    """PgBouncer in transaction mode in front of the session's PostgreSQL."""
+def pooler_url(postgres: EmbeddedPostgres, served: tuple[str, WorkerProcess]) -> Iterator[str]:
+    """PgBouncer in transaction mode in front of the session's PostgreSQL, to
+    this module's database (which a worker of its own serves)."""
+    dbname = psycopg.conninfo.conninfo_to_dict(served[0])["dbname"]
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.path.exists(binary):
         pytest.skip("pgbouncer is not installed (Debian package pgbouncer; .ci/run installs it)")
@@ -61,7 +63,7 @@ def pooler_url(postgres: EmbeddedPostgres, database_url: str) -> Iterator[str]:
         os.chown(home, owner.st_uid, owner.st_gid)
         argv[1:1] = ["-u", postgres.base_dir.owner()]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    url = f"postgresql://postgres@127.0.0.1:{port}/{dbname}"
 
     def up() -> bool:
         try:
@@ -86,8 +88,13 @@ def through(url: str) -> Conn:
 
 
 def test_application_writes_and_searches_go_through_a_transaction_pooler(
-    conn: Conn, table: str, worker: WorkerProcess, pooler_url: str
+    served: tuple[str, WorkerProcess], table: str, pooler_url: str
 ) -> None:
+    with connect(served[0]) as conn:
+        writes_and_searches(conn, table, pooler_url)
+
+
+def writes_and_searches(conn: Conn, table: str, pooler_url: str) -> None:
     t = sql.Identifier(table)
     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
     v = create_vectorizer(conn, table, ["body"], model=MODEL)
@@ -122,9 +129,9 @@ def test_application_writes_and_searches_go_through_a_transaction_pooler(
 
 
 def test_own_sessions_are_told_from_a_transaction_pooler(
-    database_url: str, pooler_url: str
+    served: tuple[str, WorkerProcess], pooler_url: str
 ) -> None:
-    require_own_sessions(database_url, "worker")  # directly: sessions of its own
+    require_own_sessions(served[0], "worker")  # directly: sessions of its own
     with pytest.raises(SharedSessions, match="transaction"):
         require_own_sessions(pooler_url, "worker")
 

@@ -45,12 +45,20 @@ def replayed(primary: Conn, standby: Conn) -> None:
 
 
 @pytest.fixture
+def conn(served: tuple[str, WorkerProcess]) -> Iterator[Conn]:
+    """This module's database, which a worker of its own serves."""
+    with connect(served[0]) as c:
+        yield c
+
+
+def on_standby(standby: EmbeddedPostgres, conn: Conn) -> str:
+    """The URL of `conn`'s database on the standby."""
+    return standby.url.replace("/postgres?", f"/{conn.info.dbname}?")
+
+
+@pytest.fixture
 def docs(
-    conn: Conn,
-    table: str,
-    worker: WorkerProcess,
-    postgres: EmbeddedPostgres,
-    cross_encoder_dir: Path,
+    conn: Conn, table: str, postgres: EmbeddedPostgres, cross_encoder_dir: Path
 ) -> Iterator[Vectorizer]:
     t = sql.Identifier(table)
     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
@@ -63,7 +71,7 @@ def docs(
     # Standbys reach the primary's workers through its socket, as rowembed_loopback.
     conn.execute(
         "SELECT rowembed.set_query_connection(%s, standby => true)",
-        [f"host={postgres.base_dir} dbname=postgres user=rowembed_loopback"],
+        [f"host={postgres.base_dir} dbname={conn.info.dbname} user=rowembed_loopback"],
     )
     yield v
     conn.execute("SELECT rowembed.set_query_connection(NULL, standby => true)")
@@ -73,7 +81,7 @@ def test_every_search_function_works_on_a_standby(
     conn: Conn, standby: EmbeddedPostgres, docs: Vectorizer
 ) -> None:
     t = sql.Identifier(docs.source_table)
-    with connect(standby.url) as replica:
+    with connect(on_standby(standby, conn)) as replica:
         replayed(conn, replica)
         assert replica.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
         vector = replica.execute(
@@ -128,9 +136,9 @@ def test_a_standby_refuses_whom_the_primary_would(
     conn.execute("DROP ROLE IF EXISTS standby_stranger")
     conn.execute("CREATE ROLE standby_stranger LOGIN")
     conn.execute("GRANT USAGE ON SCHEMA rowembed TO standby_stranger")
-    with connect(standby.url) as replica:
+    with connect(on_standby(standby, conn)) as replica:
         replayed(conn, replica)
-    url = standby.url.replace("postgres@", "standby_stranger@")
+    url = on_standby(standby, conn).replace("postgres@", "standby_stranger@")
     with (
         psycopg.connect(url, autocommit=True) as stranger,
         pytest.raises(psycopg.Error, match=r"may not search|permission denied"),
@@ -146,7 +154,7 @@ def test_a_standby_without_a_connection_to_its_primary_says_how_to_set_one(
     conn: Conn, standby: EmbeddedPostgres, docs: Vectorizer
 ) -> None:
     conn.execute("SELECT rowembed.set_query_connection(NULL, standby => true)")
-    with connect(standby.url) as replica:
+    with connect(on_standby(standby, conn)) as replica:
         replayed(conn, replica)
         with pytest.raises(psycopg.Error) as raised:
             replica.execute(

@@ -280,3 +280,15 @@ def test_partitioned_tables_and_partitions_are_refused(conn: Conn, table: str, w
     name = table if which == "parent" else f"{table}_1"
     with pytest.raises(psycopg.errors.RaiseException, match="is partitioned or a partition"):
         create_vectorizer(conn, name, ["body"], model=MODEL)
+
+
+def test_dropping_a_vectorizer_says_nothing_of_what_it_never_had(conn: Conn, table: str) -> None:
+    """No "function ..._document() does not exist, skipping" NOTICEs."""
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(sql.Identifier(table))
+    )
+    v = create_vectorizer(conn, table, ["body"], model=MODEL)
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    conn.execute("SELECT rowembed.drop_vectorizer(%s)", [v.name])
+    assert notices == []

@@ -251,10 +251,14 @@ def test_bad_arguments_are_one_line_naming_them(args: list[str], message: str) -
     assert "secret" not in result.stderr
 
 
-def test_errors_of_an_unknown_vectorizer_say_so(database_url: str) -> None:
-    result = rowembed("errors", "no_such_thing", database_url=database_url)
+@pytest.mark.parametrize("command", ["errors", "retry"])
+def test_an_unknown_vectorizer_is_worded_alike_by_every_command(
+    database_url: str, command: str
+) -> None:
+    result = rowembed(command, "no_such_thing", database_url=database_url)
     assert result.returncode == 1
-    assert "no vectorizer 'no_such_thing'" in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("rowembed: VectorizerNotFound: no vectorizer 'no_such_thing'")
 
 
 def test_a_search_no_worker_answers_fails_soon_saying_so(
@@ -269,3 +273,12 @@ def test_a_search_no_worker_answers_fails_soon_saying_so(
     assert result.returncode == 1
     assert "no worker answered on the query queue (rowembed.query) within 2 s" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("local", [[], ["--local"]])
+def test_an_empty_query_is_refused_in_one_line(database_url: str, local: list[str]) -> None:
+    result = rowembed("search", "anything", "  ", *local, database_url=database_url)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "rowembed: the query text is empty: give the text to search for"
+    )

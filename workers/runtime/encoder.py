@@ -117,6 +117,7 @@ class Encoder(BatchedModel):
                 return_offsets_mapping=True,
                 return_attention_mask=False,
                 return_token_type_ids=False,
+                verbose=False,  # longer than the model's limit is the point: no warning
             )
         chunk_texts: list[str] = []
         ids: list[list[int]] = []
@@ -142,7 +143,9 @@ class Encoder(BatchedModel):
         chars = 2 * tokens
         while chars < min(len(text), cap):
             piece = text[:chars]
-            found = self.tokenizer(piece, add_special_tokens=False, return_attention_mask=False)
+            found = self.tokenizer(
+                piece, add_special_tokens=False, return_attention_mask=False, verbose=False
+            )
             if len(found["input_ids"]) > tokens:
                 return piece
             chars *= 4
