@@ -53,9 +53,12 @@ def _own_sessions(url: str, who: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     database_url = settings.require_database()
-    settings.require_redis()
+    redis_url = settings.require_redis()
     _own_sessions(database_url, "worker")
-    from rowembed.workers.celery_app import app
+    from rowembed.workers.celery_app import app, require_broker
+    from rowembed.workers.dispatcher import broker_location
+
+    require_broker(app, broker_location(redis_url))
     from rowembed.workers.queues import QUEUES
 
     served = args.queues.split(",")
@@ -118,12 +121,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from rowembed.workers.celery_app import app
+    from rowembed.workers.celery_app import app, require_broker
     from rowembed.workers.dispatcher import CeleryHints, Dispatcher, broker_location
     from rowembed.workers.queues import EMBED_QUEUE
 
     redis_url = settings.require_redis()
     _own_sessions(settings.require_database(), "dispatcher")
+    require_broker(app, broker_location(redis_url))
     hints = CeleryHints(
         app, EMBED_QUEUE, settings.max_pending_hints, broker=broker_location(redis_url)
     )

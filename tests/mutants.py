@@ -773,6 +773,13 @@ MUTATIONS = (
         ("tests/workers/test_brokers.py",),
     ),
     Mutation(
+        "a chunked batch is sliced by chunks, not whole rows",
+        "workers/pipeline.py",
+        "        rows = [r for r in claimed.chunked.inputs_of() if len(r)]",
+        "        rows = [range(i, i + 1) for i in range(len(tokenized.ids))]",
+        ("tests/workers/test_chunked_pipeline.py",),
+    ),
+    Mutation(
         "a batch is never stopped between its slices",
         "workers/pipeline.py",
         "        if n and stop is not None and stop():",

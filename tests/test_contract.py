@@ -316,12 +316,26 @@ def alter(world: World, kind: str) -> None:
     )
 
 
-def wait(predicate: Callable[[], bool], what: str, timeout: float = 120) -> None:
+def wait(
+    predicate: Callable[[], bool],
+    what: str,
+    timeout: float = 120,
+    state: Callable[[], str] = lambda: "",
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise ContractBroken(f"timed out waiting until {what}")
+            raise ContractBroken(f"timed out waiting until {what}{state()}")
         time.sleep(0.2)
+
+
+def rebuild_state(world: World) -> str:
+    """What a switch waits for, to say so when it never comes."""
+    rows = world.owner.execute(
+        "SELECT name, rebuild, queued, in_flight, failed, index, problem, backfill"
+        " FROM rowembed.status()"
+    ).fetchall()
+    return "; status: " + "; ".join(str(r) for r in rows)
 
 
 def manage(world: World, kind: str, params: tuple[Any, ...]) -> None:
@@ -334,7 +348,11 @@ def manage(world: World, kind: str, params: tuple[Any, ...]) -> None:
             alter(world, params[0])
         case "await_switch":
             if any(z.replaces for z in world.vectorizers()):
-                wait(lambda: not any(z.replaces for z in world.vectorizers()), "the switch")
+                wait(
+                    lambda: not any(z.replaces for z in world.vectorizers()),
+                    "the switch",
+                    state=lambda: rebuild_state(world),
+                )
         case "cancel" if v is not None:
             owner.execute("SELECT rowembed.cancel_alter(%s)", [v.name])
         case "text_search" if v is not None:

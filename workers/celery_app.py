@@ -73,6 +73,24 @@ def make_app(settings: Settings | None = None) -> Celery:
 app = make_app()
 
 
+class BrokerUnreachable(RuntimeError):
+    """The broker did not answer at start."""
+
+
+def require_broker(app: Celery, location: str) -> None:
+    """A worker or dispatcher whose broker does not answer stops at start, in one
+    line naming `location` (never the URL's credentials), rather than print
+    "ready" and retry forever."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.connect()
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BrokerUnreachable(
+            f"cannot reach the broker at {location} (ROWEMBED_REDIS_URL): {first}"
+        ) from None
+
+
 def hint_priorities(app: Celery) -> tuple[int, int]:
     """(urgent, background) message priorities on `app`'s broker."""
     amqp = Settings(redis_url=app.conf.broker_url).broker_is_amqp

@@ -273,5 +273,6 @@ def broker_location(url: str) -> str:
     """host:port (or the socket's path) of a broker URL: never its credentials."""
     parts = urlsplit(url)
     if parts.hostname:
-        return f"{parts.hostname}:{parts.port or 6379}"
+        default = 5672 if parts.scheme.startswith(("amqp", "pyamqp")) else 6379
+        return f"{parts.hostname}:{parts.port or default}"
     return parts.path or parts.scheme

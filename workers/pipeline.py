@@ -224,10 +224,7 @@ def embed_batch(
         )
     parts = [list(range(len(tokenized.ids)))]
     if stop is not None:
-        by_length = sorted(parts[0], key=lambda i: len(tokenized.ids[i]))
-        sizes = [len(tokenized.ids[i]) for i in by_length]
-        cut = slices(sizes, -(-sum(sizes) // SLICES_PER_BATCH))
-        parts = [[by_length[i] for i in part] for part in cut]
+        parts = _slices_of_rows(claimed, tokenized)
     result = Isolated()
     for n, inputs in enumerate(parts):
         if n and stop is not None and stop():
@@ -244,6 +241,20 @@ def embed_batch(
         for counter in ("truncated", "tokens", "padded_tokens", "calls"):
             setattr(result, counter, getattr(result, counter) + getattr(done, counter))
     return result
+
+
+def _slices_of_rows(claimed: Claimed, tokenized: Tokenized) -> list[list[int]]:
+    """The batch's inputs in about SLICES_PER_BATCH slices of whole rows (a
+    chunked row's chunks all in one: each slice completes rows, so stopping
+    after any makes progress), rows of like lengths together."""
+    if claimed.chunked is None:
+        rows = [range(i, i + 1) for i in range(len(tokenized.ids))]
+    else:
+        rows = [r for r in claimed.chunked.inputs_of() if len(r)]  # rows cut into no chunk: none
+    sizes = [sum(len(tokenized.ids[i]) for i in r) for r in rows]
+    order = sorted(range(len(rows)), key=lambda r: sizes[r])
+    cut = slices([sizes[r] for r in order], -(-sum(sizes) // SLICES_PER_BATCH))
+    return [[i for k in part for i in rows[order[k]]] for part in cut]
 
 
 def _unfinished(claimed: Claimed, result: Isolated) -> list[int]:
@@ -468,7 +479,7 @@ def drain(
     Three stages overlap: a thread claims, reads and tokenizes the next batch on
     `reader` while the model runs this one, and another writes the previous
     batch on `conn`. `should_stop` is asked between the slices of each batch
-    (SLICES_PER_BATCH, inputs of like lengths) and after each batch, on the
+    (SLICES_PER_BATCH, whole rows of like lengths) and after each batch, on the
     claiming thread once its claim is complete (so it may use `reader`):
     stopping mid-batch writes the rows done and gives the rest back at once, as
     it does the next claim, so another table's live change waits for a slice,

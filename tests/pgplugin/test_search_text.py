@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from rowembed import search
-from rowembed.dev.embedded import EmbeddedPostgres
+from rowembed.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
@@ -467,11 +467,13 @@ def test_a_timeout_says_which_of_three_things_is_wrong(own_db: Conn, table: str)
             assert "1 worker(s) serve the query queue and are busy" in why()
 
 
-def test_a_dispatcher_without_its_broker_says_so_to_callers(
+def test_a_dispatcher_that_loses_its_broker_says_so_to_callers(
     own_db: Conn, table: str, tmp_path: Path
 ) -> None:
-    """A real dispatcher whose Redis is unreachable keeps listening, says so once
-    in its log, and the caller's timeout names the broker without credentials."""
+    """A real dispatcher whose Redis (password-protected, on TCP) goes away keeps
+    listening, says so once in its log, and the caller's timeout names the
+    broker without credentials."""
+    import socket
     import subprocess
     import sys
 
@@ -479,35 +481,61 @@ def test_a_dispatcher_without_its_broker_says_so_to_callers(
         sql.Identifier(table)
     ))  # fmt: skip
     create_vectorizer(own_db, table, ["body"], model=MODEL)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    redis = subprocess.Popen(
+        [str(EmbeddedRedis().binary), "--port", str(port), "--bind", "127.0.0.1",
+         "--requirepass", "s3cret", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     log = tmp_path / "dispatcher.log"
     env = {
         **os.environ,
         "ROWEMBED_DATABASE_URL": own_db.info.dsn,
-        "ROWEMBED_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0",
+        "ROWEMBED_REDIS_URL": f"redis://:s3cret@127.0.0.1:{port}/0",
     }
-    with log.open("wb") as out:
-        dispatcher = subprocess.Popen(
-            [sys.executable, "-m", "rowembed", "dispatcher"], env=env, stdout=out, stderr=out
-        )
+    dispatcher = None
     try:
+        wait_until(lambda: _listens(port), timeout=20)
+        with log.open("wb") as out:
+            dispatcher = subprocess.Popen(
+                [sys.executable, "-m", "rowembed", "dispatcher"], env=env, stdout=out, stderr=out
+            )
         listening = (
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE application_name LIKE 'rowembed-dispatcher%%'"
         )
         wait_until(lambda: own_db.execute(listening).fetchone() == (1,), timeout=30)
+        redis.terminate()
+        redis.wait(10)
         messages = set()
         for _ in range(3):
             with pytest.raises(psycopg.errors.RaiseException) as timed_out:
                 search_text(own_db, table, "anything", timeout_seconds=1)
             messages.add(str(timed_out.value).splitlines()[0].split(" s: ", 1)[1])
-        assert "the dispatcher cannot reach its broker (broker 127.0.0.1:1 unreachable)" in "".join(
-            messages
+        assert (
+            f"the dispatcher cannot reach its broker (broker 127.0.0.1:{port} unreachable)"
+            in "".join(messages)
         )
     finally:
-        dispatcher.terminate()
-        dispatcher.wait(10)
+        if dispatcher is not None:
+            dispatcher.terminate()
+            dispatcher.wait(10)
+        redis.kill()
+        redis.wait(10)
     text = log.read_text()
     assert text.count("is unreachable") == 1 and "s3cret" not in text, text
+
+
+def _listens(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_a_search_asks_for_a_bounded_number_of_candidates(own_db: Conn, table: str) -> None:

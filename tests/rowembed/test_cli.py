@@ -282,3 +282,24 @@ def test_an_empty_query_is_refused_in_one_line(database_url: str, local: list[st
     assert result.stderr.strip() == (
         "rowembed: the query text is empty: give the text to search for"
     )
+
+
+@pytest.mark.parametrize("command", ["worker", "dispatcher"])
+def test_an_unreachable_broker_stops_a_worker_or_dispatcher_at_start(
+    database_url: str, command: str
+) -> None:
+    """One line naming where (never the password), exit 1: not "ready" and
+    retries forever."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROWEMBED_")}
+    env |= {"ROWEMBED_DATABASE_URL": database_url,
+            "ROWEMBED_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", command],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("rowembed: BrokerUnreachable: cannot reach the broker at 127.0.0.1:1"), (
+        line
+    )
+    assert "s3cret" not in result.stderr
