@@ -50,3 +50,15 @@ def test_a_lease_always_outlives_the_hard_time_limit(monkeypatch: pytest.MonkeyP
         Settings.from_env()
     monkeypatch.delenv("ROWEMBED_TASK_SECONDS")
     assert Settings.from_env().lease == 300  # given, and past the default hard limit (90 s)
+
+
+def test_a_rabbitmq_broker_url_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ROWEMBED_REDIS_URL", raising=False)
+    monkeypatch.setenv("ROWEMBED_BROKER_URL", "amqp://guest:guest@rabbit:5672/vhost")
+    monkeypatch.setenv("ROWEMBED_BATCH_SECONDS", "2.5")
+    s = Settings.from_env()
+    assert s.require_redis() == "amqp://guest:guest@rabbit:5672/vhost"
+    assert s.broker_is_amqp and not Settings(redis_url="redis://r").broker_is_amqp
+    assert s.batch_seconds == 2.5
+    with pytest.raises(SettingsError, match="is a http:// URL"):
+        Settings(redis_url="http://h").require_redis()
