@@ -502,9 +502,9 @@ def test_a_dispatcher_that_loses_its_broker_says_so_to_callers(
             dispatcher = subprocess.Popen(
                 [sys.executable, "-m", "rowembed", "dispatcher"], env=env, stdout=out, stderr=out
             )
-        listening = (
+        listening = (  # this database's: another module's dispatcher may be running
             "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name LIKE 'rowembed-dispatcher%%'"
+            " WHERE application_name = 'rowembed-dispatcher' AND datname = current_database()"
         )
         wait_until(lambda: own_db.execute(listening).fetchone() == (1,), timeout=30)
         redis.terminate()
