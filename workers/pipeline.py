@@ -195,8 +195,8 @@ def _texts(rows: Sequence[QueuedRow]) -> list[str]:
     return [r.text or "" for r in rows]  # rows to embed have text (QueuedRow.action)
 
 
-# A batch is embedded in this many slices of its inputs (of like lengths, so
-# each pads as little as the whole would) when it may stop between them.
+# A batch is embedded in about this many slices of whole rows (rows of like
+# lengths together, so each pads little) when it may stop between them.
 SLICES_PER_BATCH = 8
 
 
