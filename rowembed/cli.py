@@ -261,7 +261,9 @@ def cmd_index(args: argparse.Namespace) -> int:
                 memory=settings.index_memory,
                 parallel_workers=settings.index_workers,
             )
-            if seconds is not None:
+            if seconds is None:
+                print(f"index of {args.name}: nothing to build (or another session builds it)")
+            else:
                 print(f"index of {args.name} built in {seconds:.1f} s")
         (current,) = status(conn, args.name)
         print(f"{args.name}: {current.storage}, index {current.index}")
@@ -301,7 +303,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_alter(args: argparse.Namespace) -> int:
     import time
 
-    from rowembed.pgplugin import alter_vectorizer, cancel_alter, connect
+    from rowembed.pgplugin import (
+        alter_vectorizer,
+        cancel_alter,
+        connect,
+        get_vectorizer,
+        list_vectorizers,
+    )
     from rowembed.pgplugin.options import ALTER_OPTIONS
     from rowembed.pgplugin.status import status
     from rowembed.pgplugin.vectorizers import complete_alters
@@ -313,14 +321,26 @@ def cmd_alter(args: argparse.Namespace) -> int:
             return 0
         # The CLI's flags are the SQL function's options (--chunk-tokens: chunk_tokens).
         options = {key: getattr(args, key) for key in ALTER_OPTIONS if hasattr(args, key)}
-        next_ = alter_vectorizer(conn, args.name, **options)
-        if next_.name == args.name:
-            print(f"{args.name}: changed in place")
-            return 0
-        print(
-            f"{args.name}: rebuilding as {next_.name} ({next_.model}); searches use {args.name}"
-            " as it is until the rebuild is complete (rowembed status shows progress)"
-        )
+        running = [v for v in list_vectorizers(conn) if v.replaces == args.name]
+        if args.wait and not any(options.values()):
+            # `alter NAME --wait` alone attaches to the rebuild already running.
+            get_vectorizer(conn, args.name)  # a clear error if there is none
+            if not running:
+                print(f"{args.name}: no rebuild in progress")
+                return 0
+            (next_,) = running
+            print(f"{args.name}: waiting for the rebuild in progress as {next_.name}", flush=True)
+        else:
+            next_ = alter_vectorizer(conn, args.name, **options)
+            if next_.name == args.name:
+                print(f"{args.name}: changed in place")
+                return 0
+            print(
+                f"{args.name}: rebuilding as {next_.name} ({next_.model}); searches use"
+                f" {args.name} as it is until the rebuild is complete (rowembed status shows"
+                " progress)",
+                flush=True,
+            )
         if not args.wait:
             return 0
         while True:
@@ -329,7 +349,8 @@ def cmd_alter(args: argparse.Namespace) -> int:
                 return 0
             (now,) = status(conn, next_.name) or (None,)
             if now is None:  # cancelled meanwhile, or switched by the dispatcher
-                switched = not any(r.name == next_.name for r in status(conn))
+                # A switch gives the replacement the name; a cancel leaves the original.
+                switched = get_vectorizer(conn, args.name).id == next_.id
                 print(f"{args.name}: {'switched' if switched else 'rebuild ended'}")
                 return 0
             print(f"{next_.name}: {now.rebuild}", flush=True)

@@ -204,8 +204,24 @@ def test_alter_status_and_cancel_from_the_shell(
     status = rowembed("status", database_url=database_url).stdout
     assert "being rebuilt as cli_alter.next" in status
     assert "replaces cli_alter: 5 rows of its backfill wait to be embedded" in status
+    # `alter --wait` alone attaches to the rebuild running, and ends when it does.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROWEMBED_")}
+    env["ROWEMBED_DATABASE_URL"] = database_url
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", "alter", "cli_alter", "--wait"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert waiting.stdout is not None
+    first = waiting.stdout.readline()
+    assert "waiting for the rebuild in progress as cli_alter.next" in first
     cancelled = rowembed("alter", "cli_alter", "--cancel", database_url=database_url)
     assert "rebuild cancelled" in cancelled.stdout
+    rest, _ = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0 and "cli_alter: rebuild ended" in rest
+    nothing = rowembed("alter", "cli_alter", "--wait", database_url=database_url)
+    assert nothing.stdout.strip() == "cli_alter: no rebuild in progress"
     assert conn.execute(
         "SELECT count(*) FROM rowembed.vectorizer WHERE name LIKE 'cli_alter%'"
     ).fetchone() == (1,)
@@ -228,6 +244,16 @@ def test_index_defer_and_build_from_the_shell(
     assert built.returncode == 0, built.stderr
     assert "index of cli_index built in" in built.stdout
     assert built.stdout.strip().endswith("index hnsw: built")
+    again = rowembed("index", "cli_index", "--build", database_url=database_url)
+    assert "index of cli_index: nothing to build" in again.stdout
+    # An index dropped by hand is missing, and --build builds it again.
+    (index,) = conn.execute(
+        "SELECT rowembed._vector_index(v)::text FROM rowembed.vectorizer v WHERE name = 'cli_index'"
+    ).fetchone()
+    conn.execute(f"DROP INDEX {index}")
+    rebuilt = rowembed("index", "cli_index", "--build", database_url=database_url)
+    assert "index of cli_index built in" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
+    assert rebuilt.stdout.strip().endswith("index hnsw: built")
 
 
 @pytest.mark.parametrize(
