@@ -92,3 +92,10 @@ def answer_rerank_request(
 
 def rerank_requests_waiting(conn: psycopg.Connection[Any]) -> bool:
     return bool(scalar(conn, "rerank_requests_waiting"))
+
+
+def loopback_problem(conn: psycopg.Connection[Any]) -> tuple[str, str] | None:
+    """Why search_text's loopback session cannot open here, and the fix; None
+    when nothing is known to stop it."""
+    problem, fix = call(conn, "_loopback_problem").fetchone() or (None, None)
+    return None if problem is None else (problem, fix)

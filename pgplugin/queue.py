@@ -222,6 +222,20 @@ class Queue:
                     seqs=claim.seqs,
                 )
 
+    def postpone(self, conn: psycopg.Connection[Any], claim: Claim, seconds: float) -> None:
+        """Give back entries of `claim`, uncounted, claimable again after
+        `seconds` (their model failed as a whole: no row's fault)."""
+        if claim.seqs:
+            with self.transaction(conn):
+                call(
+                    conn,
+                    "postpone",
+                    vectorizer_id=self.vectorizer.id,
+                    token=claim.token,
+                    seqs=claim.seqs,
+                    seconds=seconds,
+                )
+
     @staticmethod
     def end_claim(conn: psycopg.Connection[Any], claim: Claim) -> None:
         """Drop the claim's token; `conn` must be the session that claimed.

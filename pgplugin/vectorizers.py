@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -149,6 +149,22 @@ def complete_alters(conn: psycopg.Connection[Any]) -> list[str]:
     """Switches complete replacements in (their tables' owner's right); the names switched."""
     with conn.transaction():
         return [name for (name,) in call(conn, "complete_alters").fetchall()]
+
+
+def grant(
+    conn: psycopg.Connection[Any],
+    kind: Literal["creator", "worker", "searcher"],
+    role: str,
+    vectorizer: str | None = None,
+) -> None:
+    """`rowembed.grant_<kind>(role[, vectorizer])`: what the README's Privileges
+    says a creator, worker or searcher role needs (a worker or searcher: for one
+    vectorizer, or all there are now)."""
+    args: dict[str, Any] = {"role": role}
+    if kind != "creator":
+        args["vectorizer"] = vectorizer
+    with conn.transaction():
+        call(conn, f"grant_{kind}", **args)
 
 
 def set_min_similarity(conn: psycopg.Connection[Any], name: str, min_similarity: float) -> None:

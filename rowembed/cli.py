@@ -33,10 +33,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from rowembed.pgplugin import connect, migrate
+    from rowembed.pgplugin.queries import loopback_problem
+    from rowembed.pgplugin.vectorizers import grant
 
     with connect(_settings(args).require_database()) as conn:
         applied = migrate(conn)
+        for kind in ("creator", "worker", "searcher"):
+            for role in getattr(args, f"grant_{kind}") or ():
+                grant(conn, kind, role)
+        problem = loopback_problem(conn)
     print(f"applied {', '.join(applied)}" if applied else "already up to date")
+    if problem is not None:  # everything else works; say it once, with the fix
+        print(f"rowembed: warning: {problem[0]}. {problem[1]}", file=sys.stderr)
     return 0
 
 
@@ -89,9 +97,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
         served = ["embed"]
     pool = args.pool or ("prefork" if "embed" in served else "threads")
-    if pool != "prefork":  # tasks run in this process: load their models now
-        from rowembed.workers.state import worker_state
+    from rowembed.workers.state import worker_state
 
+    if "embed" in served:
+        worker_state().say_which_models_are_missing()
+    if pool != "prefork":  # tasks run in this process: load their models now
         state = worker_state()
         if "embed" not in served:
             state.application_name = "rowembed-query-worker"
@@ -513,7 +523,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("migrate", help="install or upgrade rowembed's schema and functions")
+    migrate = sub.add_parser("migrate", help="install or upgrade rowembed's schema and functions")
+    for kind, what in (
+        ("creator", "create vectorizers over the tables it owns"),
+        ("worker", "work every vectorizer there is now (and, a member of its owner's role, later)"),
+        ("searcher", "search every vectorizer there is now"),
+    ):
+        migrate.add_argument(
+            f"--grant-{kind}",
+            action="append",
+            metavar="ROLE",
+            help=f"then grant ROLE what it needs to {what} (rowembed.grant_{kind}); repeatable",
+        )
 
     worker = sub.add_parser("worker", help="run a Celery embedding worker (and a dispatcher)")
     worker.add_argument("--concurrency", type=int, default=1, help="processes (one per GPU)")

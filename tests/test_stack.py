@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -16,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -116,11 +118,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def service_env(name: str, database_url: str, redis_url: str) -> dict[str, str]:
+def interpolated(value: str) -> str:
+    """compose's `${VAR:-default}`, as compose fills it with VAR unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def postgres_environment() -> dict[str, str]:
+    return {k: interpolated(str(v)) for k, v in SERVICES["postgres"]["environment"].items()}
+
+
+def local_url(pg: EmbeddedPostgres, user: str, password: str, dbname: str) -> str:
+    return f"postgresql://{user}:{password}@/{dbname}?host={pg.base_dir}"
+
+
+def database_url(name: str, pg: EmbeddedPostgres) -> str:
+    """The service's ROWEMBED_DATABASE_URL (its role, password and database), on `pg`."""
+    url = urlsplit(interpolated(ROWEMBED_SERVICES[name]["environment"]["ROWEMBED_DATABASE_URL"]))
+    assert url.username and url.password
+    return local_url(pg, url.username, url.password, url.path.lstrip("/"))
+
+
+def service_env(name: str, pg: EmbeddedPostgres, redis_url: str) -> dict[str, str]:
     """The service's environment as compose gives it, the servers' addresses replaced."""
-    env = {k: str(v) for k, v in ROWEMBED_SERVICES[name]["environment"].items()}
+    env = {k: interpolated(str(v)) for k, v in ROWEMBED_SERVICES[name]["environment"].items()}
     assert set(env) >= {"ROWEMBED_DATABASE_URL", "ROWEMBED_REDIS_URL"}
-    env["ROWEMBED_DATABASE_URL"] = database_url
+    env["ROWEMBED_DATABASE_URL"] = database_url(name, pg)
     env["ROWEMBED_REDIS_URL"] = redis_url
     # `celery`, as the image has it on PATH.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -168,22 +190,54 @@ class TaskEvents:
         self._thread.join(10)
 
 
+def test_only_migrate_connects_as_the_superuser() -> None:
+    roles = {
+        name: urlsplit(interpolated(s["environment"]["ROWEMBED_DATABASE_URL"])).username
+        for name, s in ROWEMBED_SERVICES.items()
+    }
+    assert roles.pop("migrate") == "postgres"
+    assert set(roles.values()) == {"rowembed_worker"}
+    postgres = SERVICES["postgres"]
+    assert "./compose/roles.sh:/docker-entrypoint-initdb.d/10-roles.sh:ro" in postgres["volumes"]
+    # Published on the host's loopback only, as the exporter.
+    assert postgres["ports"] == ["127.0.0.1:5432:5432"]
+
+
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A PostgreSQL (not migrated) and a Redis of this test's own."""
+def servers(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """A PostgreSQL (not migrated) and a Redis of this test's own, with the
+    database and roles the postgres service makes on its first start."""
     pg = EmbeddedPostgres().start()
     redis = EmbeddedRedis(tmp_path / "redis").start()
     try:
-        yield pg.url, redis.url
+        environment = postgres_environment()
+        with connect(pg.url) as admin:  # the image makes POSTGRES_DB before its init scripts
+            admin.execute(
+                sql.SQL("CREATE DATABASE {}").format(sql.Identifier(environment["POSTGRES_DB"]))
+            )
+        subprocess.run(
+            ["sh", str(ROOT / "compose" / "roles.sh")],
+            env={
+                **os.environ,
+                **environment,
+                "POSTGRES_USER": "postgres",
+                "PGHOST": str(pg.base_dir),
+                "PATH": f"{pg.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            },
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield pg, redis.url
     finally:
         redis.remove()
         pg.remove()
 
 
 def test_the_compose_commands_migrate_embed_search_and_export(
-    servers: tuple[str, str], tmp_path: Path
+    servers: tuple[EmbeddedPostgres, str], tmp_path: Path
 ) -> None:
-    database_url, redis_url = servers
+    pg, redis_url = servers
     processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def start(name: str, command: list[str]) -> None:
@@ -191,7 +245,7 @@ def test_the_compose_commands_migrate_embed_search_and_export(
         with log.open("wb") as out:
             process = subprocess.Popen(
                 rowembed_argv(command),
-                env=service_env(name, database_url, redis_url),
+                env=service_env(name, pg, redis_url),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -201,15 +255,19 @@ def test_the_compose_commands_migrate_embed_search_and_export(
     try:
         migrated = subprocess.run(
             rowembed_argv(SERVICES["migrate"]["command"]),
-            env=service_env("migrate", database_url, redis_url),
+            env=service_env("migrate", pg, redis_url),
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert migrated.returncode == 0, migrated.stderr
         assert migrated.stdout.startswith("applied 0001")
+        assert migrated.stderr == ""  # search_text's loopback is ready
 
-        with connect(database_url) as conn:
+        # The application, as the role compose/roles.sh makes for it.
+        environment = postgres_environment()
+        app_url = local_url(pg, "app", environment["APP_PASSWORD"], environment["POSTGRES_DB"])
+        with connect(app_url) as conn:
             conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
             conn.execute(
                 "INSERT INTO docs VALUES (1, 'Cats purr and sleep all day.'),"
@@ -234,7 +292,7 @@ def test_the_compose_commands_migrate_embed_search_and_export(
 
             wait_until(embedded, timeout=60, interval=0.2)
 
-        worker_env = service_env("worker", database_url, redis_url)
+        worker_env = service_env("worker", pg, redis_url)
         health_check("worker", {**worker_env, "HOSTNAME": socket.gethostname()})
 
         with TaskEvents(redis_url) as events:
@@ -252,7 +310,7 @@ def test_the_compose_commands_migrate_embed_search_and_export(
 
         check = SERVICES["metrics"]["healthcheck"]["test"]
         assert check[-1].count("9464") == 1
-        health_check_env = service_env("metrics", database_url, redis_url)
+        health_check_env = service_env("metrics", pg, redis_url)
         port_check = [arg.replace("9464", str(metrics_port)) for arg in check[1:]]
         wait_until(
             lambda: subprocess.run(port_check, env=health_check_env).returncode == 0,

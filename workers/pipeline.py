@@ -22,7 +22,7 @@ from rowembed.pgplugin.vectorizers import Vectorizer
 
 from .progress import ChunkProgress, RowProgress, slices
 from .runtime import Chunked, ChunkPlan, Encoded, Tokenized
-from .runtime.isolate import DimensionMismatch, Isolated, encode_isolating
+from .runtime.isolate import SYSTEMIC, DimensionMismatch, Isolated, describe, encode_isolating
 from .runtime.stages import StageClock, timed
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class Claimed:
     chunked: Chunked | None = None
     errors: dict[int, str] = field(default_factory=dict)
     trimmed: bool = False  # rows over the batch's work were given back
+    systemic: str | None = None  # the model (its tokenizer) could not be used: why
 
     @property
     def seqs(self) -> list[int]:
@@ -145,8 +146,11 @@ def take_batch(
         claim = Claim([s for s in seqs if s not in given_back], claim.token, claim.suspect)
     tokenized = None
     if to_embed and queue.vectorizer.chunked:
-        with timed(clock, "tokenize"):
-            chunked, errors = _chunk(encoder, queue.vectorizer, to_embed)
+        try:
+            with timed(clock, "tokenize"):
+                chunked, errors = _chunk(encoder, queue.vectorizer, to_embed)
+        except SYSTEMIC as exc:  # a missing model: the rows wait for it (store_batch)
+            return Claimed(claim, outcomes, to_embed, None, started, systemic=describe(exc))
         return Claimed(
             claim, outcomes, to_embed, chunked.tokenized, started, chunked, errors, bool(spare)
         )
@@ -169,6 +173,8 @@ def _chunk(
     texts = [t.removeprefix(instruction) for t in _texts(rows)]
     try:
         return encoder.chunk(texts, plan, instruction), {}
+    except SYSTEMIC:
+        raise
     except Exception:
         log.debug("chunking a batch failed; chunking its rows one by one", exc_info=True)
     ids: list[list[int]] = []
@@ -214,6 +220,8 @@ def embed_batch(
     not reached have neither a vector nor an error (`_unfinished` names their rows)."""
     if not claimed.to_embed:
         return Isolated()
+    if claimed.systemic is not None:
+        return Isolated(systemic=claimed.systemic)
     tokenized = claimed.tokenized
     if claimed.chunked is not None and not claimed.chunked.tokenized.ids:
         return Isolated()  # no row had a token of text
@@ -236,6 +244,8 @@ def embed_batch(
             inputs,  # rows, or a chunked vectorizer's chunks
             abort_on=abort_on,
         )
+        if done.systemic is not None:  # no slice can do better
+            return Isolated(systemic=done.systemic)
         result.vectors.update({inputs[i]: v for i, v in done.vectors.items()})
         result.errors.update({inputs[i]: e for i, e in done.errors.items()})
         for counter in ("truncated", "tokens", "padded_tokens", "calls"):
@@ -260,6 +270,8 @@ def _slices_of_rows(claimed: Claimed, tokenized: Tokenized) -> list[list[int]]:
 def _unfinished(claimed: Claimed, result: Isolated) -> list[int]:
     """Indices into `to_embed` of rows an embed stage stopped short of: an input
     of theirs has neither a vector nor an error."""
+    if result.systemic is not None:
+        return []  # store_batch postpones them all
     if not claimed.to_embed or (claimed.chunked is not None and not claimed.chunked.tokenized.ids):
         return []
     reached = result.vectors.keys() | result.errors.keys()
@@ -281,11 +293,21 @@ def store_batch(
     worker: str = "",
     clock: StageClock | None = None,
 ) -> BatchReport:
-    """The store stage: write the vectors, record failures, log the batch."""
+    """The store stage: write the vectors, record failures, log the batch. When
+    the model as a whole failed (missing, wrong size), the rows are no more at
+    fault than they were: they wait for it, uncounted, and the batch's log says
+    why (`status()` shows it as the vectorizer's problem)."""
     vectorizer = queue.vectorizer
     to_embed = claimed.to_embed
     unfinished = set(_unfinished(claimed, result))  # given back already
-    if claimed.chunked is None:
+    if result.systemic is not None:
+        unfinished = set(range(len(to_embed)))
+        queue.postpone(
+            conn, Claim([r.seq for r in to_embed], claimed.claim.token), MODEL_RETRY_SECONDS
+        )
+        _say_once(vectorizer, result.systemic)
+        written, errors, truncated = [], {}, 0
+    elif claimed.chunked is None:
         written, errors = _row_outcomes(claimed, result)
         truncated = result.truncated
     else:
@@ -319,8 +341,27 @@ def store_batch(
         report.failed += written.failed
         report.superseded = len(outcomes) - written.completed - written.failed
     report.seconds = time.monotonic() - claimed.started
-    queue.log_batch(conn, {**asdict(report), "worker": worker})
+    queue.log_batch(conn, {**asdict(report), "worker": worker, "problem": result.systemic})
     return report
+
+
+# How long rows wait for a model that failed as a whole before a worker tries again.
+MODEL_RETRY_SECONDS = 60.0
+_said: set[tuple[int, str]] = set()
+
+
+def _say_once(vectorizer: Vectorizer, problem: str) -> None:
+    """One warning per vectorizer and problem in this process (the rows retry
+    every MODEL_RETRY_SECONDS; the log need not)."""
+    level = logging.DEBUG if (vectorizer.id, problem) in _said else logging.WARNING
+    _said.add((vectorizer.id, problem))
+    log.log(
+        level,
+        "vectorizer %s: its rows wait (retried every %.0f s): %s",
+        vectorizer.name,
+        MODEL_RETRY_SECONDS,
+        problem,
+    )
 
 
 def _row_outcomes(claimed: Claimed, result: Isolated) -> tuple[list[Outcome], dict[int, str]]:
@@ -436,6 +477,8 @@ def embed_in_slices(
             todo,
             abort_on=abort_on,
         )
+        if result.systemic is not None:
+            return result
         if result.errors:  # the row fails: one chunk that fails fails it
             errors = {todo[n]: error for n, error in result.errors.items()}
             return Isolated(dict(progress.vectors), errors)

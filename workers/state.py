@@ -76,6 +76,33 @@ class WorkerState:
             else:
                 log.info("model %s loaded", name)
 
+    def say_which_models_are_missing(self) -> None:
+        """One line at start per vectorizer model not on this machine: it downloads
+        on first use, or (offline) its rows wait for it."""
+        from huggingface_hub import constants
+
+        from .runtime import ModelNotFoundError, resolve_model_path
+
+        try:
+            with connect(self.settings.require_database(), self.application_name) as conn:
+                models = [
+                    m for (m,) in conn.execute("SELECT DISTINCT model FROM rowembed.vectorizer")
+                ]
+        except psycopg.Error:
+            return  # the tasks say what is wrong with the database
+        for model in sorted(models):
+            try:
+                resolve_model_path(model, allow_download=False)
+            except ModelNotFoundError:
+                if constants.HF_HUB_OFFLINE:
+                    log.warning(
+                        "model %s is not on this machine and downloads are off (HF_HUB_OFFLINE):"
+                        " its vectorizers' rows wait for it (rowembed status shows it)",
+                        model,
+                    )
+                else:
+                    log.warning("model %s is not on this machine: it downloads on first use", model)
+
     def claim_size(self) -> ClaimSize:
         """Adapts to this process's measured rate; a batch aims at
         ROWEMBED_BATCH_SECONDS of work."""

@@ -322,6 +322,27 @@ BEGIN
 END
 $body$;
 
+-- As release, with the entries claimable again only after `seconds`: their
+-- model failed as a whole (missing, the wrong size), so the rows wait for it
+-- without an attempt counted or an error of their own.
+CREATE OR REPLACE FUNCTION rowembed.postpone(
+    vectorizer_id int, token int, seqs bigint[], seconds float8)
+RETURNS void
+LANGUAGE plpgsql AS $body$
+DECLARE
+    queue text := rowembed._qualified((SELECT z.queue_table FROM rowembed.vectorizer AS z
+                                        WHERE z.id = postpone.vectorizer_id));
+BEGIN
+    EXECUTE format(
+        'UPDATE %s AS q SET lease_until = now() + make_interval(secs => $3), claimed_by = NULL,'
+        '       attempts = greatest(q.attempts - 1, 0)'
+        '  FROM (SELECT seq FROM %s WHERE seq = ANY ($1) AND claimed_by = $2'
+        '        FOR UPDATE SKIP LOCKED) AS mine WHERE q.seq = mine.seq',
+        queue, queue)
+        USING seqs, token, seconds;
+END
+$body$;
+
 -- Ends the claim `token` (taken by register_worker() in this session): its
 -- entries still queued become claimable at once. A worker ends each claim once
 -- its batch is written, so an entry the write skipped (an application's

@@ -7,7 +7,8 @@
 -- On a hot standby, which sees none of the primary's workers, in_flight counts
 -- claims whose lease holds (a dead worker's too, until its lease ends).
 -- problem: why the vectorizer cannot work (rowembed._problem()), counts NULL when
--- they cannot be read. chunks: a chunked vectorizer's destination rows (embedded
+-- they cannot be read; or why its latest batch could not use the model (its rows
+-- wait for it). chunks: a chunked vectorizer's destination rows (embedded
 -- counts source rows). rebuild: a model change in progress (alter_vectorizer).
 -- The vectorizers of the current role only.
 CREATE OR REPLACE FUNCTION rowembed.status()
@@ -63,6 +64,11 @@ BEGIN
                     INTO embedded;
             END IF;
             index := rowembed._index_status(v);
+            -- A model the workers could not use: its latest batch says so.
+            problem := coalesce(problem, (SELECT 'its model cannot be used: ' || st.problem
+                                            FROM rowembed.batch_stats AS st
+                                           WHERE st.vectorizer_id = v.id
+                                           ORDER BY st.finished_at DESC LIMIT 1));
             -- Rows completed per second over the last minute of batches.
             SELECT sum(st.claimed - st.failed)
                    / greatest(1, extract(epoch FROM now() - min(st.finished_at

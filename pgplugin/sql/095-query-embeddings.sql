@@ -68,14 +68,46 @@ LANGUAGE sql STABLE AS $$
     ELSE coalesce(
         (SELECT c.conninfo FROM rowembed.query_connection AS c WHERE NOT c.on_standby),
         format('host=%s port=%s dbname=%s user=%s application_name=rowembed-query',
+            -- pg_settings, not current_setting(): a role that may not read it sees no row.
             rowembed._conninfo_value(coalesce(nullif(btrim(split_part(
-                current_setting('unix_socket_directories'), ',', 1)), ''), 'localhost')),
+                (SELECT s.setting FROM pg_settings AS s WHERE s.name = 'unix_socket_directories'),
+                ',', 1)), ''), 'localhost')),
             current_setting('port'),
             rowembed._conninfo_value(current_database()),
             rowembed._conninfo_value(coalesce(
                 (SELECT r.rolname FROM pg_roles AS r WHERE r.rolname = 'rowembed_loopback'),
                 current_user)))) END
 $$;
+
+-- Why search_text's loopback session cannot open on this primary, with the
+-- fix, or NULLs: dblink missing, or rowembed's functions owned by a role that
+-- is not a superuser (dblink then connects only with a password the server
+-- asks for) and no connection string set. `rowembed migrate` prints it; the
+-- search functions raise it before they try.
+CREATE OR REPLACE FUNCTION rowembed._loopback_problem(OUT problem text, OUT fix text)
+LANGUAGE plpgsql STABLE AS $body$
+DECLARE
+    owner name := (SELECT p.proowner::regrole::name FROM pg_proc AS p
+                    WHERE p.oid = 'rowembed._query_embedding(int, text, float8)'::regprocedure);
+    login name := coalesce(
+        (SELECT r.rolname FROM pg_roles AS r WHERE r.rolname = 'rowembed_loopback'), owner);
+BEGIN
+    IF rowembed._dblink_schema() IS NULL THEN
+        problem := 'search_text, hybrid_search, embed_query and rerank ask the workers over'
+                   ' dblink, which is not installed in this database';
+        fix := 'As a superuser: CREATE EXTENSION dblink;';
+    ELSIF NOT pg_is_in_recovery()
+          AND NOT (SELECT r.rolsuper FROM pg_roles AS r WHERE r.rolname = owner)
+          AND NOT EXISTS (SELECT FROM rowembed.query_connection AS c WHERE NOT c.on_standby) THEN
+        problem := format('rowembed''s functions are owned by %I, not a superuser, and dblink'
+                          ' lets such a role open search_text''s loopback session only with a'
+                          ' password the server asks for; none is set', owner);
+        fix := format('Give %I a password, have pg_hba.conf ask for it (scram-sha-256), then:'
+                      ' SELECT rowembed.set_query_connection(''host=... dbname=%s user=%s'
+                      ' password=...'');', login, current_database(), login);
+    END IF;
+END
+$body$;
 
 -- Sets (or, with NULL, clears) the loopback session's connection string, where
 -- the default does not authenticate, e.g. 'host=/var/run/postgresql dbname=app
@@ -116,11 +148,8 @@ DECLARE
     pause float8 := 0.001;
     answer text;
     failed text;
+    fix text;
 BEGIN
-    IF dblink IS NULL THEN
-        RAISE EXCEPTION 'rowembed: asking the workers from SQL needs the dblink extension'
-            USING HINT = 'CREATE EXTENSION dblink (a superuser), then rowembed migrate.';
-    END IF;
     IF wait IS NULL OR NOT wait > 0 THEN
         RAISE EXCEPTION 'rowembed: timeout_seconds must be positive, not %', wait;
     END IF;
@@ -129,6 +158,10 @@ BEGIN
                         ' primary''s workers, and no connection to the primary is set'
             USING HINT = 'On the primary: SELECT rowembed.set_query_connection(''host=<primary>'
                          ' dbname=... user=rowembed_loopback password=...'', standby => true).';
+    END IF;
+    SELECT * INTO why, fix FROM rowembed._loopback_problem();
+    IF why IS NOT NULL THEN
+        RAISE EXCEPTION 'rowembed: %', why USING HINT = fix;
     END IF;
     deadline := clock_timestamp() + make_interval(secs => wait);
     BEGIN
@@ -139,6 +172,11 @@ BEGIN
             USING HINT = 'Give it a connection string that authenticates (a password), or wait:'
                          ' at most rowembed.loopback_sessions() are open at once.'
                          ' SELECT rowembed.set_query_connection(''host=... user=... password=...'').';
+    WHEN prohibited_sql_statement_attempted THEN  -- dblink: "password is required"
+        RAISE EXCEPTION 'rowembed: the loopback session connected without a password, which dblink'
+                        ' refuses to % (not a superuser)', current_user
+            USING HINT = 'Have pg_hba.conf ask for the password (scram-sha-256) on the host of'
+                         ' rowembed.set_query_connection''s string, and put the password in it.';
     END;
     BEGIN
         IF standby THEN

@@ -71,7 +71,7 @@ def test_a_model_change_keeps_searches_answering_and_misses_no_row(
     db: Conn, stack: tuple[str, WorkerProcess], table: str, cls_model: Path, encoder: Encoder
 ) -> None:
     conn, database_url = db, stack[0]
-    rows = 1500
+    rows = 600
     t = fill(conn, table, rows)
     v = create_vectorizer(conn, table, ["body"], model=MODEL)
     wait_until(

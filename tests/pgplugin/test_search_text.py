@@ -21,9 +21,10 @@ from rowembed.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.queue import Queue
 from rowembed.pgplugin.vectorizers import Vectorizer
+from rowembed.workers.query_answers import answer_queries
 from rowembed.workers.runtime import Encoder, Reranker
 
-from ..conftest import MODEL, WorkerProcess, database_with_worker, wait_until
+from ..conftest import MODEL, WorkerProcess, database_with_worker, new_database, wait_until
 from ..rowembed.test_cli import rowembed
 
 Conn = psycopg.Connection[Any]
@@ -246,6 +247,78 @@ def test_a_loopback_that_cannot_connect_says_how_to_fix_it(own_db: Conn, table: 
     assert "set_query_connection" in (raised.value.diag.message_hint or "")
     own_db.execute("SELECT rowembed.set_query_connection(NULL)")
     assert own_db.execute("SELECT count(*) FROM rowembed.query_connection").fetchone() == (0,)
+
+
+def test_a_non_superuser_owner_is_told_what_search_text_needs_and_it_then_works(
+    postgres: EmbeddedPostgres, encoder: Encoder
+) -> None:
+    """As "Use it with your own PostgreSQL" says: migrate by a role that is not a
+    superuser says once, with the fix, that dblink is missing, then that the
+    loopback needs a password; a search says the same; a connection string the
+    server asks no password on is refused in one line; with the password asked
+    for, search_text works."""
+    with new_database(postgres) as admin:
+        db = admin.info.dbname
+        owner = f"owner_{db}"
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(owner)))
+        admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+            sql.Identifier(db), sql.Identifier(owner)
+        ))  # fmt: skip
+        admin.execute("CREATE EXTENSION vector")
+        url = postgres.url.replace("postgres@", f"{owner}:pw@").replace("/postgres?", f"/{db}?")
+
+        migrated = rowembed("migrate", database_url=url)
+        assert migrated.returncode == 0, migrated.stderr
+        assert migrated.stderr.strip() == (
+            "rowembed: warning: search_text, hybrid_search, embed_query and rerank ask the"
+            " workers over dblink, which is not installed in this database. As a superuser:"
+            " CREATE EXTENSION dblink;"
+        )
+        admin.execute("CREATE EXTENSION dblink")
+        migrated = rowembed("migrate", database_url=url)
+        (line,) = migrated.stderr.splitlines()
+        assert f"owned by {owner}, not a superuser" in line and "set_query_connection" in line
+
+        hba = postgres.data_dir / "pg_hba.conf"
+        trusted = hba.read_text()
+        with connect(url) as conn:
+            conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            v = create_vectorizer(conn, "notes", ["body"], model=MODEL)
+            query = "SELECT rowembed.embed_query(%s, 'a cat', 2)"
+            with pytest.raises(psycopg.errors.RaiseException, match="not a superuser") as raised:
+                conn.execute(query, [v.name])
+            assert "set_query_connection" in (raised.value.diag.message_hint or "")
+            socket_dir = postgres.base_dir
+            conninfo = f"host={socket_dir} dbname={db} user={owner}"
+            conn.execute("SELECT rowembed.set_query_connection(%s)", [conninfo])
+            with pytest.raises(psycopg.errors.RaiseException, match="without a password"):
+                conn.execute(query, [v.name])
+            try:
+                hba.write_text(f"local {db} {owner} scram-sha-256\n{trusted}")
+                admin.execute("SELECT pg_reload_conf()")
+                conn.execute(
+                    "SELECT rowembed.set_query_connection(%s)", [conninfo + " password=pw"]
+                )
+                stop = threading.Event()
+
+                def answer() -> None:
+                    with connect(postgres.url.replace("/postgres?", f"/{db}?")) as worker:
+                        while not stop.is_set():
+                            answer_queries(worker, lambda model: encoder, cache_rows=100)
+                            time.sleep(0.02)
+
+                answering = threading.Thread(target=answer)
+                answering.start()
+                try:
+                    (vector,) = conn.execute(query, [v.name]).fetchone() or (None,)
+                finally:
+                    stop.set()
+                    answering.join()
+                expected = encoder.encode([v.query_instruction + "a cat"]).vectors[0]
+                assert vector is not None and np.allclose(vector.to_numpy(), expected, atol=1e-4)
+            finally:
+                hba.write_text(trusted)
+                admin.execute("SELECT pg_reload_conf()")
 
 
 HYBRID = {

@@ -265,15 +265,40 @@ def test_claims_do_not_overlap(conn: Conn, database_url: str, table: str, limit:
     assert not set(first) & set(second)
 
 
-def test_a_missing_model_is_recorded_on_the_rows(conn: Conn, table: str) -> None:
+@pytest.mark.parametrize("chunking", ["none", "tokens"])
+def test_a_missing_model_is_one_problem_and_its_rows_wait_for_it(
+    conn: Conn, table: str, encoder: Encoder, chunking: str
+) -> None:
+    """Not an error on every row (nor attempts toward parking them): the status
+    shows the problem once; the rows wait, and are embedded once the model is there."""
+    from rowembed.pgplugin.status import errors, status
     from rowembed.settings import Settings
     from rowembed.workers.state import LazyEncoder
 
-    v = setup(conn, table, {1: "text"})
-    report = run(conn, v, LazyEncoder("no-such-org/no-such-model", Settings(device="cpu")))
-    assert report.failed == 1
-    error = conn.execute(sql.SQL("SELECT last_error FROM {}").format(v.queue)).fetchone()
-    assert error is not None and error[0].startswith("ModelNotFoundError: model")
+    t = sql.Identifier(table)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    conn.execute(
+        sql.SQL("INSERT INTO {} VALUES (1, 'text'), (2, 'more'), (3, 'and more')").format(t)
+    )
+    v = create_vectorizer(conn, table, ["body"], model=MODEL, chunking=chunking)
+    missing = LazyEncoder("no-such-org/no-such-model", Settings(device="cpu"))
+    report = run(conn, v, missing)
+    assert (report.failed, report.embedded, report.claimed) == (0, 0, 0)
+    entries = conn.execute(
+        sql.SQL("SELECT attempts, last_error, failed_at, lease_until > now() FROM {}").format(
+            v.queue
+        )
+    ).fetchall()
+    assert entries == [(0, None, None, True)] * 3  # waiting, uncounted, no error of theirs
+    assert errors(conn, v.name) == []
+    (now,) = status(conn, v.name)
+    assert now.problem is not None
+    assert now.problem.startswith("its model cannot be used: ModelNotFoundError: model")
+    assert run(conn, v, missing).claimed == 0  # they wait: no worker spins on them
+    conn.execute(sql.SQL("UPDATE {} SET lease_until = NULL").format(v.queue))  # the wait is over
+    assert run(conn, v, encoder).embedded == 3
+    (now,) = status(conn, v.name)
+    assert now.problem is None and now.pending == 0
 
 
 def test_drain_gives_claims_back_when_it_stops_or_fails(

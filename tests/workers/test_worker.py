@@ -136,7 +136,7 @@ def test_another_tables_change_does_not_wait_for_a_backfill(stack: Stack) -> Non
     is still queued; and the sweep's repeated hints for the backlog's own table
     do not make the worker hand back after every batch."""
     stack.worker("one", env={"ROWEMBED_TASK_SECONDS": "300", "ROWEMBED_BATCH_ROWS": "128"})
-    words = " ".join(f"word{i}" for i in range(60))
+    words = " ".join(f"word{i}" for i in range(16))
     with connect(stack.pg.url) as conn:
         conn.execute("CREATE TABLE backlog (id int PRIMARY KEY, body text)")
         conn.execute(
@@ -206,3 +206,4 @@ def test_searches_are_answered_while_a_backlog_drains(stack: Stack) -> None:
     log = worker.log()
     assert f"model {MODEL} loaded" in log
     assert log.index(f"model {MODEL} loaded") < log.index("query-")
+    worker.kill()  # not SIGTERM: a warm shutdown would finish the 300-s task first

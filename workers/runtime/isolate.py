@@ -28,6 +28,7 @@ class Isolated:
     tokens: int = 0
     padded_tokens: int = 0
     calls: int = 0
+    systemic: str | None = None  # the model as a whole failed (SYSTEMIC): why
 
 
 Item = TypeVar("Item")
@@ -56,10 +57,10 @@ def encode_isolating(
         except abort_on:
             raise
         except SYSTEMIC as exc:
-            raise _Systemic(_describe(exc)) from exc
+            raise _Systemic(describe(exc)) from exc
         except Exception as exc:
             if len(indices) == 1:
-                result.errors[indices[0]] = _describe(exc)
+                result.errors[indices[0]] = describe(exc)
                 return
             middle = len(indices) // 2
             attempt(indices[:middle])
@@ -77,7 +78,10 @@ def encode_isolating(
     try:
         attempt(list(range(len(items))))
     except _Systemic as failure:
-        return Isolated(errors=dict.fromkeys(range(len(items)), str(failure)), calls=result.calls)
+        why = str(failure)
+        return Isolated(
+            errors=dict.fromkeys(range(len(items)), why), calls=result.calls, systemic=why
+        )
     return result
 
 
@@ -85,5 +89,5 @@ class _Systemic(Exception):
     pass
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
