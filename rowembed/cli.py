@@ -395,11 +395,21 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+# Measured by bench/thresholds.py (bench/RESULTS.md).
+ROWS_ONLY = (
+    "{action}: rows are more alike to each other than a short query is to its answer, so a"
+    " threshold from the table's own rows hid 6-27% of right answers (bench/thresholds.py);"
+    " pass a few queries your users ask"
+)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from rowembed.pgplugin import connect, get_vectorizer, set_min_similarity
     from rowembed.pgplugin.search import similarity_profile, suggest_min_similarity
 
     settings = _settings(args)
+    if args.apply and not args.query:
+        raise SettingsError(ROWS_ONLY.format(action="--apply needs --query TEXT"))
     with connect(settings.require_database()) as conn:
         vectorizer = get_vectorizer(conn, args.name)
         queries = None
@@ -422,6 +432,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"current min_similarity {vectorizer.min_similarity}; suggested {suggested}"
             " (above 99% of random pairs)"
         )
+        if not args.query:
+            print(
+                f"rowembed: warning: {ROWS_ONLY.format(action='calibrated without --query')}",
+                file=sys.stderr,
+            )
         if args.apply:
             set_min_similarity(conn, args.name, suggested)
             print(f"min_similarity of {args.name} set to {suggested}")
@@ -515,7 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rowembed", description=__doc__)
     parser.add_argument("--database-url", help="PostgreSQL URL (env ROWEMBED_DATABASE_URL)")
     parser.add_argument("--redis-url", help="Redis URL for Celery (env ROWEMBED_REDIS_URL)")
-    parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument(
+        "--loglevel",
+        help="INFO for worker, dispatcher and metrics; WARNING for the others (whose output is"
+        " their answer: no model-load lines in it)",
+    )
     parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
@@ -667,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Long-running processes: their log is their output.
+SERVICES = ("worker", "dispatcher", "metrics")
+
 COMMANDS = {
     "migrate": cmd_migrate,
     "worker": cmd_worker,
@@ -696,6 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # The worker's pool and its dispatcher are other processes: they read the env.
     os.environ["ROWEMBED_LOG_FORMAT"] = args.log_format
+    args.loglevel = args.loglevel or ("INFO" if args.command in SERVICES else "WARNING")
     configure_logging(args.loglevel, args.log_format)
     try:
         return COMMANDS[args.command](args)

@@ -19,13 +19,15 @@ from rowembed.workers.runtime import Encoder
 from ..conftest import MODEL
 
 
-def rowembed(*args: str, database_url: str | None = None) -> subprocess.CompletedProcess[str]:
+def rowembed(
+    *args: str, database_url: str | None = None, loglevel: str | None = "WARNING"
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROWEMBED_")}
     env.pop("DATABASE_URL", None)
     if database_url:
         env["ROWEMBED_DATABASE_URL"] = database_url
     return subprocess.run(
-        [sys.executable, "-m", "rowembed", "--loglevel", "WARNING", *args],
+        [sys.executable, "-m", "rowembed", *(["--loglevel", loglevel] if loglevel else []), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -128,8 +130,10 @@ def test_search_with_rerank_and_calibrate_from_the_shell(
         "--filter",
         '{"lang": "en"}',
         database_url=database_url,
+        loglevel=None,  # the default: the answer alone, no model-load lines
     )
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     expected = Reranker.load(str(cross_encoder_dir), device="cpu").score("sleeping cats", bodies)
     best = sorted(range(5), key=lambda i: -expected.scores[i])[:3]
@@ -160,6 +164,14 @@ def test_search_with_rerank_and_calibrate_from_the_shell(
         "SELECT min_similarity FROM rowembed.vectorizer WHERE name = 'cli_rerank'"
     ).fetchone()
     assert f"set to {threshold}" in calibrated.stdout
+    # From the rows alone: a suggestion with its caveat, never applied.
+    rows_only = rowembed("calibrate", "cli_rerank", "--sample", "5", "--local",
+                         database_url=database_url)  # fmt: skip
+    assert rows_only.returncode == 0 and "suggested" in rows_only.stdout
+    assert "threshold from the table's own rows hid" in rows_only.stderr
+    refused = rowembed("calibrate", "cli_rerank", "--apply", database_url=database_url)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("rowembed: --apply needs --query TEXT: rows are more alike")
 
 
 def test_backfill_and_status_from_the_shell(
