@@ -22,7 +22,9 @@ $(BIN)/rowembed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(GPU),,$(BIN)/python -m pip install --quiet --no-index --no-deps "$(TORCH)" 2>/dev/null ||) \
 	    $(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	# setuptools tells every editable install of a mapped package-dir about import
+	# precedence (10 lines): known here, so not shown.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(BIN)/rowembed

