@@ -13,6 +13,7 @@ from psycopg import sql
 
 from rowembed.pgplugin import connect, create_vectorizer
 from rowembed.pgplugin.queue import Action, Outcome, Queue
+from rowembed.pgplugin.status import status
 from rowembed.pgplugin.vectorizers import Vectorizer
 from rowembed.workers.pipeline import TIMED_OUT, drain, run_batch, take_batch
 from rowembed.workers.runtime import Chunked, ChunkPlan, Encoded, Encoder, Tokenized
@@ -247,9 +248,12 @@ def test_a_model_of_the_wrong_size_fails_clearly(conn: Conn, table: str, encoder
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'x')").format(sql.Identifier(table)))
     v = create_vectorizer(conn, table, ["body"], model="BAAI/bge-base-en-v1.5")
     report = run(conn, v, encoder)
-    assert report.failed == 1
+    assert report.failed == 0  # the model's fault, not the row's: the row waits
     error = conn.execute(sql.SQL("SELECT last_error FROM {}").format(v.queue)).fetchone()
-    assert error is not None and "gives 384 dimensions" in error[0] and "stores 768" in error[0]
+    assert error == (None,)
+    (now,) = status(conn, v.name)
+    assert now.problem is not None
+    assert "gives 384 dimensions" in now.problem and "stores 768" in now.problem
 
 
 @pytest.mark.parametrize("limit", [1, 2])
@@ -271,7 +275,7 @@ def test_a_missing_model_is_one_problem_and_its_rows_wait_for_it(
 ) -> None:
     """Not an error on every row (nor attempts toward parking them): the status
     shows the problem once; the rows wait, and are embedded once the model is there."""
-    from rowembed.pgplugin.status import errors, status
+    from rowembed.pgplugin.status import errors
     from rowembed.settings import Settings
     from rowembed.workers.state import LazyEncoder
 
