@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rowembed import WorkerModels, search
 from rowembed.pgplugin import connect, create_vectorizer
@@ -25,6 +26,8 @@ TOPICS = [
 ]
 
 
+# A backlog big enough to keep a worker busy: with the soak tests.
+@pytest.mark.soak
 def test_rerank_is_served_while_the_embed_queue_is_busy(
     stack: Stack, encoder: Encoder, cross_encoder_dir: Path
 ) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+import pytest
 from psycopg import sql
 
 from rowembed.pgplugin import connect, create_vectorizer
@@ -130,6 +131,8 @@ def test_composite_key_and_quoted_names(
     wait_until(lambda: embedding_of(conn, v, key, ["zeta", 1]) is None)
 
 
+# A backlog big enough to keep a worker busy: with the soak tests.
+@pytest.mark.soak
 def test_another_tables_change_does_not_wait_for_a_backfill(stack: Stack) -> None:
     """One worker drains an 800-row backlog with a long task budget. A row
     inserted into another table meanwhile is embedded while most of the backlog
@@ -172,6 +175,8 @@ def test_another_tables_change_does_not_wait_for_a_backfill(stack: Stack) -> Non
     assert len(reports) <= 3, reports
 
 
+# A backlog big enough to keep a worker busy: with the soak tests.
+@pytest.mark.soak
 def test_searches_are_answered_while_a_backlog_drains(stack: Stack) -> None:
     """The default `rowembed worker` serves queries and reranks from a process
     of its own, its models loaded before it is ready: search_text() is answered
