@@ -27,6 +27,7 @@ LAYOUT = {
     "migrations": "rowembed/migrations",
     "workers": "rowembed/workers",
     "tests": "tests",
+    "compose": "compose",  # tests/test_stack.py runs its roles script
 }
 
 
@@ -813,6 +814,92 @@ MUTATIONS = (
         "        if done and time.monotonic() >= deadline:",
         "        if False:",
         ("tests/workers/test_chunked_pipeline.py",),
+    ),
+    Mutation(
+        "a missing model is an error on every row",
+        "workers/pipeline.py",
+        "    if result.systemic is not None:\n        unfinished = set(range(len(to_embed)))",
+        "    if False:\n        unfinished = set(range(len(to_embed)))",
+        (
+            "tests/workers/test_pipeline.py::test_a_missing_model_is_one_problem_and_its_rows_wait_for_it",
+        ),
+    ),
+    Mutation(
+        "a chunked vectorizer's missing model fails each row's chunking",
+        "workers/pipeline.py",
+        "    except SYSTEMIC:\n        raise\n",
+        "",
+        (
+            "tests/workers/test_pipeline.py::test_a_missing_model_is_one_problem_and_its_rows_wait_for_it",
+        ),
+    ),
+    Mutation(
+        "status blind to a model that cannot be used",
+        "pgplugin/sql/080-status.sql",
+        "(SELECT 'its model cannot be used: ' || st.problem",
+        "(SELECT NULL::text",
+        (
+            "tests/workers/test_pipeline.py::test_a_missing_model_is_one_problem_and_its_rows_wait_for_it",
+        ),
+    ),
+    Mutation(
+        "search_text tries a loopback that cannot authenticate",
+        "pgplugin/sql/095-query-embeddings.sql",
+        "    IF why IS NOT NULL THEN\n        RAISE EXCEPTION 'rowembed: %', why USING HINT = fix;",
+        "    IF false THEN\n        RAISE EXCEPTION 'rowembed: %', why USING HINT = fix;",
+        (
+            "tests/pgplugin/test_search_text.py::"
+            "test_a_non_superuser_owner_is_told_what_search_text_needs_and_it_then_works",
+        ),
+    ),
+    Mutation(
+        "the loopback reads a setting a non-superuser may not",
+        "pgplugin/sql/095-query-embeddings.sql",
+        "(SELECT s.setting FROM pg_settings AS s WHERE s.name = 'unix_socket_directories')",
+        "current_setting('unix_socket_directories')",
+        (
+            "tests/pgplugin/test_search_text.py::"
+            "test_a_non_superuser_owner_is_told_what_search_text_needs_and_it_then_works",
+        ),
+    ),
+    Mutation(
+        "migrate silent about search_text's needs",
+        "rowembed/cli.py",
+        "    if problem is not None:  # everything else works; say it once, with the fix",
+        "    if False:",
+        (
+            "tests/pgplugin/test_search_text.py::"
+            "test_a_non_superuser_owner_is_told_what_search_text_needs_and_it_then_works",
+        ),
+    ),
+    Mutation(
+        "calibrate applies a threshold from the rows alone",
+        "rowembed/cli.py",
+        "    if args.apply and not args.query:",
+        "    if False:",
+        ("tests/rowembed/test_cli.py::test_search_with_rerank_and_calibrate_from_the_shell",),
+    ),
+    Mutation(
+        "interactive commands log model loads into their answer",
+        "rowembed/cli.py",
+        'args.loglevel or ("INFO" if args.command in SERVICES else "WARNING")',
+        'args.loglevel or "INFO"',
+        ("tests/rowembed/test_cli.py::test_search_with_rerank_and_calibrate_from_the_shell",),
+    ),
+    Mutation(
+        "alter --wait cannot attach to a running rebuild",
+        "rowembed/cli.py",
+        "        if args.wait and not any(options.values()):",
+        "        if False:",
+        ("tests/rowembed/test_cli.py::test_alter_status_and_cancel_from_the_shell",),
+    ),
+    Mutation(
+        "an embedded server makes its directory before it starts",
+        "rowembed/dev/embedded.py",
+        "        self._base_dir = base_dir\n        self.durable = durable\n",
+        "        self._base_dir = base_dir or tempfile.mkdtemp(prefix='rowembed-pg-')\n"
+        "        self.durable = durable\n",
+        ("tests/rowembed/test_embedded.py",),
     ),
 )
 

@@ -627,6 +627,9 @@ def drain(
                 if unfinished:
                     more = True
                     break
+                if result.systemic is not None:  # the next batch would meet the same model
+                    more = False
+                    break
                 if upcoming is None and go_on and alone:
                     upcoming = claiming.submit(claim_batch)
                 if upcoming is None:

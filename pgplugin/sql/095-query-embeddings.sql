@@ -89,8 +89,8 @@ LANGUAGE plpgsql STABLE AS $body$
 DECLARE
     owner name := (SELECT p.proowner::regrole::name FROM pg_proc AS p
                     WHERE p.oid = 'rowembed._query_embedding(int, text, float8)'::regprocedure);
-    login name := coalesce(
-        (SELECT r.rolname FROM pg_roles AS r WHERE r.rolname = 'rowembed_loopback'), owner);
+    login name := CASE WHEN EXISTS (SELECT FROM pg_roles AS r WHERE r.rolname = 'rowembed_loopback')
+                       THEN 'rowembed_loopback' ELSE owner END;
 BEGIN
     IF rowembed._dblink_schema() IS NULL THEN
         problem := 'search_text, hybrid_search, embed_query and rerank ask the workers over'
