@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
@@ -486,6 +487,61 @@ def add_write_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lag-rows", type=int, default=2000, help="write load: live table rows (2000)")
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rowembed.finetune import FineTuneOptions, run_finetune
+    from rowembed.pgplugin import connect
+    from rowembed.pgplugin.finetune import PairsError
+    from rowembed.workers.runtime.training import TrainingConfig
+
+    settings = _settings(args)
+    options = FineTuneOptions(
+        output=Path(args.output),
+        negatives=args.negatives,
+        held_out=args.held_out,
+        eval_rows=args.eval_rows,
+        switch_if_better=args.switch_if_better,
+        device=args.device or settings.device,
+        training=TrainingConfig(
+            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate
+        ),
+    )
+    bars: list[Any] = []  # one, once training starts: a refusal prints no bar
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        if not bars:
+            bars.append(tqdm(total=steps, unit="steps", desc="training"))
+        bars[0].update(step - bars[0].n)
+        bars[0].set_postfix(loss=f"{loss:.3f}")
+
+    with connect(settings.require_database()) as conn:
+        try:
+            done = run_finetune(
+                conn, args.name, args.pairs, options, say=lambda line: print(line, flush=True),
+                progress=progress,
+            )  # fmt: skip
+        except PairsError as exc:
+            raise SettingsError(str(exc)) from None
+        finally:
+            for bar in bars:
+                bar.close()
+    print(f"held-out queries: {done.held_out_queries}, over {done.corpus_rows} rows")
+    print(f"{'':<12} {'recall@10':>9} {'MRR@10':>7}")
+    for label, figures in (("base", done.base), ("fine-tuned", done.tuned)):
+        print(f"{label:<12} {figures.recall:>9.3f} {figures.mrr:>7.3f}")
+    if done.switched_to is not None:
+        print(
+            f"{args.name}: rebuilding as {done.switched_to.name} with {done.output}; searches use"
+            f" {args.name} as it is until the rebuild is complete"
+        )
+    elif args.switch_if_better:
+        print(f"{args.name}: not switched: the fine-tuned model is no better on the held-out pairs")
+    else:
+        print(f"to switch: rowembed alter {args.name} --model {done.output}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rowembed.dev.demo import run_demo
 
@@ -681,6 +737,39 @@ def build_parser() -> argparse.ArgumentParser:
     alter.add_argument("--wait", action="store_true", help="return once switched")
     alter.add_argument("--cancel", action="store_true", help="stop a rebuild in progress")
 
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune a vectorizer's model on (query, key) pairs from SQL; evaluate; switch",
+    )
+    finetune.add_argument("name", help="vectorizer name")
+    finetune.add_argument(
+        "--pairs", required=True, help="one SELECT of (query text, key of a relevant source row)"
+    )
+    finetune.add_argument(
+        "--output", required=True, help="the new model's directory (the workers must see it)"
+    )
+    finetune.add_argument(
+        "--negatives", type=_between(0, 64), default=3, help="hard negatives per pair (3)"
+    )
+    finetune.add_argument("--epochs", type=_between(1, 100), default=1, help="passes (1)")
+    finetune.add_argument("--batch-size", type=_between(2, 4096), default=16, help="pairs (16)")
+    finetune.add_argument(
+        "--learning-rate", type=_between(1e-7, 1e-2, float), default=2e-5, help="(2e-5)"
+    )
+    finetune.add_argument(
+        "--held-out", type=_between(0.01, 0.9, float), default=0.2,
+        help="share of the queries kept to evaluate (0.2)",
+    )  # fmt: skip
+    finetune.add_argument(
+        "--eval-rows", type=_between(1, 10_000_000), default=20_000,
+        help="rows the held-out queries search: their answers and a sample (20000)",
+    )  # fmt: skip
+    finetune.add_argument(
+        "--switch-if-better", action="store_true",
+        help="alter the vectorizer to the new model when it beats the current one",
+    )  # fmt: skip
+    finetune.add_argument("--device", help="auto, cpu, cuda, cuda:N (ROWEMBED_DEVICE)")
+
     demo = sub.add_parser("demo", help="the whole path on embedded PostgreSQL and Redis")
     demo.add_argument("--rows", type=int, default=2000, help="docstrings to load")
     return parser
@@ -699,6 +788,7 @@ COMMANDS = {
     "errors": cmd_errors,
     "backfill": cmd_backfill,
     "alter": cmd_alter,
+    "finetune": cmd_finetune,
     "index": cmd_index,
     "calibrate": cmd_calibrate,
     "retry": cmd_retry,
