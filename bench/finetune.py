@@ -2,7 +2,8 @@
 the base model against the fine-tuned one, and training throughput.
 
     python bench/finetune.py [--rows 2000] [--epochs 1] [--batch-size 16]
-        [--negatives 3] [--learning-rate 5e-5] [--device auto] [--json]
+        [--negatives 3] [--learning-rate 5e-5] [--max-passage-tokens 256]
+        [--device auto] [--json]
 
 The table: standard-library docstrings, embedded by the bundled MiniLM in this
 process. The pairs (rowembed/dev/sample_pairs.py): each docstring's first line
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--negatives", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--max-passage-tokens", type=int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -74,6 +76,7 @@ def main() -> None:
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 learning_rate=args.learning_rate,
+                max_passage_tokens=args.max_passage_tokens,
             ),
         )
         done = run_finetune(
@@ -103,7 +106,8 @@ def main() -> None:
     print(f"  base        recall@10 {done.base.recall:.3f}   MRR@10 {done.base.mrr:.3f}")
     print(f"  fine-tuned  recall@10 {done.tuned.recall:.3f}   MRR@10 {done.tuned.mrr:.3f}")
     print(
-        f"  training: {done.report.examples} pairs x {args.epochs} epoch(s) in"
+        f"  training: {done.train_pairs} pairs x {args.epochs} epoch(s), {args.negatives} hard"
+        f" negatives each, passages cut at {args.max_passage_tokens} tokens:"
         f" {done.report.seconds:.1f} s, {done.report.pairs_per_second:.1f} pairs/s"
     )
 
