@@ -51,6 +51,8 @@ def read_pairs(conn: psycopg.Connection[Any], v: Vectorizer, select: str) -> lis
             missing = [k for (k,) in conn.execute(_MISSING_KEYS.format(_key(v), v.source), [keys])]
     except psycopg.errors.SyntaxError as exc:
         raise PairsError(f"the pairs query must be one SELECT of (query, key): {exc}") from None
+    except psycopg.errors.ReadOnlySqlTransaction as exc:
+        raise PairsError(f"the pairs query may only read: {exc}") from None
     if missing:
         raise PairsError(
             f"{len(missing)} keys of the pairs name no row of {v.source_table}"

@@ -901,6 +901,25 @@ MUTATIONS = (
         "        self.durable = durable\n",
         ("tests/rowembed/test_embedded.py",),
     ),
+    Mutation(
+        "hard negatives include the query's positives",
+        "pgplugin/finetune.py",
+        "if key not in relevant]",
+        "]",
+        (
+            "tests/rowembed/test_finetune.py::"
+            "test_hard_negatives_come_from_the_index_window_without_the_positives",
+        ),
+    ),
+    Mutation(
+        "the pairs query may write",
+        "pgplugin/finetune.py",
+        '            conn.execute("SET TRANSACTION READ ONLY")\n',
+        "",
+        (
+            "tests/rowembed/test_finetune.py::test_pairs_that_cannot_be_used_are_refused_in_one_line",
+        ),
+    ),
 )
 
 
