@@ -285,7 +285,8 @@ def test_a_non_superuser_owner_is_told_what_search_text_needs_and_it_then_works(
             conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
             v = create_vectorizer(conn, "notes", ["body"], model=MODEL)
             query = "SELECT rowembed.embed_query(%s, 'a cat', 2)"
-            with pytest.raises(psycopg.errors.RaiseException, match="not a superuser") as raised:
+            before_trying = f"owned by {owner}, not a superuser"  # said before dblink is tried
+            with pytest.raises(psycopg.errors.RaiseException, match=before_trying) as raised:
                 conn.execute(query, [v.name])
             assert "set_query_connection" in (raised.value.diag.message_hint or "")
             socket_dir = postgres.base_dir
