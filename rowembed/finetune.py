@@ -73,6 +73,9 @@ def run_finetune(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> FineTuned:
     v = get_vectorizer(conn, name)
+    if options.output.exists() and any(options.output.iterdir()):
+        # It may hold a model a vectorizer uses: its files must not change under it.
+        raise PairsError(f"{options.output} is not empty: give the new model a new directory")
     if v.index_method == "none":
         raise PairsError(f"{name} has no vector index (index_method none) to mine negatives from")
     pairs = read_pairs(conn, v, pairs_sql)

@@ -119,6 +119,9 @@ def test_pairs_that_cannot_be_used_are_refused_in_one_line(
     bare = create_vectorizer(own_db, "ft_bare", ["body"], model=MODEL, index_method="none")
     assert "no vector index" in refused(PAIRS, bare.name)
     assert not (tmp_path / "model").exists()  # nothing trained
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # a model someone uses
+    assert "is not empty: give the new model a new directory" in refused(PAIRS)
     # From the shell: the same line, exit 2.
     url = own_db.info.dsn
     shell = rowembed(
