@@ -497,7 +497,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     options = FineTuneOptions(
-        output=Path(args.output),
+        output=Path(args.output).resolve(),  # the model's name: the workers' cwd is not ours
         negatives=args.negatives,
         held_out=args.held_out,
         eval_rows=args.eval_rows,

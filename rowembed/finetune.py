@@ -118,7 +118,7 @@ def run_finetune(
         next_ = alter_vectorizer(
             conn,
             name,
-            model=str(options.output),
+            model=str(options.output.resolve()),  # a name any worker's cwd reads alike
             dimensions=v.dimensions,
             query_instruction=v.query_instruction,
             passage_instruction=v.passage_instruction,
