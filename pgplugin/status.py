@@ -32,6 +32,7 @@ class VectorizerStatus:
     problem: str | None  # why the vectorizer cannot work now; None when it can
     chunks: int | None = None  # a chunked vectorizer's embeddings (embedded counts rows)
     rebuild: str | None = None  # a model change in progress (alter_vectorizer)
+    training: str | None = None  # its latest fine-tuning job (rowembed.finetune)
 
     @property
     def pending(self) -> int:
@@ -57,7 +58,7 @@ def status(conn: psycopg.Connection[Any], name: str | None = None) -> list[Vecto
         rows = cur.execute(
             "SELECT name, source::text, model, queued, in_flight, failed, embedded,"
             " rows_per_second, eta_seconds, backfill, storage, index, id, problem, chunks,"
-            " rebuild"
+            " rebuild, training"
             " FROM rowembed.status() WHERE %(name)s::text IS NULL OR name = %(name)s",
             {"name": name},
         ).fetchall()

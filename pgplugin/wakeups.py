@@ -21,7 +21,7 @@ from ._call import call
 # pg_notify(CHANNEL, 'N'): rows of vectorizer N were queued by a management call;
 # 'N backfill': a backfill queued rows of N (no hurry: behind live changes);
 # 'query' / 'rerank': a SQL caller waits for a query vector
-# (rowembed.query_request) or rerank scores.
+# (rowembed.query_request) or rerank scores; 'train': a fine-tuning job waits.
 CHANNEL = "rowembed"
 
 
@@ -60,5 +60,5 @@ def woken(notifies: Iterable[psycopg.Notify]) -> dict[int, bool]:
 
 
 def callers_waiting(notifies: Iterable[psycopg.Notify]) -> set[str]:
-    """Which kinds of SQL callers' requests ('query', 'rerank') the notifications announce."""
-    return {note.payload for note in notifies} & {"query", "rerank"}
+    """Which kinds of requests ('query', 'rerank', 'train') the notifications announce."""
+    return {note.payload for note in notifies} & {"query", "rerank", "train"}

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -77,27 +78,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     interactive = [q for q in served if q in ("query", "rerank")]
     if args.log_format == "json":
         libraries_log_through_logging()
-    children = []
+    children: list[subprocess.Popen[bytes]] = []
     if not args.no_dispatcher:
         children.append(
             subprocess.Popen(
                 [sys.executable, "-m", "rowembed", "--loglevel", args.loglevel, "dispatcher"]
             )
         )
+    if "train" in served and len(served) > 1:
+        # A job holds its process for hours: it never stands in the way of the rest.
+        children.append(_worker_process(args, "train", f"train-{args.name or '%h'}"))
+        served.remove("train")
     if "embed" in served and interactive:
         # Searches never wait behind embedding: queries and reranks have a
         # worker process of their own, its models loaded before it is ready.
-        children.append(
-            subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "rowembed", "--loglevel", args.loglevel),
-                    *("--log-format", args.log_format, "worker", "--no-dispatcher"),
-                    *("--queues", ",".join(interactive), "--name", f"query-{args.name or '%h'}"),
-                ]
-            )
-        )
+        children.append(_worker_process(args, ",".join(interactive), f"query-{args.name or '%h'}"))
         served = ["embed"]
-    pool = args.pool or ("prefork" if "embed" in served else "threads")
+    # prefork where CUDA works: it initialises in the pool's child.
+    pool = args.pool or ("prefork" if {"embed", "train"} & set(served) else "threads")
     from rowembed.workers.state import worker_state
 
     if "embed" in served:
@@ -130,6 +128,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_process(args: argparse.Namespace, queues: str, name: str) -> subprocess.Popen[bytes]:
+    """Another `rowembed worker` serving `queues`, with this one's logging."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "rowembed", "--loglevel", args.loglevel),
+            *("--log-format", args.log_format, "worker", "--no-dispatcher"),
+            *("--queues", queues, "--name", name),
+        ]
+    )
+
+
 def cmd_dispatcher(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from rowembed.workers.celery_app import app, require_broker
@@ -152,6 +161,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
         index_workers=settings.index_workers,
         send_queries=hints.queries,
         send_reranks=hints.reranks,
+        send_training=hints.training,
         broker_problem=hints.problem,
     )
     stop = threading.Event()
@@ -246,6 +256,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{'':<20} {_count(r.chunks)} chunks")
         if r.rebuild:
             print(f"{'':<20} {r.rebuild}")
+        if r.training:
+            print(f"{'':<20} fine-tuning {r.training}")
         if r.problem:
             print(f"{'':<20} BROKEN: {r.problem}")
     return 0
@@ -496,6 +508,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from rowembed.workers.runtime.training import TrainingConfig
 
     settings = _settings(args)
+    if args.on_workers:
+        return _finetune_on_workers(args, settings)
+    if not args.output:
+        raise SettingsError("finetune: give --output DIR (a new directory), or --on-workers")
     options = FineTuneOptions(
         output=Path(args.output).resolve(),  # the model's name: the workers' cwd is not ours
         negatives=args.negatives,
@@ -540,6 +556,39 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     else:
         print(f"to switch: rowembed alter {args.name} --model {done.output}")
     return 0
+
+
+def _finetune_on_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """rowembed.finetune(), then its job's line whenever it changes, until it ends."""
+    from rowembed.pgplugin import connect
+    from rowembed.pgplugin.training_jobs import start_finetune, training_jobs
+
+    if args.output or args.device:
+        raise SettingsError("finetune --on-workers: the worker chooses --output and --device")
+    with connect(settings.require_database()) as conn:
+        try:
+            job = start_finetune(
+                conn, args.name, args.pairs, negatives=args.negatives, epochs=args.epochs,
+                batch_size=args.batch_size, learning_rate=args.learning_rate,
+                held_out=args.held_out, eval_rows=args.eval_rows,
+                switch_if_better=args.switch_if_better,
+            )  # fmt: skip
+        except psycopg.Error as exc:
+            raise SettingsError(_one_line(exc)) from None
+        print(f"{args.name}: training job {job} started (rowembed status shows it)", flush=True)
+        shown = ""
+        try:
+            while True:
+                now = next(j for j in training_jobs(conn) if j.id == job)
+                if now.status != shown:
+                    print(now.status, flush=True)
+                    shown = now.status
+                if now.state in ("done", "failed"):
+                    return 0 if now.state == "done" else 1
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            print(f"job {job} goes on without this command (rowembed status shows it)")
+            return 130
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -621,8 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--queues",
         default="embed,rerank,query",
-        help="what to serve: embed, rerank, query, comma-separated (default all; with embed,"
-        " queries and reranks are served by a worker process of their own)",
+        help="what to serve: embed, rerank, query, train, comma-separated (default embed,rerank,"
+        "query; with embed, queries and reranks are served by a worker process of their own,"
+        " and so is train: fine-tuning jobs)",
     )
     worker.add_argument("--name", help="Celery node name")
     worker.add_argument(
@@ -745,9 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument(
         "--pairs", required=True, help="one SELECT of (query text, key of a relevant source row)"
     )
+    finetune.add_argument("--output", help="the new model's directory (the workers must see it)")
     finetune.add_argument(
-        "--output", required=True, help="the new model's directory (the workers must see it)"
-    )
+        "--on-workers", action="store_true",
+        help="train on a worker of the train queue (rowembed.finetune) and follow its progress;"
+        " the model goes to its ROWEMBED_TRAINED_MODELS",
+    )  # fmt: skip
     finetune.add_argument(
         "--negatives", type=_between(0, 64), default=3, help="hard negatives per pair (3)"
     )

@@ -41,6 +41,23 @@ class FineTuneOptions:
     device: str = "auto"
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
+    @classmethod
+    def of_job(cls, job: dict[str, Any], output: Path, device: str) -> FineTuneOptions:
+        """From rowembed.finetune()'s arguments, as a training job records them."""
+        return cls(
+            output=output,
+            negatives=int(job["negatives"]),
+            held_out=float(job["held_out"]),
+            eval_rows=int(job["eval_rows"]),
+            switch_if_better=bool(job["switch_if_better"]),
+            device=device,
+            training=TrainingConfig(
+                epochs=int(job["epochs"]),
+                batch_size=int(job["batch_size"]),
+                learning_rate=float(job["learning_rate"]),
+            ),
+        )
+
 
 @dataclass(frozen=True)
 class FineTuned:
@@ -57,6 +74,19 @@ class FineTuned:
     def better(self) -> bool:
         return (self.tuned.recall, self.tuned.mrr) > (self.base.recall, self.base.mrr)
 
+    def outcome(self) -> dict[str, Any]:
+        """What a training job records (rowembed.training_job.outcome)."""
+        return {
+            "base": {"recall": round(self.base.recall, 3), "mrr": round(self.base.mrr, 3)},
+            "tuned": {"recall": round(self.tuned.recall, 3), "mrr": round(self.tuned.mrr, 3)},
+            "train_pairs": self.train_pairs,
+            "held_out_queries": self.held_out_queries,
+            "corpus_rows": self.corpus_rows,
+            "seconds": round(self.report.seconds, 1),
+            "pairs_per_second": round(self.report.pairs_per_second, 2),
+            "losses": [round(x, 4) for x in self.report.losses],
+        }
+
 
 def held_out(pair: Pair, share: float) -> bool:
     """By the query's text: the same split on every run, no query on both sides."""
@@ -72,13 +102,27 @@ def run_finetune(
     say: Callable[[str], None] = print,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> FineTuned:
+    """Fine-tune vectorizer `name`'s model on the pairs the SELECT `pairs_sql` gives."""
     v = get_vectorizer(conn, name)
-    if options.output.exists() and any(options.output.iterdir()):
-        # It may hold a model a vectorizer uses: its files must not change under it.
-        raise PairsError(f"{options.output} is not empty: give the new model a new directory")
+    _refuse_output(options.output)
     if v.index_method == "none":
         raise PairsError(f"{name} has no vector index (index_method none) to mine negatives from")
     pairs = read_pairs(conn, v, pairs_sql)
+    return fine_tune_vectorizer(conn, v, pairs, options, say, progress)
+
+
+def fine_tune_vectorizer(
+    conn: psycopg.Connection[Any],
+    v: Vectorizer,
+    pairs: Sequence[Pair],
+    options: FineTuneOptions,
+    say: Callable[[str], None] = print,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> FineTuned:
+    """`v`'s model fine-tuned on `pairs`, evaluated on the held-out ones, and
+    switched in if asked and better."""
+    name = v.name
+    _refuse_output(options.output)
     train = [p for p in pairs if not held_out(p, options.held_out)]
     evaluate = [p for p in pairs if held_out(p, options.held_out)]
     if len(pairs) < MIN_PAIRS or not train or not evaluate:
@@ -125,6 +169,12 @@ def run_finetune(
         )
         result = replace(result, switched_to=next_)
     return result
+
+
+def _refuse_output(output: Path) -> None:
+    if output.exists() and any(output.iterdir()):
+        # It may hold a model a vectorizer uses: its files must not change under it.
+        raise PairsError(f"{output} is not empty: give the new model a new directory")
 
 
 def _answers(pairs: Sequence[Pair]) -> dict[str, set[str]]:

@@ -18,7 +18,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-_TEXT = {"device", "attention", "index_memory", "log_format", "metrics_token"}
+_TEXT = {"device", "attention", "index_memory", "log_format", "metrics_token", "trained_models"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class Settings:
     metrics_port: int = 9464  # `rowembed metrics` (Prometheus exporter)
     metrics_token: str | None = None  # the bearer token /metrics requires (None: none)
     log_format: str = "text"  # text, or json: one JSON object per line
+    # Where a worker of the train queue saves fine-tuned models (one directory per
+    # job): storage every embedding worker reads, since they load the new model.
+    trained_models: str = "~/.cache/rowembed/trained"
 
     @classmethod
     def from_env(cls) -> Settings:

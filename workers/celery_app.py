@@ -10,7 +10,7 @@ from kombu import Exchange, Queue
 
 from rowembed.settings import Settings
 
-from .queues import EMBED_QUEUE, QUERY_QUEUE, RERANK_QUEUE
+from .queues import EMBED_QUEUE, QUERY_QUEUE, RERANK_QUEUE, TRAIN_QUEUE
 
 # Message priorities of embed hints, (urgent, background): Redis serves lower
 # numbers first, RabbitMQ higher ones (from queues declared with
@@ -32,7 +32,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         app.conf.task_queues = [
             Queue(name, Exchange(name, "direct"), routing_key=name,
                   queue_arguments={"x-max-priority": max(HINT_PRIORITIES["amqp"])})
-            for name in (EMBED_QUEUE, QUERY_QUEUE, RERANK_QUEUE)
+            for name in (EMBED_QUEUE, QUERY_QUEUE, RERANK_QUEUE, TRAIN_QUEUE)
         ]  # fmt: skip
     app.conf.update(
         task_default_queue=EMBED_QUEUE,
@@ -40,6 +40,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "rowembed.embed": {"queue": EMBED_QUEUE},
             "rowembed.rerank": {"queue": RERANK_QUEUE},
             "rowembed.embed_query": {"queue": QUERY_QUEUE},
+            "rowembed.train": {"queue": TRAIN_QUEUE},
         },
         result_expires=300,
         # Acknowledge after the task ran, and requeue when its process dies.

@@ -23,10 +23,12 @@ from rowembed.pgplugin.backfill import top_up_backfills
 from rowembed.pgplugin.indexes import build_index, indexes_to_build
 from rowembed.pgplugin.queries import query_requests_waiting, rerank_requests_waiting
 from rowembed.pgplugin.queue import prune_batch_stats, vectorizers_with_work
+from rowembed.pgplugin.training_jobs import training_jobs_waiting
 from rowembed.pgplugin.vectorizers import complete_alters
 
 from . import policy
-from .queues import QUERY_QUEUE, RERANK_QUEUE
+from .celery_app import waiting_messages
+from .queues import QUERY_QUEUE, RERANK_QUEUE, TRAIN_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,14 @@ class Dispatcher:
         index_workers: int = 4,
         send_queries: Callable[[], None] = lambda: None,
         send_reranks: Callable[[], None] = lambda: None,
+        send_training: Callable[[], None] = lambda: None,
         broker_problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.database_url = database_url
         self.send_hint = send_hint
         self.send_queries = send_queries  # SQL callers' query texts wait
         self.send_reranks = send_reranks  # SQL callers' rerank requests wait
+        self.send_training = send_training  # fine-tuning jobs wait
         self.broker_problem = broker_problem  # shown to SQL callers in application_name
         self.sweep_seconds = sweep_seconds
         self.poll_seconds = poll_seconds
@@ -110,6 +114,8 @@ class Dispatcher:
                         self.send_queries()
                     if rerank_requests_waiting(conn):
                         self.send_reranks()
+                    if training_jobs_waiting(conn):  # or their worker died
+                        self.send_training()
                     next_sweep = time.monotonic() + self.sweep_seconds
                 for vectorizer_id in watch.poll(
                     wakeups.change_clock(conn), lambda: wakeups.logged_changes(conn)
@@ -126,6 +132,8 @@ class Dispatcher:
             self.send_queries()
         if "rerank" in requested:
             self.send_reranks()
+        if "train" in requested:
+            self.send_training()
 
 
 class ChangeWatch:
@@ -233,6 +241,16 @@ class CeleryHints:
                 "rowembed.answer_reranks", queue=RERANK_QUEUE, ignore_result=True
             )
         )
+
+    def training(self) -> None:
+        """Fine-tuning jobs wait: one task on the train queue runs them all, so
+        none is sent while one waits there (no worker serves the queue yet)."""
+
+        def hint() -> None:
+            if waiting_messages(self.app, TRAIN_QUEUE) == 0:
+                self.app.send_task("rowembed.train", queue=TRAIN_QUEUE, ignore_result=True)
+
+        self._send(hint)
 
     def __call__(self, vectorizer_id: int, urgent: bool) -> None:
         def hint() -> None:

@@ -118,6 +118,24 @@ def answer_reranks_task() -> int:
         return answer_reranks(conn, state.reranker)
 
 
+# A job takes minutes to hours: limits of its own (None would mean the app's
+# seconds), and acknowledged on receipt (a redelivery would start it twice; a
+# job whose worker died is free again, and the dispatcher's sweep sends another hint).
+TRAINING_HOURS = 48
+
+
+@app.task(
+    name="rowembed.train", ignore_result=True, acks_late=False,
+    soft_time_limit=TRAINING_HOURS * 3600 - 60, time_limit=TRAINING_HOURS * 3600,
+)  # fmt: skip
+def train_task() -> int:
+    """Fine-tuning jobs wait (rowembed.finetune): run them, one after another."""
+    from .training_jobs import run_training_jobs
+
+    state = worker_state()
+    return run_training_jobs(state.settings, state.name)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

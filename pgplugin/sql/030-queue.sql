@@ -18,10 +18,12 @@ CREATE OR REPLACE FUNCTION rowembed.backfill_priority() RETURNS smallint
 LANGUAGE sql IMMUTABLE AS $$ SELECT 1::smallint $$;
 
 -- The first key of rowembed's advisory locks (the second is a token or an id):
--- 'worker', held by each worker session; 'index build', held while an index builds.
+-- 'worker', held by each worker session; 'index build', held while an index builds;
+-- 'training', held by the session of the worker that runs a fine-tuning job.
 CREATE OR REPLACE FUNCTION rowembed._lock_class(purpose text) RETURNS int
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE purpose WHEN 'worker' THEN 7499639 WHEN 'index build' THEN 7499640 END
+    SELECT CASE purpose WHEN 'worker' THEN 7499639 WHEN 'index build' THEN 7499640
+                        WHEN 'training' THEN 7499641 END
 $$;
 
 -- Second keys of the advisory locks of one class held now in this database.

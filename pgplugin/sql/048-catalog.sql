@@ -260,7 +260,8 @@ BEGIN
     IF creator THEN
         FOREACH fn IN ARRAY ARRAY['_catalog_insert(jsonb)', '_catalog_set(int, jsonb)',
                                   '_catalog_switch(int, int)', '_catalog_delete(int)',
-                                  '_backfill_start(int)', '_backfill_cancel(int)'] LOOP
+                                  '_backfill_start(int)', '_backfill_cancel(int)',
+                                  '_training_insert(int, jsonb, text[], text[])'] LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION rowembed.%s TO %I', fn, role);
         END LOOP;
     END IF;

@@ -385,6 +385,9 @@ BEGIN
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON rowembed.query_request TO %I', role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON rowembed.query_cache TO %I', role);
     EXECUTE format('GRANT SELECT, UPDATE ON rowembed.rerank_request TO %I', role);
+    -- Fine-tuning jobs (rowembed.finetune), on a worker of the train queue.
+    EXECUTE format('GRANT SELECT, UPDATE ON rowembed.training_job TO %I', role);
+    EXECUTE format('GRANT SELECT ON rowembed.training_pair TO %I', role);
     FOR v IN SELECT * FROM rowembed.vectorizer AS z
              WHERE grant_worker.vectorizer IS NULL OR z.name = grant_worker.vectorizer LOOP
         PERFORM rowembed._grant_schemas(v, role);
@@ -407,7 +410,8 @@ LANGUAGE plpgsql AS $body$
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA rowembed TO %I', role);
     EXECUTE format('GRANT SELECT ON rowembed.vectorizer, rowembed.backfill, rowembed.model_family,'
-                   ' rowembed.batch_stats TO %I', role);
+                   ' rowembed.batch_stats, rowembed.training_job, rowembed.training_pair TO %I',
+                   role);
     EXECUTE format('GRANT USAGE ON SEQUENCE %s, rowembed.change_seq TO %I',
                    pg_get_serial_sequence('rowembed.vectorizer', 'id'), role);
     PERFORM rowembed._grant_catalog_writers(role, creator => true);

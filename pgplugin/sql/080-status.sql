@@ -10,12 +10,13 @@
 -- they cannot be read; or why its latest batch could not use the model (its rows
 -- wait for it). chunks: a chunked vectorizer's destination rows (embedded
 -- counts source rows). rebuild: a model change in progress (alter_vectorizer).
+-- training: its latest fine-tuning job (rowembed.finetune), in one line.
 -- The vectorizers of the current role only.
 CREATE OR REPLACE FUNCTION rowembed.status()
 RETURNS TABLE (name text, source regclass, model text, queued bigint, in_flight bigint,
                failed bigint, embedded bigint, rows_per_second float8, eta_seconds float8,
                backfill text, storage text, index text, id int, problem text, chunks bigint,
-               rebuild text)
+               rebuild text, training text)
 LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS $body$
 DECLARE
     v rowembed.vectorizer;
@@ -33,6 +34,9 @@ BEGIN
         problem := rowembed._problem(v);
         queued := NULL; in_flight := NULL; failed := NULL; embedded := NULL; chunks := NULL;
         rebuild := NULL;
+        training := CASE WHEN has_table_privilege('rowembed.training_job', 'SELECT') THEN (
+            SELECT rowembed._training_line(t) FROM rowembed.training_job AS t
+             WHERE t.vectorizer_id = v.id ORDER BY t.id DESC LIMIT 1) END;
         rows_per_second := NULL; eta_seconds := NULL; backfill := NULL; index := NULL;
         BEGIN  -- one vectorizer's failure is its problem, not everyone's
             rebuild := CASE

@@ -456,6 +456,7 @@ def test_security_definer_functions_are_few_pinned_and_not_public(
         "_record_batch",
         "_refuse_entangling",
         "_rerank_scores",
+        "_training_insert",
         "rowembed_vz_N_deleted",
         "rowembed_vz_N_inserted",
         "rowembed_vz_N_truncated",
