@@ -502,7 +502,7 @@ def add_write_load_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rowembed.finetune import FineTuneOptions, run_finetune
+    from rowembed.finetune import FineTuneOptions, reranker_directory, run_finetune
     from rowembed.pgplugin import connect
     from rowembed.pgplugin.finetune import PairsError
     from rowembed.workers.runtime.training import TrainingConfig
@@ -522,6 +522,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         training=TrainingConfig(
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate
         ),
+        rerank_output=reranker_directory(Path(args.output).resolve()) if args.rerank else None,
+        rerank_depth=args.rerank_depth,
     )
     bars: list[Any] = []  # one, once training starts: a refusal prints no bar
 
@@ -546,11 +548,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(f"{'':<12} {'recall@10':>9} {'MRR@10':>7}")
     for label, figures in (("base", done.base), ("fine-tuned", done.tuned)):
         print(f"{label:<12} {figures.recall:>9.3f} {figures.mrr:>7.3f}")
-    if done.switched_to is not None:
+    if done.rerank is not None:
+        print(f"reranking the embedder's top {done.rerank.depth}:")
+        for label, figures in (
+            ("no rerank", done.rerank.embedder),
+            ("base", done.rerank.base),
+            ("fine-tuned", done.rerank.tuned),
+        ):
+            print(f"{label:<12} {figures.recall:>9.3f} {figures.mrr:>7.3f}")
+    if done.switched_to is not None and done.switched_to.name != args.name:
         print(
             f"{args.name}: rebuilding as {done.switched_to.name} with {done.output}; searches use"
             f" {args.name} as it is until the rebuild is complete"
         )
+    elif done.switched_to is not None:
+        print(f"{args.name}: its rerank_model is now {done.rerank and done.rerank.output}")
     elif args.switch_if_better:
         print(f"{args.name}: not switched: the fine-tuned model is no better on the held-out pairs")
     else:
@@ -571,7 +583,7 @@ def _finetune_on_workers(args: argparse.Namespace, settings: Settings) -> int:
                 conn, args.name, args.pairs, negatives=args.negatives, epochs=args.epochs,
                 batch_size=args.batch_size, learning_rate=args.learning_rate,
                 held_out=args.held_out, eval_rows=args.eval_rows,
-                switch_if_better=args.switch_if_better,
+                switch_if_better=args.switch_if_better, rerank=args.rerank,
             )  # fmt: skip
         except psycopg.Error as exc:
             raise SettingsError(_one_line(exc)) from None
@@ -820,6 +832,15 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument(
         "--switch-if-better", action="store_true",
         help="alter the vectorizer to the new model when it beats the current one",
+    )  # fmt: skip
+    finetune.add_argument(
+        "--rerank", action="store_true",
+        help="also fine-tune the vectorizer's rerank_model on the same pairs (saved beside the"
+        " model, in OUTPUT-reranker)",
+    )  # fmt: skip
+    finetune.add_argument(
+        "--rerank-depth", type=_between(10, 1000), default=100,
+        help="the reranker is judged reordering the embedder's top this many (100)",
     )  # fmt: skip
     finetune.add_argument("--device", help="auto, cpu, cuda, cuda:N (ROWEMBED_DEVICE)")
 

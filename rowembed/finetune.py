@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 
 from rowembed.pgplugin import Vectorizer, alter_vectorizer, get_vectorizer
@@ -23,9 +24,15 @@ from rowembed.pgplugin.finetune import (
     sample_keys,
     texts_of,
 )
-from rowembed.workers.runtime import Encoder
+from rowembed.workers.runtime import Encoder, Reranker
 from rowembed.workers.runtime.retrieval import Quality, quality, top_k
-from rowembed.workers.runtime.training import Example, TrainingConfig, TrainingReport, fine_tune
+from rowembed.workers.runtime.training import (
+    Example,
+    TrainingConfig,
+    TrainingReport,
+    fine_tune,
+    fine_tune_reranker,
+)
 
 # Fewer pairs than this teach nothing a held-out share could show.
 MIN_PAIRS = 20
@@ -40,12 +47,16 @@ class FineTuneOptions:
     switch_if_better: bool = False
     device: str = "auto"
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    rerank_output: Path | None = None  # also fine-tune the vectorizer's rerank_model, here
+    rerank_depth: int = 100  # the reranker is judged on the embedder's top this many
 
     @classmethod
     def of_job(cls, job: dict[str, Any], output: Path, device: str) -> FineTuneOptions:
-        """From rowembed.finetune()'s arguments, as a training job records them."""
+        """From rowembed.finetune()'s arguments, as a training job records them;
+        the reranker (if asked) beside the model."""
         return cls(
             output=output,
+            rerank_output=reranker_directory(output) if job["rerank"] else None,
             negatives=int(job["negatives"]),
             held_out=float(job["held_out"]),
             eval_rows=int(job["eval_rows"]),
@@ -60,6 +71,23 @@ class FineTuneOptions:
 
 
 @dataclass(frozen=True)
+class RerankTuned:
+    """The reranker fine-tuned on the same pairs and negatives, judged by how it
+    orders the embedder's top `depth` for the held-out queries."""
+
+    embedder: Quality  # those candidates in the embedder's order
+    base: Quality
+    tuned: Quality
+    depth: int
+    report: TrainingReport
+    output: Path
+
+    @property
+    def better(self) -> bool:
+        return (self.tuned.recall, self.tuned.mrr) > (self.base.recall, self.base.mrr)
+
+
+@dataclass(frozen=True)
 class FineTuned:
     train_pairs: int
     held_out_queries: int
@@ -68,7 +96,8 @@ class FineTuned:
     tuned: Quality
     report: TrainingReport
     output: Path
-    switched_to: Vectorizer | None  # the rebuild started, when switched
+    switched_to: Vectorizer | None  # the rebuild started (or v itself: the reranker alone)
+    rerank: RerankTuned | None = None
 
     @property
     def better(self) -> bool:
@@ -85,7 +114,23 @@ class FineTuned:
             "seconds": round(self.report.seconds, 1),
             "pairs_per_second": round(self.report.pairs_per_second, 2),
             "losses": [round(x, 4) for x in self.report.losses],
-        }
+            **({} if self.rerank is None else {"rerank": {
+                "depth": self.rerank.depth,
+                "embedder": {"recall": round(self.rerank.embedder.recall, 3),
+                             "mrr": round(self.rerank.embedder.mrr, 3)},
+                "base": {"recall": round(self.rerank.base.recall, 3),
+                         "mrr": round(self.rerank.base.mrr, 3)},
+                "tuned": {"recall": round(self.rerank.tuned.recall, 3),
+                          "mrr": round(self.rerank.tuned.mrr, 3)},
+                "model": str(self.rerank.output),
+                "seconds": round(self.rerank.report.seconds, 1),
+            }}),
+        }  # fmt: skip
+
+
+def reranker_directory(output: Path) -> Path:
+    """Where a fine-tuned reranker goes: beside the model, OUTPUT-reranker."""
+    return output.with_name(output.name + "-reranker")
 
 
 def held_out(pair: Pair, share: float) -> bool:
@@ -123,6 +168,10 @@ def fine_tune_vectorizer(
     switched in if asked and better."""
     name = v.name
     _refuse_output(options.output)
+    if options.rerank_output is not None:
+        if not v.rerank_model:
+            raise PairsError(f"{name} has no rerank_model to fine-tune")
+        _refuse_output(options.rerank_output)
     train = [p for p in pairs if not held_out(p, options.held_out)]
     evaluate = [p for p in pairs if held_out(p, options.held_out)]
     if len(pairs) < MIN_PAIRS or not train or not evaluate:
@@ -152,23 +201,78 @@ def fine_tune_vectorizer(
         | set(sample_keys(conn, v, options.eval_rows, options.training.seed))
     )
     corpus = texts_of(conn, v, corpus_keys)
+    evaluation = _Evaluation(v, answers, corpus, max(10, options.rerank_depth))
     tuned = Encoder.load(str(options.output), device=options.device)
-    figures = [_quality(e, v, answers, corpus) for e in (base, tuned)]
+    ranked = [evaluation.rank(e) for e in (base, tuned)]
+    figures = [evaluation.quality(r) for r in ranked]
     result = FineTuned(
         len(train), len(answers), len(corpus), figures[0], figures[1], report, options.output, None
     )
-    if options.switch_if_better and result.better:
+    if options.rerank_output is not None:
+        # On the candidates of the embedder the vectorizer will use.
+        candidates = ranked[1] if result.better else ranked[0]
+        result = replace(
+            result,
+            rerank=_fine_tune_reranker(v, examples, evaluation, candidates, options, progress),
+        )
+    if options.switch_if_better:
+        result = _switch(conn, v, result)
+    return result
+
+
+def _switch(conn: psycopg.Connection[Any], v: Vectorizer, result: FineTuned) -> FineTuned:
+    """alter_vectorizer to what came out better: the model (a rebuild), the
+    reranker (in place, or with the rebuild)."""
+    changes: dict[str, Any] = {}
+    if result.better:
         # The vectorizer's instructions go with it: the new model learned with them.
-        next_ = alter_vectorizer(
-            conn,
-            name,
-            model=str(options.output.resolve()),  # a name any worker's cwd reads alike
+        changes.update(
+            model=str(result.output.resolve()),  # a name any worker's cwd reads alike
             dimensions=v.dimensions,
             query_instruction=v.query_instruction,
             passage_instruction=v.passage_instruction,
         )
-        result = replace(result, switched_to=next_)
-    return result
+    if result.rerank is not None and result.rerank.better:
+        changes["rerank_model"] = str(result.rerank.output.resolve())
+    if not changes:
+        return result
+    return replace(result, switched_to=alter_vectorizer(conn, v.name, **changes))
+
+
+def _fine_tune_reranker(
+    v: Vectorizer,
+    examples: Sequence[Example],
+    evaluation: _Evaluation,
+    candidates: np.ndarray,
+    options: FineTuneOptions,
+    progress: Callable[[int, int, float], None] | None,
+) -> RerankTuned:
+    """The rerank model trained on the same pairs and negatives, as rowembed.rerank
+    scores them: the query without its instruction, the row's text."""
+    assert options.rerank_output is not None
+    plain = [
+        Example(
+            e.query.removeprefix(v.query_instruction),
+            e.positive.removeprefix(v.passage_instruction),
+            tuple(n.removeprefix(v.passage_instruction) for n in e.negatives),
+        )
+        for e in examples
+    ]
+    report = fine_tune_reranker(
+        v.rerank_model, plain, options.rerank_output, options.training, device=options.device,
+        progress=progress,
+    )  # fmt: skip
+    figures = [
+        evaluation.quality(
+            evaluation.rerank(Reranker.load(model, device=options.device), candidates)
+        )
+        for model in (v.rerank_model, str(options.rerank_output))
+    ]
+    depth = candidates.shape[1]
+    return RerankTuned(
+        evaluation.quality(candidates), figures[0], figures[1], depth, report,
+        options.rerank_output,
+    )  # fmt: skip
 
 
 def _refuse_output(output: Path) -> None:
@@ -209,12 +313,32 @@ def _examples(
     ]
 
 
-def _quality(
-    encoder: Encoder, v: Vectorizer, answers: dict[str, set[str]], corpus: dict[str, str]
-) -> Quality:
-    keys = list(corpus)
-    index = {key: i for i, key in enumerate(keys)}
-    documents = encoder.encode([corpus[k] for k in keys]).vectors
-    queries = encoder.encode([v.query_instruction + q for q in answers]).vectors
-    relevant = [{index[k] for k in keys_ if k in index} for keys_ in answers.values()]
-    return quality(top_k(queries, documents, 10), relevant, 10)
+class _Evaluation:
+    """The held-out queries over the evaluation corpus: ranked by an encoder (to
+    `depth`), reordered by a reranker, scored at 10."""
+
+    def __init__(
+        self, v: Vectorizer, answers: dict[str, set[str]], corpus: dict[str, str], depth: int
+    ) -> None:
+        self.v, self.depth = v, depth
+        self.keys = list(corpus)
+        self.texts = [corpus[k] for k in self.keys]
+        index = {key: i for i, key in enumerate(self.keys)}
+        self.queries = list(answers)
+        self.relevant = [{index[k] for k in keys if k in index} for keys in answers.values()]
+
+    def rank(self, encoder: Encoder) -> np.ndarray:
+        documents = encoder.encode(self.texts).vectors
+        queries = encoder.encode([self.v.query_instruction + q for q in self.queries]).vectors
+        return top_k(queries, documents, self.depth)
+
+    def rerank(self, reranker: Reranker, ranked: np.ndarray) -> np.ndarray:
+        passages = [t.removeprefix(self.v.passage_instruction) for t in self.texts]
+        reordered = []
+        for query, row in zip(self.queries, ranked, strict=True):
+            scores = reranker.score(query, [passages[i] for i in row]).scores
+            reordered.append(row[np.argsort(-scores, kind="stable")])
+        return np.array(reordered)
+
+    def quality(self, ranked: np.ndarray) -> Quality:
+        return quality(ranked[:, :10], self.relevant, 10)

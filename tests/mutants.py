@@ -920,6 +920,48 @@ MUTATIONS = (
             "tests/rowembed/test_finetune.py::test_pairs_that_cannot_be_used_are_refused_in_one_line",
         ),
     ),
+    Mutation(
+        "a training job claimed by two workers",
+        "pgplugin/sql/110-finetune.sql",
+        "        CONTINUE WHEN NOT pg_try_advisory_lock(",
+        "        CONTINUE WHEN false AND NOT pg_try_advisory_lock(",
+        ("tests/pgplugin/test_training_jobs.py",),
+    ),
+    Mutation(
+        "a job that kills its workers is claimed forever",
+        "pgplugin/sql/110-finetune.sql",
+        "        IF j.attempts >= rowembed._training_max_attempts() THEN",
+        "        IF false THEN",
+        ("tests/pgplugin/test_training_jobs.py",),
+    ),
+    Mutation(
+        "any creator may start a job on another's vectorizer",
+        "pgplugin/sql/110-finetune.sql",
+        "    IF NOT FOUND OR NOT rowembed._session_is(v.owner) THEN",
+        "    IF NOT FOUND THEN",
+        ("tests/pgplugin/test_training_jobs.py",),
+    ),
+    Mutation(
+        "the pairs query resolved in rowembed's pinned search_path",
+        "pgplugin/sql/110-finetune.sql",
+        "    PERFORM pg_catalog.set_config('search_path', finetune.search_path, true);\n",
+        "",
+        ("tests/pgplugin/test_training_jobs.py",),
+    ),
+    Mutation(
+        "the pairs query's column count unchecked",
+        "pgplugin/sql/110-finetune.sql",
+        "    IF wide OR query_type NOT IN",
+        "    IF query_type NOT IN",
+        ("tests/pgplugin/test_training_jobs.py",),
+    ),
+    Mutation(
+        "no training hint from the sweep",
+        "workers/dispatcher.py",
+        "                    if training_jobs_waiting(conn):  # or their worker died\n",
+        "                    if False:\n",
+        ("tests/workers/test_training_jobs.py",),
+    ),
 )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from rowembed.finetune import FineTuneOptions, fine_tune_vectorizer
+from rowembed.finetune import FineTuned, FineTuneOptions, fine_tune_vectorizer
 from rowembed.pgplugin import connect, get_vectorizer
 from rowembed.pgplugin.finetune import PairsError
 from rowembed.pgplugin.training_jobs import (
@@ -62,10 +62,8 @@ def run_job(jobs: psycopg.Connection[Any], url: str, job: TrainingJob, settings:
                 progress=_Progress(jobs, job.id),
             )  # fmt: skip
             outcome = done.outcome()
-            if done.switched_to is not None:
-                outcome["switch"] = f"switched: rebuilding as {done.switched_to.name}"
-            elif options.switch_if_better:
-                outcome["switch"] = "not switched: no better on the held-out pairs"
+            if options.switch_if_better:
+                outcome["switch"] = switch_line(v.name, done)
     except Exception as exc:  # one job's failure is its own: the worker goes on
         error = _first_line(exc)
         log.warning(
@@ -78,6 +76,15 @@ def run_job(jobs: psycopg.Connection[Any], url: str, job: TrainingJob, settings:
         return
     finish_training_job(jobs, job.id, model=str(output), outcome=outcome)
     log.info("training job %s done in %.0f s: %s", job.id, time.monotonic() - started, outcome)
+
+
+def switch_line(name: str, done: FineTuned) -> str:
+    """What --switch-if-better did, in words."""
+    if done.switched_to is None:
+        return "not switched: no better on the held-out pairs"
+    if done.switched_to.name != name:
+        return f"switched: rebuilding as {done.switched_to.name}"
+    return "switched: the fine-tuned reranker is its rerank_model"
 
 
 def model_directory(settings: Settings, job_id: int, vectorizer: str) -> Path:

@@ -52,7 +52,7 @@ def test_a_training_job_survives_its_worker_and_switches_the_model_in(
         first.kill()
         wait_until(lambda: "waits for a worker" in latest().status, timeout=30)
         stack.worker("second", env=env, args=args)
-        wait_until(lambda: latest().state in ("done", "failed"), timeout=600, interval=0.5)
+        wait_until(lambda: latest().state in ("done", "failed"), timeout=300, interval=0.5)
         done = latest()
         assert done.state == "done", done.error
         assert done.outcome is not None

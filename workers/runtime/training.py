@@ -1,9 +1,11 @@
-"""Fine-tuning an encoder on (query, relevant passage) examples with hard
-negatives, as FlagEmbedding fine-tunes bge: a contrastive loss (InfoNCE with a
+"""Fine-tuning on (query, relevant passage) examples with hard negatives, as
+FlagEmbedding fine-tunes bge. The encoder: a contrastive loss (InfoNCE with a
 temperature) where each query's positive competes with every passage of the
-batch, its own mined negatives and the other queries' passages alike. The
-model's own pooling; saved as a model directory the Encoder loads as any other.
-Pure model code: no Celery, no database."""
+batch, its own mined negatives and the other queries' passages alike, with the
+model's own pooling. The cross-encoder (reranker): each query's positive
+against its own negatives, one group per query (cross-entropy over the
+group's scores). Each saved as a model directory the Encoder or Reranker
+loads as any other. Pure model code: no Celery, no database."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 
 from .encoder import Encoder, pool
 from .models import resolve_model_path
+from .reranker import Reranker
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,51 @@ def fine_tune(
     device: str = "auto",
     progress: Callable[[int, int, float], None] | None = None,
 ) -> TrainingReport:
-    """Train a copy of `base` on `examples` and save it in `output` (weights,
-    config, tokenizer, pooling). `progress(step, steps, loss)` after each step."""
+    """Train a copy of encoder `base` on `examples` and save it in `output`
+    (weights, config, tokenizer, pooling). `progress(step, steps, loss)` after
+    each step."""
+    encoder = Encoder.load(base, device=device, dtype=torch.float32)
+    report = _train(
+        encoder.model, encoder.device, examples, config, progress,
+        lambda batch: _contrastive_loss(encoder, batch, config),
+    )  # fmt: skip
+    save(encoder, base, output)
+    return report
+
+
+def fine_tune_reranker(
+    base: str,
+    examples: Sequence[Example],
+    output: Path,
+    config: TrainingConfig = TrainingConfig(),
+    *,
+    device: str = "auto",
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainingReport:
+    """Train a copy of cross-encoder `base` on `examples` (queries without
+    their instruction) and save it in `output`."""
+    reranker = Reranker.load(base, device=device, dtype=torch.float32)
+    report = _train(
+        reranker.model, reranker.device, examples, config, progress,
+        lambda batch: _group_loss(reranker, batch, config),
+    )  # fmt: skip
+    output.mkdir(parents=True, exist_ok=True)
+    reranker.model.save_pretrained(output)
+    reranker.tokenizer.save_pretrained(output)  # type: ignore[attr-defined]
+    return report
+
+
+def _train(
+    model: torch.nn.Module,
+    device: torch.device,
+    examples: Sequence[Example],
+    config: TrainingConfig,
+    progress: Callable[[int, int, float], None] | None,
+    loss_of: Callable[[Sequence[Example]], torch.Tensor],
+) -> TrainingReport:
+    """AdamW with warm-up and linear decay over shuffled batches of `examples`."""
     if not examples:
         raise ValueError("no examples to train on")
-    encoder = Encoder.load(base, device=device, dtype=torch.float32)
-    model = encoder.model
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     per_epoch = math.ceil(len(examples) / config.batch_size)
@@ -81,7 +123,7 @@ def fine_tune(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup + 1)))
     )
     # bf16 autocast on a GPU that has it: the weights and optimizer stay fp32.
-    autocast = encoder.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
     report = TrainingReport()
     started = time.monotonic()
     model.train()
@@ -92,7 +134,7 @@ def fine_tune(
             for first in range(0, len(order), config.batch_size):
                 batch = order[first : first + config.batch_size]
                 with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
-                    loss = _contrastive_loss(encoder, batch, config)
+                    loss = loss_of(batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -106,7 +148,6 @@ def fine_tune(
     finally:
         model.eval()
     report.seconds = time.monotonic() - started
-    save(encoder, base, output)
     return report
 
 
@@ -120,6 +161,33 @@ def _contrastive_loss(
     scores = queries @ _embed(encoder, passages, config.max_passage_tokens).T
     labels = torch.arange(len(batch), device=scores.device)
     return torch.nn.functional.cross_entropy(scores.float() / config.temperature, labels)
+
+
+def _group_loss(
+    reranker: Reranker, batch: Sequence[Example], config: TrainingConfig
+) -> torch.Tensor:
+    """Each query's positive (first) against its negatives, scored as pairs; an
+    example without negatives is grouped with the batch's other positives."""
+    groups = []
+    for e in batch:
+        others = [o.positive for o in batch if o is not e][:3]
+        groups.append([e.positive, *(e.negatives or others)])
+    pairs = [(e.query, p) for e, group in zip(batch, groups, strict=True) for p in group]
+    inputs = reranker.tokenizer(  # type: ignore[operator]
+        [q for q, _ in pairs],
+        [p for _, p in pairs],
+        padding=True,
+        truncation="longest_first",
+        max_length=min(config.max_query_tokens + config.max_passage_tokens, reranker.max_length),
+        return_tensors="pt",
+    ).to(reranker.device)
+    scores = reranker.model(**inputs).logits[:, 0].float()
+    losses, first = [], 0
+    for group in groups:
+        logits = scores[first : first + len(group)].unsqueeze(0)
+        losses.append(torch.nn.functional.cross_entropy(logits, logits.new_zeros(1).long()))
+        first += len(group)
+    return torch.stack(losses).mean()
 
 
 def _embed(encoder: Encoder, texts: list[str], max_tokens: int) -> torch.Tensor:
