@@ -12,8 +12,8 @@ RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" "torch==$TORCH_VERSION
 # Runs as an unprivileged user; models download into its Hugging Face cache (a
 # volume in docker-compose.yml), which it owns.
 RUN useradd --create-home --uid 10001 rowembed \
-    && mkdir -p /home/rowembed/.cache/huggingface \
-    && chown -R rowembed:rowembed /home/rowembed/.cache
+    && mkdir -p /home/rowembed/.cache/huggingface /models/trained \
+    && chown -R rowembed:rowembed /home/rowembed/.cache /models/trained
 ENV HF_HOME=/home/rowembed/.cache/huggingface
 
 WORKDIR /app

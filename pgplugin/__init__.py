@@ -11,6 +11,8 @@ typed calls that bind arguments by name (`_call.py`).
 - indexes.py: deferred index builds.    - search.py: search and calibration.
 - status.py: status, errors, sizes.     - wakeups.py: the NOTIFY channel.
 - metrics.py: what `rowembed metrics` reads beyond status (lag, recent batches).
+- finetune.py: fine-tuning's reads (pairs, texts, hard negatives).
+- training_jobs.py: fine-tuning jobs (rowembed.finetune) and a train worker's side.
 """
 
 from __future__ import annotations

@@ -122,30 +122,10 @@ def encoder() -> Any:
 
 @pytest.fixture(scope="session")
 def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small cross-encoder: the bundled MiniLM encoder with a seeded one-logit head
-    (no cross-encoder weights can be downloaded here). Real architecture, real
-    tokenizer, deterministic scores."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    """A small cross-encoder: the bundled MiniLM with a seeded one-logit head."""
+    from rowembed.dev.sample_models import minilm_cross_encoder
 
-    from rowembed.workers.runtime.models import bundled_model_path
-
-    source = bundled_model_path(MODEL)
-    target = tmp_path_factory.mktemp("cross-encoder")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "newly initialized weights": that is the point
-    try:
-        torch.manual_seed(1234)
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0, 0.5)
-        model.classifier.bias.fill_(0.1)
-    model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(source).save_pretrained(target)
-    return target
+    return minilm_cross_encoder(tmp_path_factory.mktemp("cross-encoder"))
 
 
 class WorkerProcess:

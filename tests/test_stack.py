@@ -41,7 +41,7 @@ LONG_RUNNING = sorted(set(ROWEMBED_SERVICES) - {"migrate"})
 
 def test_the_stack_has_the_services_it_needs() -> None:
     assert {"postgres", "redis", "migrate", "dispatcher", "worker", "metrics"} <= set(SERVICES)
-    assert set(LONG_RUNNING) == {"dispatcher", "worker", "query-worker", "metrics"}
+    assert set(LONG_RUNNING) == {"dispatcher", "worker", "query-worker", "trainer", "metrics"}
 
 
 @pytest.mark.parametrize("name", sorted(ROWEMBED_SERVICES))
@@ -95,10 +95,22 @@ def test_the_stack_runs_without_a_gpu_and_takes_one_where_asked() -> None:
     """`docker compose up` works on any machine: GPUs come from the override file."""
     assert not any("deploy" in service for service in SERVICES.values())
     gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
-    assert set(gpu) == {"worker", "query-worker"}
+    assert set(gpu) == {"worker", "query-worker", "trainer"}
     for service in gpu.values():
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"]
+
+
+def test_every_worker_reads_the_models_the_trainer_saves() -> None:
+    """A fine-tuned model is loaded by the embedding and query workers from the
+    directory the trainer saved it in: one volume, mounted where the setting says."""
+    where = COMPOSE["x-rowembed"]["environment"]["ROWEMBED_TRAINED_MODELS"]
+    for name in ("worker", "query-worker", "trainer"):
+        assert f"trained:{where}" in SERVICES[name]["volumes"], name
+    assert (
+        "train"
+        in SERVICES["trainer"]["command"][SERVICES["trainer"]["command"].index("--queues") + 1]
+    )
 
 
 def test_a_stopped_worker_may_finish_its_batch() -> None:

@@ -53,7 +53,7 @@ def run_job(jobs: psycopg.Connection[Any], url: str, job: TrainingJob, settings:
             v = get_vectorizer(conn, job.vectorizer_id)
             if v.run_as is not None:  # her tables, as her (rowembed._run_as)
                 conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(v.run_as)))
-            output = model_directory(settings, job.id, v.name)
+            output = model_directory(settings, job, v.name)
             options = FineTuneOptions.of_job(job.options, output, settings.device)
             log.info("training job %s: fine-tuning %s into %s", job.id, v.name, output)
             done = fine_tune_vectorizer(
@@ -87,11 +87,13 @@ def switch_line(name: str, done: FineTuned) -> str:
     return "switched: the fine-tuned reranker is its rerank_model"
 
 
-def model_directory(settings: Settings, job_id: int, vectorizer: str) -> Path:
-    """Where job `job_id` saves its model: a new directory under
-    ROWEMBED_TRAINED_MODELS, named by the job (unique) and its vectorizer."""
+def model_directory(settings: Settings, job: TrainingJob, vectorizer: str) -> Path:
+    """Where `job` saves its model: a new directory under ROWEMBED_TRAINED_MODELS,
+    named by the job and its vectorizer, and by the attempt after the first (a
+    worker that died may have saved one, even switched to it)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", vectorizer).strip("._")[:60]
-    return (Path(settings.trained_models).expanduser() / f"job-{job_id}-{safe}").resolve()
+    name = f"job-{job.id}-{safe}" + (f".{job.attempts}" if job.attempts > 1 else "")
+    return (Path(settings.trained_models).expanduser() / name).resolve()
 
 
 class _Progress:

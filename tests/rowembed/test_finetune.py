@@ -164,6 +164,12 @@ def test_pairs_that_cannot_be_used_are_refused_in_one_line(
     )  # fmt: skip
     assert shell.returncode == 2
     assert shell.stderr.startswith("rowembed: the pairs query must return two columns")
+    # On the workers: rowembed.finetune() refuses the same, before any job exists.
+    shell = rowembed("finetune", v.name, "--pairs", "SELECT 1, 2", "--on-workers",
+                     database_url=url)  # fmt: skip
+    assert shell.returncode == 2
+    assert shell.stderr.startswith("rowembed: the pairs query must return two columns")
+    assert own_db.execute("SELECT count(*) FROM rowembed.training_job").fetchone() == (0,)
 
 
 def test_hard_negatives_come_from_the_index_window_without_the_positives(
