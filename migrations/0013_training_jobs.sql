@@ -13,6 +13,7 @@ CREATE TABLE rowembed.training_job (
                   CHECK (state IN ('waiting', 'running', 'done', 'failed')),
     worker        text,
     attempts      int NOT NULL DEFAULT 0,  -- claims: a job that kills its worker is given up
+    phase         text,             -- what trains now: model, or reranker
     step          int,
     steps         int,
     loss          real,

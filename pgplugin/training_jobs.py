@@ -26,6 +26,7 @@ class TrainingJob:
     state: str  # waiting, running, done, failed
     worker: str | None
     attempts: int
+    phase: str | None  # model, or reranker
     step: int | None
     steps: int | None
     loss: float | None
@@ -77,9 +78,9 @@ def training_pairs(conn: psycopg.Connection[Any], job_id: int) -> list[Pair]:
 
 
 def record_training_progress(
-    conn: psycopg.Connection[Any], job_id: int, step: int, steps: int, loss: float
+    conn: psycopg.Connection[Any], job_id: int, phase: str, step: int, steps: int, loss: float
 ) -> None:
-    call(conn, "training_progress", job=job_id, step=step, steps=steps, loss=loss)
+    call(conn, "training_progress", job=job_id, phase=phase, step=step, steps=steps, loss=loss)
 
 
 def finish_training_job(

@@ -520,18 +520,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         switch_if_better=args.switch_if_better,
         device=args.device or settings.device,
         training=TrainingConfig(
-            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            max_passage_tokens=args.max_passage_tokens,
         ),
         rerank_output=reranker_directory(Path(args.output).resolve()) if args.rerank else None,
         rerank_depth=args.rerank_depth,
     )
-    bars: list[Any] = []  # one, once training starts: a refusal prints no bar
+    bars: dict[str, Any] = {}  # one per phase, once it trains: a refusal prints no bar
 
-    def progress(step: int, steps: int, loss: float) -> None:
-        if not bars:
-            bars.append(tqdm(total=steps, unit="steps", desc="training"))
-        bars[0].update(step - bars[0].n)
-        bars[0].set_postfix(loss=f"{loss:.3f}")
+    def progress(phase: str, step: int, steps: int, loss: float) -> None:
+        if phase not in bars:
+            bars[phase] = tqdm(total=steps, unit="steps", desc=f"training the {phase}")
+        bars[phase].update(step - bars[phase].n)
+        bars[phase].set_postfix(loss=f"{loss:.3f}")
 
     with connect(settings.require_database()) as conn:
         try:
@@ -542,7 +545,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         except PairsError as exc:
             raise SettingsError(str(exc)) from None
         finally:
-            for bar in bars:
+            for bar in bars.values():
                 bar.close()
     print(f"held-out queries: {done.held_out_queries}, over {done.corpus_rows} rows")
     print(f"{'':<12} {'recall@10':>9} {'MRR@10':>7}")
@@ -584,6 +587,7 @@ def _finetune_on_workers(args: argparse.Namespace, settings: Settings) -> int:
                 batch_size=args.batch_size, learning_rate=args.learning_rate,
                 held_out=args.held_out, eval_rows=args.eval_rows,
                 switch_if_better=args.switch_if_better, rerank=args.rerank,
+                max_passage_tokens=args.max_passage_tokens, rerank_depth=args.rerank_depth,
             )  # fmt: skip
         except psycopg.Error as exc:
             raise SettingsError(_one_line(exc)) from None
@@ -821,6 +825,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument(
         "--learning-rate", type=_between(1e-7, 1e-2, float), default=2e-5, help="(2e-5)"
     )
+    finetune.add_argument(
+        "--max-passage-tokens", type=_between(8, 8192), default=256,
+        help="passages are cut at this many tokens while training (256): the cost per pair",
+    )  # fmt: skip
     finetune.add_argument(
         "--held-out", type=_between(0.01, 0.9, float), default=0.2,
         help="share of the queries kept to evaluate (0.2)",

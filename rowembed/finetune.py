@@ -37,6 +37,16 @@ from rowembed.workers.runtime.training import (
 # Fewer pairs than this teach nothing a held-out share could show.
 MIN_PAIRS = 20
 
+# progress(phase, step, steps, loss) after each optimizer step; phase: what
+# trains, "model" or "reranker".
+Progress = Callable[[str, int, int, float], None]
+
+
+def _in_phase(progress: Progress | None, phase: str) -> Callable[[int, int, float], None] | None:
+    if progress is None:
+        return None
+    return lambda step, steps, loss: progress(phase, step, steps, loss)
+
 
 @dataclass(frozen=True)
 class FineTuneOptions:
@@ -57,6 +67,7 @@ class FineTuneOptions:
         return cls(
             output=output,
             rerank_output=reranker_directory(output) if job["rerank"] else None,
+            rerank_depth=int(job["rerank_depth"]),
             negatives=int(job["negatives"]),
             held_out=float(job["held_out"]),
             eval_rows=int(job["eval_rows"]),
@@ -66,6 +77,7 @@ class FineTuneOptions:
                 epochs=int(job["epochs"]),
                 batch_size=int(job["batch_size"]),
                 learning_rate=float(job["learning_rate"]),
+                max_passage_tokens=int(job["max_passage_tokens"]),
             ),
         )
 
@@ -145,7 +157,7 @@ def run_finetune(
     pairs_sql: str,
     options: FineTuneOptions,
     say: Callable[[str], None] = print,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Progress | None = None,
 ) -> FineTuned:
     """Fine-tune vectorizer `name`'s model on the pairs the SELECT `pairs_sql` gives."""
     v = get_vectorizer(conn, name)
@@ -162,7 +174,7 @@ def fine_tune_vectorizer(
     pairs: Sequence[Pair],
     options: FineTuneOptions,
     say: Callable[[str], None] = print,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Progress | None = None,
 ) -> FineTuned:
     """`v`'s model fine-tuned on `pairs`, evaluated on the held-out ones, and
     switched in if asked and better."""
@@ -190,7 +202,7 @@ def fine_tune_vectorizer(
     examples = _examples(conn, v, base, train, texts, options)
     report = fine_tune(
         v.model, examples, options.output, options.training, device=options.device,
-        progress=progress,
+        progress=_in_phase(progress, "model"),
     )  # fmt: skip
     say(
         f"trained on {report.examples} pairs in {report.seconds:.1f} s"
@@ -245,7 +257,7 @@ def _fine_tune_reranker(
     evaluation: _Evaluation,
     candidates: np.ndarray,
     options: FineTuneOptions,
-    progress: Callable[[int, int, float], None] | None,
+    progress: Progress | None,
 ) -> RerankTuned:
     """The rerank model trained on the same pairs and negatives, as rowembed.rerank
     scores them: the query without its instruction, the row's text."""
@@ -260,7 +272,7 @@ def _fine_tune_reranker(
     ]
     report = fine_tune_reranker(
         v.rerank_model, plain, options.rerank_output, options.training, device=options.device,
-        progress=progress,
+        progress=_in_phase(progress, "reranker"),
     )  # fmt: skip
     figures = [
         evaluation.quality(

@@ -97,15 +97,16 @@ def model_directory(settings: Settings, job: TrainingJob, vectorizer: str) -> Pa
 
 
 class _Progress:
-    """progress(step, steps, loss) written to the job, at most every PROGRESS_SECONDS."""
+    """progress(phase, step, steps, loss) written to the job, at most every
+    PROGRESS_SECONDS (and at each phase's last step)."""
 
     def __init__(self, conn: psycopg.Connection[Any], job_id: int) -> None:
         self.conn, self.job_id, self.written = conn, job_id, 0.0
 
-    def __call__(self, step: int, steps: int, loss: float) -> None:
+    def __call__(self, phase: str, step: int, steps: int, loss: float) -> None:
         now = time.monotonic()
-        if step == steps or now - self.written >= PROGRESS_SECONDS:
-            record_training_progress(self.conn, self.job_id, step, steps, loss)
+        if step in (1, steps) or now - self.written >= PROGRESS_SECONDS:
+            record_training_progress(self.conn, self.job_id, phase, step, steps, loss)
             self.written = now
 
 

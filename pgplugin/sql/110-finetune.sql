@@ -44,6 +44,8 @@ CREATE OR REPLACE FUNCTION rowembed.finetune(
     eval_rows int DEFAULT 20000,
     switch_if_better boolean DEFAULT false,
     rerank boolean DEFAULT false,
+    max_passage_tokens int DEFAULT 256,
+    rerank_depth int DEFAULT 100,
     search_path text DEFAULT pg_catalog.current_setting('search_path'))
 RETURNS bigint
 LANGUAGE plpgsql AS $body$
@@ -63,9 +65,11 @@ BEGIN
     ELSIF pg_catalog.cardinality(v.pk_columns) <> 1 THEN
         RAISE EXCEPTION 'rowembed: %: fine-tuning needs a source key of one column', v.name;
     ELSIF negatives < 0 OR epochs < 1 OR batch_size < 2 OR learning_rate <= 0
-          OR eval_rows < 1 OR NOT (held_out > 0 AND held_out < 1) THEN
+          OR eval_rows < 1 OR NOT (held_out > 0 AND held_out < 1) OR max_passage_tokens < 8
+          OR rerank_depth < 10 THEN
         RAISE EXCEPTION 'rowembed: negatives >= 0, epochs >= 1, batch_size >= 2,'
-            ' learning_rate > 0, eval_rows >= 1 and 0 < held_out < 1';
+            ' learning_rate > 0, eval_rows >= 1, 0 < held_out < 1, max_passage_tokens >= 8'
+            ' and rerank_depth >= 10';
     END IF;
     BEGIN
         -- Three names fit only a query of three columns or more: two are wanted.
@@ -108,7 +112,8 @@ BEGIN
     RETURN rowembed._training_insert(v.id, pg_catalog.jsonb_build_object(
         'negatives', negatives, 'epochs', epochs, 'batch_size', batch_size,
         'learning_rate', learning_rate, 'held_out', held_out, 'eval_rows', eval_rows,
-        'switch_if_better', switch_if_better, 'rerank', rerank), queries, keys);
+        'switch_if_better', switch_if_better, 'rerank', rerank,
+        'max_passage_tokens', max_passage_tokens, 'rerank_depth', rerank_depth), queries, keys);
 END
 $body$;
 
@@ -147,7 +152,7 @@ BEGIN
         END IF;
         RETURN QUERY UPDATE rowembed.training_job AS t
            SET state = 'running', worker = claim_training_job.worker,
-               attempts = t.attempts + 1, step = NULL, steps = NULL, loss = NULL,
+               attempts = t.attempts + 1, phase = NULL, step = NULL, steps = NULL, loss = NULL,
                updated_at = now()
          WHERE t.id = j.id RETURNING t.*;
         RETURN;
@@ -155,13 +160,15 @@ BEGIN
 END
 $body$;
 
--- A claimed job's progress: after `step` of `steps` optimizer steps, the loss.
-CREATE OR REPLACE FUNCTION rowembed.training_progress(job bigint, step int, steps int, loss real)
+-- A claimed job's progress: what trains (model, reranker), after `step` of
+-- `steps` optimizer steps, the loss.
+CREATE OR REPLACE FUNCTION rowembed.training_progress(
+    job bigint, phase text, step int, steps int, loss real)
 RETURNS void
 LANGUAGE sql AS $$
     UPDATE rowembed.training_job AS t
-       SET step = training_progress.step, steps = training_progress.steps,
-           loss = training_progress.loss, updated_at = now()
+       SET phase = training_progress.phase, step = training_progress.step,
+           steps = training_progress.steps, loss = training_progress.loss, updated_at = now()
      WHERE t.id = training_progress.job
 $$;
 
@@ -195,9 +202,10 @@ LANGUAGE sql STABLE AS $$
             THEN 'waits for a worker of the train queue (rowembed worker --queues train)'
         WHEN j.state = 'running' AND j.steps IS NULL THEN 'is preparing (hard negatives)'
         WHEN j.state = 'running' AND j.step >= j.steps
-            THEN format('trained %s steps; evaluating', j.steps)
+            THEN format('%s trained, %s steps; evaluating', j.phase, j.steps)
         WHEN j.state = 'running'
-            THEN format('step %s of %s, loss %s', j.step, j.steps, round(j.loss::numeric, 3))
+            THEN format('%s step %s of %s, loss %s', j.phase, j.step, j.steps,
+                        round(j.loss::numeric, 3))
         WHEN j.state = 'failed' THEN 'failed: ' || j.error
         ELSE format('done: recall@10 %s -> %s, MRR@10 %s -> %s; %s',
                     j.outcome #>> '{base,recall}', j.outcome #>> '{tuned,recall}',

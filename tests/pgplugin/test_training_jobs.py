@@ -90,8 +90,8 @@ def test_a_claim_dies_with_its_session_and_a_job_that_kills_workers_is_given_up(
             with connect(url) as other:  # held: nobody else gets it
                 assert claim_training_job(other, "other") is None
             assert not training_jobs_waiting(own_db)
-            record_training_progress(worker, job, 3, 10, 0.5)
-            assert training_jobs(own_db)[0].status == f"job {job}: step 3 of 10, loss 0.500"
+            record_training_progress(worker, job, "model", 3, 10, 0.5)
+            assert training_jobs(own_db)[0].status == f"job {job}: model step 3 of 10, loss 0.500"
         # The worker's session ended mid-job: the job is free again.
         assert "waits for a worker" in training_jobs(own_db)[0].status
     with connect(url) as worker:

@@ -27,7 +27,7 @@ def test_a_training_job_survives_its_worker_and_switches_the_model_in(
     env = {"ROWEMBED_TRAINED_MODELS": str(trained), "ROWEMBED_DEVICE": "cpu"}
     args = ("--concurrency", "1", "--queues", "embed,query,rerank,train")
     first = stack.worker("first", env=env, args=args)
-    texts = [d.text for d in stdlib_docstrings(300)]
+    texts = [d.text for d in stdlib_docstrings(240)]
     with connect(stack.pg.url) as conn:
         create_text_table(conn, "tj_docs", texts)
         conn.execute("CREATE TABLE tj_pairs (query text, doc int)")
@@ -41,7 +41,7 @@ def test_a_training_job_survives_its_worker_and_switches_the_model_in(
 
         job = start_finetune(
             conn, v.name, "SELECT query, doc FROM tj_pairs", negatives=1, learning_rate=5e-5,
-            switch_if_better=True, rerank=True,
+            switch_if_better=True, rerank=True, max_passage_tokens=64, rerank_depth=20,
         )  # fmt: skip
 
         def latest() -> JobStatus:
@@ -50,7 +50,7 @@ def test_a_training_job_survives_its_worker_and_switches_the_model_in(
         # Progress, as status() shows it; then the worker is lost mid-job.
         wait_until(lambda: latest().step is not None, timeout=180, interval=0.2)
         line = status(conn, v.name)[0].training or ""
-        assert line.startswith(f"job {job}: step ") and ", loss " in line, line
+        assert line.startswith(f"job {job}: model step ") and ", loss " in line, line
         first.kill()
         wait_until(lambda: "waits for a worker" in latest().status, timeout=30)
         stack.worker("second", env=env, args=args)
