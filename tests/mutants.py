@@ -533,8 +533,10 @@ MUTATIONS = (
     Mutation(
         "status() and the metrics scrape wait on one tenant's locked queue",
         "pgplugin/sql/080-status.sql",
-        "               rebuild text)\nLANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS",
-        "               rebuild text)\nLANGUAGE plpgsql STABLE AS",
+        "               rebuild text, training text)\n"
+        "LANGUAGE plpgsql STABLE SET lock_timeout = '500ms' AS",
+        "               rebuild text, training text)\n"
+        "LANGUAGE plpgsql STABLE SET lock_timeout = 0 AS",
         ("tests/pgplugin/test_isolation.py", "tests/rowembed/test_metrics.py"),
     ),
     Mutation(
@@ -954,6 +956,20 @@ MUTATIONS = (
         "    IF wide OR query_type NOT IN",
         "    IF query_type NOT IN",
         ("tests/pgplugin/test_training_jobs.py",),
+    ),
+    Mutation(
+        "a second attempt saves into the first one's directory",
+        "workers/training_jobs.py",
+        '(f".{job.attempts}" if job.attempts > 1 else "")',
+        '""',
+        ("tests/workers/test_training_jobs.py",),
+    ),
+    Mutation(
+        "a training job's progress is never shown",
+        "workers/training_jobs.py",
+        "        if step in (1, steps) or now - self.written >= PROGRESS_SECONDS:",
+        "        if False:",
+        ("tests/workers/test_training_jobs.py",),
     ),
     Mutation(
         "no training hint from the sweep",
