@@ -595,7 +595,10 @@ def _finetune_on_workers(args: argparse.Namespace, settings: Settings) -> int:
         shown = ""
         try:
             while True:
-                now = next(j for j in training_jobs(conn) if j.id == job)
+                now = next((j for j in training_jobs(conn) if j.id == job), None)
+                if now is None:
+                    print(f"job {job} is gone: its vectorizer was dropped")
+                    return 1
                 if now.status != shown:
                     print(now.status, flush=True)
                     shown = now.status

@@ -96,7 +96,7 @@ class RerankTuned:
 
     @property
     def better(self) -> bool:
-        return (self.tuned.recall, self.tuned.mrr) > (self.base.recall, self.base.mrr)
+        return _better(self.base, self.tuned)
 
 
 @dataclass(frozen=True)
@@ -113,31 +113,38 @@ class FineTuned:
 
     @property
     def better(self) -> bool:
-        return (self.tuned.recall, self.tuned.mrr) > (self.base.recall, self.base.mrr)
+        return _better(self.base, self.tuned)
 
     def outcome(self) -> dict[str, Any]:
         """What a training job records (rowembed.training_job.outcome)."""
-        return {
-            "base": {"recall": round(self.base.recall, 3), "mrr": round(self.base.mrr, 3)},
-            "tuned": {"recall": round(self.tuned.recall, 3), "mrr": round(self.tuned.mrr, 3)},
+        recorded: dict[str, Any] = {
+            "base": _figures(self.base),
+            "tuned": _figures(self.tuned),
             "train_pairs": self.train_pairs,
             "held_out_queries": self.held_out_queries,
             "corpus_rows": self.corpus_rows,
             "seconds": round(self.report.seconds, 1),
             "pairs_per_second": round(self.report.pairs_per_second, 2),
             "losses": [round(x, 4) for x in self.report.losses],
-            **({} if self.rerank is None else {"rerank": {
+        }
+        if self.rerank is not None:
+            recorded["rerank"] = {
                 "depth": self.rerank.depth,
-                "embedder": {"recall": round(self.rerank.embedder.recall, 3),
-                             "mrr": round(self.rerank.embedder.mrr, 3)},
-                "base": {"recall": round(self.rerank.base.recall, 3),
-                         "mrr": round(self.rerank.base.mrr, 3)},
-                "tuned": {"recall": round(self.rerank.tuned.recall, 3),
-                          "mrr": round(self.rerank.tuned.mrr, 3)},
+                "embedder": _figures(self.rerank.embedder),
+                "base": _figures(self.rerank.base),
+                "tuned": _figures(self.rerank.tuned),
                 "model": str(self.rerank.output),
                 "seconds": round(self.rerank.report.seconds, 1),
-            }}),
-        }  # fmt: skip
+            }
+        return recorded
+
+
+def _better(base: Quality, tuned: Quality) -> bool:
+    return (tuned.recall, tuned.mrr) > (base.recall, base.mrr)
+
+
+def _figures(q: Quality) -> dict[str, float]:
+    return {"recall": round(q.recall, 3), "mrr": round(q.mrr, 3)}
 
 
 def reranker_directory(output: Path) -> Path:
